@@ -1,0 +1,155 @@
+"""Checkpoints written atomically and verified on load.
+
+A checkpoint is a folder with `state.pt` (torch.save of tensors and plain values,
+loadable with weights_only=True) and `manifest.json` (sha256 of every file, epoch,
+architecture), the manifest written last. A folder whose manifest is missing or
+whose hashes do not match is refused with an error naming the path.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+
+FORMAT = "convlens-checkpoint/1"
+STATE = "state.pt"
+MANIFEST = "manifest.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is incomplete, corrupt, foreign or of another architecture."""
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def save_checkpoint(state: dict, folder: Path, meta: dict | None = None) -> Path:
+    """Write `state` to folder/state.pt, then the manifest (with `meta`) last."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getvalue()
+    write_atomic(folder / STATE, data)
+    manifest = {"format": FORMAT, "files": {STATE: sha256(data)}, **(meta or {})}
+    write_atomic(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
+    return folder
+
+
+def read_manifest(folder: Path) -> dict:
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: no {MANIFEST}; incomplete or not a convlens checkpoint")
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, OSError) as err:
+        raise CheckpointError(f"{path}: unreadable manifest ({err})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a {FORMAT} manifest")
+    return manifest
+
+
+def verify(folder: Path) -> dict:
+    """Check every file against the manifest's sha256; return the manifest."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    for name, digest in manifest["files"].items():
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: listed in the manifest but missing")
+        if path.stat().st_size == 0:
+            raise CheckpointError(f"{path}: empty file (zero bytes)")
+        if sha256(path.read_bytes()) != digest:
+            raise CheckpointError(f"{path}: sha256 does not match the manifest (truncated or corrupted)")
+    return manifest
+
+
+def load_checkpoint(folder: Path, expect_arch: dict | None = None, map_location="cpu") -> dict:
+    """Verified, weights-only load; refuses another architecture naming both."""
+    folder = Path(folder)
+    verify(folder)
+    path = folder / STATE
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{path}: refused by the weights-only loader ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:200]})") from None
+    if expect_arch is not None and state.get("arch") != expect_arch:
+        raise CheckpointError(f"{folder}: checkpoint architecture {state.get('arch')} "
+                              f"does not match the model {expect_arch}")
+    return state
+
+
+def load_model_weights(model: torch.nn.Module, folder: Path) -> dict:
+    """Load a checkpoint's weights into `model` strictly; returns the whole state."""
+    state = load_checkpoint(folder, expect_arch=getattr(model, "arch", None))
+    model.load_state_dict(state["model"], strict=True)
+    return state
+
+
+def checkpoint_epoch(folder: Path) -> int:
+    m = re.search(r"(\d+)$", Path(folder).name)
+    return int(m.group(1)) if m else -1
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """All `checkpoint_epoch*` folders of a run, oldest first (unverified)."""
+    run_dir = Path(run_dir)
+    found = [p for p in run_dir.glob("checkpoint_epoch*") if p.is_dir()]
+    return sorted(found, key=checkpoint_epoch)
+
+
+def latest_verified(run_dir: Path, below: int | None = None) -> Path | None:
+    """The newest checkpoint that verifies (optionally with epoch < below)."""
+    for folder in reversed(list_checkpoints(run_dir)):
+        if below is not None and checkpoint_epoch(folder) >= below:
+            continue
+        try:
+            verify(folder)
+            return folder
+        except CheckpointError:
+            continue
+    return None
+
+
+def best_checkpoint(run_dir: Path) -> Path | None:
+    """The run's best checkpoint by validation error (newest verified best_epoch* folder)."""
+    run_dir = Path(run_dir)
+    for folder in sorted(run_dir.glob("best_epoch*"), key=checkpoint_epoch, reverse=True):
+        try:
+            verify(folder)
+            return folder
+        except CheckpointError:
+            continue
+    return None

@@ -1,0 +1,58 @@
+"""An image folder: one sub-folder per class (optionally under train/ and test/), resized once."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from convlens.data.core import DataError, ImageData
+
+SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def list_images(root: Path, classes: list[str]) -> list[tuple[Path, int]]:
+    return [(p, label) for label, c in enumerate(classes)
+            for p in sorted((root / c).rglob("*")) if p.suffix.lower() in SUFFIXES]
+
+
+def read_images(items, size: int, corrupt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from PIL import Image
+    xs, ys, bad = [], [], []
+    for path, label in items:
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB").resize((size, size), Image.BILINEAR)
+                xs.append(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
+                ys.append(label)
+        except Exception as err:
+            bad.append(f"{path} ({type(err).__name__})")
+    if bad and corrupt == "fail":
+        raise DataError(f"{len(bad)} unreadable image(s) (set data.corrupt_images=skip to skip them): "
+                        + "; ".join(bad[:20]))
+    if bad:
+        print(f"[convlens] skipped {len(bad)} unreadable image(s): " + "; ".join(bad[:20]), flush=True)
+    if not xs:
+        raise DataError("no readable images")
+    return torch.from_numpy(np.stack(xs)), torch.tensor(ys, dtype=torch.int64)
+
+
+def load(path: Path, cfg) -> ImageData:
+    train_root, test_root = path / "train", path / "test"
+    split = train_root.is_dir() and test_root.is_dir()
+    root = train_root if split else path
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if not classes:
+        raise DataError(f"data.path = {str(path)!r}: no class sub-folders")
+    items = list_images(root, classes)
+    if not items:
+        raise DataError(f"data.path = {str(path)!r}: no images ({', '.join(sorted(SUFFIXES))}) in {classes}")
+    x, y = read_images(items, cfg.image_size, cfg.corrupt_images)
+    if split:
+        tx, ty = read_images(list_images(test_root, classes), cfg.image_size, cfg.corrupt_images)
+        return ImageData(x, y, tx, ty, classes)
+    # No test/ folder: hold out a seeded 20% as the test set.
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    n_test = max(1, len(y) // 5)
+    te, tr = perm[:n_test].sort().values, perm[n_test:].sort().values
+    return ImageData(x[tr], y[tr], x[te], y[te], classes)

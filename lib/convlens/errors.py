@@ -1,0 +1,17 @@
+"""The errors a user can cause and fix; the CLI prints them as one clear message."""
+from convlens.checkpoint import CheckpointError
+from convlens.config import ConfigError
+from convlens.data import DataError
+
+
+def _run_stopped():
+    from convlens.training.run import RunStopped
+    return RunStopped
+
+
+def _training_failed():
+    from ray.train import TrainingFailedError
+    return TrainingFailedError
+
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError, FileNotFoundError, _run_stopped(), _training_failed())

@@ -1,0 +1,31 @@
+"""Connecting to Ray, and checking a request fits the cluster before anyone waits on it."""
+from __future__ import annotations
+
+import os
+
+import ray
+
+from convlens.config import ConfigError
+
+
+def ensure_ray(quiet: bool = False) -> None:
+    """Join RAY_ADDRESS (or a running session) if given; else start a local one-node Ray."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False,
+             log_to_driver=not quiet, configure_logging=not quiet,
+             logging_level="ERROR" if quiet else "INFO")
+
+
+def check_fits(workers: int, cpus_per_worker: float, use_gpu: bool, what: str = "run") -> None:
+    """Fail now if the cluster can never schedule this many workers (Ray would wait forever)."""
+    total = ray.cluster_resources()
+    need_cpu = workers * cpus_per_worker
+    if need_cpu > total.get("CPU", 0):
+        raise ConfigError(f"{what}.workers = {workers} x {what}.cpus_per_worker = {cpus_per_worker} "
+                          f"needs {need_cpu:g} CPUs, but the Ray cluster has {total.get('CPU', 0):g}")
+    if use_gpu and workers > total.get("GPU", 0):
+        raise ConfigError(f"{what}.workers = {workers} with {what}.use_gpu = true needs {workers} GPUs, "
+                          f"but the Ray cluster has {total.get('GPU', 0):g}")

@@ -1,0 +1,52 @@
+"""Evaluation of a model on a (sharded) split: loss, accuracy and per-class accuracy."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from convlens.data.augment import normalize
+from convlens.training import tasks
+
+
+def all_reduce_(t: torch.Tensor, op=None) -> torch.Tensor:
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return t
+
+
+@torch.no_grad()
+def evaluate(model, images, labels, task: str, num_out: int, mean, std, batch_size: int,
+             device, amp: bool = False, channels_last: bool = False) -> dict:
+    """Sum of loss, correct and per-class counts over this shard, all-reduced across workers.
+
+    images: (N, C, H, W) uint8 on any device; labels (N,) int64.
+    Returns {"loss", "accuracy", "per_class_accuracy" (list), "count"}.
+    """
+    model.eval()
+    sums = torch.zeros(2, device=device, dtype=torch.float64)  # loss sum, count
+    confusion = torch.zeros(num_out * num_out, device=device, dtype=torch.float64)
+    for start in range(0, len(labels), batch_size):
+        x = normalize(images[start:start + batch_size].to(device, non_blocking=True), mean, std)
+        y = labels[start:start + batch_size].to(device, non_blocking=True)
+        x, y = tasks.prepare(task, x, y)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+        sums[0] += F.cross_entropy(logits.float(), y, reduction="sum").double()
+        sums[1] += len(y)
+        confusion += torch.bincount(y * num_out + logits.argmax(1), minlength=num_out ** 2).double()
+    all_reduce_(sums)
+    all_reduce_(confusion)
+    return summarize(sums, confusion.view(num_out, num_out))
+
+
+def summarize(sums: torch.Tensor, confusion: torch.Tensor) -> dict:
+    count = max(float(sums[1]), 1.0)
+    per_class_total = confusion.sum(1).clamp(min=1)
+    return {"loss": float(sums[0]) / count,
+            "accuracy": float(confusion.diag().sum()) / count,
+            "per_class_accuracy": (confusion.diag() / per_class_total).tolist(),
+            "confusion": confusion.long().tolist(),
+            "count": int(sums[1])}

@@ -1,0 +1,280 @@
+"""The training loop each Ray Train worker runs.
+
+Every worker holds the training split as uint8 on its device, takes its slice of each
+global batch (so N workers see exactly what one worker with the same global batch sees),
+augments on the device, and reports once per epoch in lockstep. Rank 0 writes the
+checkpoint, the best copy and metrics.jsonl. Errors that would recur on retry (a NaN
+loss, a corrupt or foreign checkpoint) end the run through a final report carrying
+`stop_reason`, so no retries are spent on them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.nn.functional as F
+
+from convlens import checkpoint as ckpt
+from convlens.config import TrainJob
+from convlens.data import load_dataset, split_indices
+from convlens.data.augment import augment, epoch_plan
+from convlens.models import build_model
+from convlens.training import tasks
+from convlens.training.evaluate import all_reduce_, evaluate
+from convlens.training.optim import build_optimizer, build_scheduler
+
+NO_STEP = 2 ** 62
+CHECK_EVERY = 25  # steps between non-finite-loss checks (each costs a host sync on GPU)
+
+
+class StopRun(Exception):
+    """An error that retrying cannot fix; ends the run cleanly with this reason."""
+
+
+def train_worker(config: dict) -> None:
+    job = TrainJob.model_validate(config["job"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    run_dir = job.run_dir
+    try:
+        setup = Setup(job, rank, world, device)
+        state = restore(job, setup.model_arch)
+    except StopRun as stop:
+        ray.train.report({"stop_reason": str(stop), "epoch": 0})
+        return
+    setup.load_state(state)
+    from convlens.tracking import open_tracker
+    tracker = open_tracker(job, run_dir, rank)
+    try:
+        for epoch in range(setup.epoch + 1, job.run.epochs + 1):
+            metrics = setup.run_epoch(epoch)
+            if "stop_reason" in metrics:
+                ray.train.report(metrics)
+                tracker.stop(metrics["stop_reason"])
+                return
+            report_epoch(setup, metrics, rank)
+            tracker.log_epoch(metrics, setup.class_names)
+            maybe_log(job, rank, metrics)
+    finally:
+        tracker.finish()
+
+
+class Setup:
+    """Data, model, optimizer and schedule of one worker, plus the run's history."""
+
+    def __init__(self, job: TrainJob, rank: int, world: int, device: torch.device):
+        self.job, self.rank, self.world, self.device = job, rank, world, device
+        torch.manual_seed(job.run.seed)
+        data = load_dataset(job.data)
+        train_idx, val_idx = split_indices(len(data.train_y), job.data.val_fraction, job.run.seed)
+        self.train_x = data.train_x[train_idx].to(device)
+        self.train_y = data.train_y[train_idx].to(device)
+        self.val_x = data.train_x[val_idx][rank::world]  # each rank evaluates its shard
+        self.val_y = data.train_y[val_idx][rank::world]
+        mean, std = data.mean_std()
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        self.class_names = tasks.class_names(job.run.task, data.classes)
+        self.num_out = tasks.num_outputs(job.run.task, data.num_classes)
+        self.gpu = device.type == "cuda"
+        self.amp = self.gpu and job.run.bf16
+        self.channels_last = self.gpu and job.run.channels_last
+        model = build_model(job.model, data.in_chans, self.num_out)
+        self.model_arch = model.arch
+        if job.model.sync_bn and world > 1:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.raw_model = model
+        if job.run.compile:
+            model = torch.compile(model)
+        self.model = ray.train.torch.prepare_model(model)
+        self.local_batch = job.data.batch_size // world
+        self.steps = len(self.train_y) // job.data.batch_size
+        if job.run.steps_per_epoch:
+            self.steps = min(self.steps, job.run.steps_per_epoch)
+        self.opt = build_optimizer(self.model.parameters(), job.optim, fused=self.gpu)
+        self.sched, self.per_step = build_scheduler(self.opt, job.schedule, job.optim.lr,
+                                                    job.run.epochs, self.steps)
+        self.epoch, self.history, self.best = 0, [], {"epoch": 0, "val_error": float("inf")}
+
+    def load_state(self, state: dict | None) -> None:
+        if state is None:
+            return
+        self.raw_model.load_state_dict(strip_prefix(state["model"]), strict=True)
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.epoch, self.history, self.best = state["epoch"], state["history"], state["best"]
+
+    def run_epoch(self, epoch: int) -> dict:
+        start = time.perf_counter()
+        train = self.train_epoch(epoch)
+        if "stop_reason" in train:
+            return train
+        if not self.per_step:
+            self.sched.step()
+        val = evaluate(self.model, self.val_x, self.val_y, self.job.run.task, self.num_out,
+                       self.mean, self.std, self.job.run.eval_batch_size, self.device,
+                       self.amp, self.channels_last)
+        seconds = time.perf_counter() - start
+        return {"epoch": epoch, **train,
+                "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_error": 1 - val["accuracy"],
+                "val_per_class_accuracy": val["per_class_accuracy"],
+                "lr": train.pop("lr"), "epoch_seconds": seconds,
+                "steps": epoch * self.steps}
+
+    def train_epoch(self, epoch: int) -> dict:
+        job, model, opt = self.job, self.model, self.opt
+        model.train()
+        plan = epoch_plan(len(self.train_y), job.data.crop_padding, job.data.flip, job.run.seed, epoch)
+        B, b = job.data.batch_size, self.local_batch
+        sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss sum, correct, count
+        bad_step = torch.full((1,), NO_STEP, device=self.device, dtype=torch.int64)
+        lr = opt.param_groups[0]["lr"]
+        t0 = time.perf_counter()
+        for step in range(self.steps):
+            inject_kill(job, self.rank, epoch, step)
+            pos = slice(step * B + self.rank * b, step * B + (self.rank + 1) * b)
+            idx = plan.order[pos].to(self.device)
+            x = augment(self.train_x[idx], plan.shifts[pos], plan.flips[pos], job.data.crop_padding,
+                        self.mean, self.std)
+            x, y = tasks.prepare(job.run.task, x, self.train_y[idx])
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=job.optim.label_smoothing)
+            loss = inject_nan(job, self.rank, epoch, step, loss)
+            global_step = (epoch - 1) * self.steps + step
+            bad_step = torch.where(~torch.isfinite(loss.detach()) & (bad_step == NO_STEP),
+                                   torch.full_like(bad_step, global_step), bad_step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if self.per_step:
+                self.sched.step()
+            with torch.no_grad():
+                sums += torch.stack([loss.detach().double() * len(y),
+                                     (logits.argmax(1) == y).sum().double(),
+                                     torch.tensor(len(y), device=self.device, dtype=torch.float64)])
+            if (step + 1) % CHECK_EVERY == 0 or step + 1 == self.steps:
+                first_bad = int(all_reduce_(bad_step.clone(), op=torch.distributed.ReduceOp.MIN))
+                if first_bad != NO_STEP:
+                    return nonfinite_stop(epoch, first_bad, self.steps)
+        all_reduce_(sums)
+        seconds = time.perf_counter() - t0
+        return {"train_loss": float(sums[0] / sums[2]), "train_accuracy": float(sums[1] / sums[2]),
+                "images_per_second": float(sums[2]) / max(seconds, 1e-9), "lr": lr}
+
+    def checkpoint_state(self, epoch: int) -> dict:
+        return {"model": strip_prefix(self.raw_model.state_dict()), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "epoch": epoch, "arch": self.model_arch,
+                "task": self.job.run.task, "classes": self.class_names,
+                "config": self.job.model_dump(mode="json"), "history": self.history, "best": self.best}
+
+
+def nonfinite_stop(epoch: int, global_step: int, steps: int) -> dict:
+    step_in_epoch = global_step - (epoch - 1) * steps
+    return {"stop_reason": f"non-finite loss at epoch {epoch}, step {step_in_epoch} "
+                           f"(global step {global_step}); lower optim.lr or check the data",
+            "epoch": epoch, "step": step_in_epoch}
+
+
+def report_epoch(setup: Setup, metrics: dict, rank: int) -> None:
+    """Record the epoch in history; rank 0 saves the checkpoint (and best copy) and reports it."""
+    epoch = metrics["epoch"]
+    setup.history.append(metrics)
+    if metrics["val_error"] < setup.best["val_error"]:
+        setup.best = {"epoch": epoch, "val_error": metrics["val_error"]}
+    setup.epoch = epoch
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    run_dir = setup.job.run_dir
+    state = setup.checkpoint_state(epoch)
+    meta = {"epoch": epoch, "val_error": metrics["val_error"], "arch": setup.model_arch}
+    if setup.best["epoch"] == epoch:
+        save_best(state, meta, run_dir, epoch)
+    with tempfile.TemporaryDirectory(prefix="convlens-ckpt-") as tmp:
+        ckpt.save_checkpoint(state, Path(tmp), meta)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                         checkpoint_dir_name=f"checkpoint_epoch{epoch:04d}")
+    write_metrics(run_dir, setup.history)
+
+
+def save_best(state: dict, meta: dict, run_dir: Path, epoch: int) -> None:
+    """New best_epochNNNN/ first, then remove the older ones (a kill in between leaves two)."""
+    ckpt.save_checkpoint(state, run_dir / f"best_epoch{epoch:04d}", meta)
+    for old in run_dir.glob("best_epoch*"):
+        if ckpt.checkpoint_epoch(old) != epoch:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def write_metrics(run_dir: Path, history: list[dict]) -> None:
+    """metrics.jsonl is rewritten from the checkpointed history, so each epoch appears once."""
+    text = "".join(json.dumps(h) + "\n" for h in history)
+    ckpt.write_atomic(run_dir / "metrics.jsonl", text.encode())
+
+
+def restore(job: TrainJob, arch: dict) -> dict | None:
+    """The state to resume from: Ray's latest checkpoint, verified, or the fallback policy."""
+    latest = ray.train.get_checkpoint()
+    if latest is None:
+        return None
+    path = Path(latest.path)
+    try:
+        return ckpt.load_checkpoint(path, expect_arch=arch)
+    except ckpt.CheckpointError as err:
+        if "architecture" in str(err) or job.run.on_corrupt_checkpoint == "stop":
+            raise StopRun(f"cannot resume: {err}") from None
+        older = ckpt.latest_verified(path.parent, below=ckpt.checkpoint_epoch(path))
+        print(f"[convlens] warning: {err}; resuming from {older or 'scratch'} instead", flush=True)
+        return ckpt.load_checkpoint(older, expect_arch=arch) if older else None
+
+
+def strip_prefix(state: dict) -> dict:
+    """Drop the `module.` / `_orig_mod.` prefixes DDP and torch.compile add."""
+    out = {}
+    for k, v in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            k = k.removeprefix(prefix)
+        out[k] = v
+    return out
+
+
+def maybe_log(job: TrainJob, rank: int, m: dict) -> None:
+    if rank == 0 and not job.run.quiet:
+        print(f"[convlens] {job.run.name} epoch {m['epoch']}/{job.run.epochs}: "
+              f"train loss {m['train_loss']:.4f} acc {m['train_accuracy']:.4f} | "
+              f"val loss {m['val_loss']:.4f} acc {m['val_accuracy']:.4f} | "
+              f"lr {m['lr']:.4g} | {m['images_per_second']:.0f} img/s", flush=True)
+
+
+def parse_at(spec: str | None) -> tuple[int, int, int] | None:
+    return tuple(int(v) for v in spec.split(":")) if spec else None
+
+
+def inject_nan(job, rank, epoch, step, loss):
+    if parse_at(job.faults.nan_at) == (rank, epoch, step):
+        return loss * float("nan")
+    return loss
+
+
+def inject_kill(job, rank, epoch, step):
+    if parse_at(job.faults.kill_at) != (rank, epoch, step):
+        return
+    markers = job.run_dir / ".faults"
+    markers.mkdir(parents=True, exist_ok=True)
+    fired = len(list(markers.glob("kill-*")))
+    if fired < job.faults.kill_times:
+        (markers / f"kill-{fired}").touch()
+        os.kill(os.getpid(), signal.SIGKILL)
