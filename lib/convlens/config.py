@@ -207,9 +207,15 @@ def load_job(path: str | Path, overrides: list[str] = (), kind: str | None = Non
 
 
 def job_class(kind: str) -> type[BaseModel]:
+    """Job kinds live beside their code; each is imported only when used."""
     if kind not in JOB_KINDS:
         raise ConfigError(f"kind = {kind!r}: expected one of {sorted(JOB_KINDS)}")
-    return JOB_KINDS[kind]
+    target = JOB_KINDS[kind]
+    if isinstance(target, str):
+        import importlib
+        module, name = target.split(":")
+        target = getattr(importlib.import_module(module), name)
+    return target
 
 
 def check_data_path(data: DataConfig) -> None:
@@ -227,4 +233,10 @@ def check_data_path(data: DataConfig) -> None:
         raise ConfigError(f"data.path = {data.path!r}: is empty")
 
 
-JOB_KINDS: dict[str, type[BaseModel]] = {"train": TrainJob}
+JOB_KINDS: dict[str, type[BaseModel] | str] = {
+    "train": TrainJob,
+    "sweep": "convlens.tuning:SweepJob",
+    "analyze": "convlens.analysis.job:AnalyzeJob",
+    "demo": "convlens.demo:DemoJob",
+    "bench": "convlens.bench:BenchJob",
+}
