@@ -30,6 +30,7 @@ from convlens.models import build_model
 from convlens.training import tasks
 from convlens.training.evaluate import all_reduce_, evaluate
 from convlens.training.optim import build_optimizer, build_scheduler
+from convlens.training.syncbn import convert_to_global_bn
 
 NO_STEP = 2 ** 62
 CHECK_EVERY = 25  # steps between non-finite-loss checks (each costs a host sync on GPU)
@@ -91,7 +92,8 @@ class Setup:
         model = build_model(job.model, data.in_chans, self.num_out)
         self.model_arch = model.arch
         if job.model.sync_bn and world > 1:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = (torch.nn.SyncBatchNorm.convert_sync_batchnorm(model) if self.gpu
+                     else convert_to_global_bn(model))
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.raw_model = model
