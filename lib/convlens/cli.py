@@ -31,6 +31,11 @@ def cmd_report(args):
     return path
 
 
+def cmd_probe(args):
+    from convlens.probes import probe
+    return probe(load_job(args.spec, args.overrides, "probe"))
+
+
 def cmd_demo(args):
     from convlens.demo import run_demo
     return run_demo(load_job(args.spec, args.overrides, "demo"))
@@ -61,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     job("sweep", cmd_sweep, "search training configs with Ray Tune").add_argument(
         "--resume", action="store_true", help="continue an interrupted sweep, keeping finished trials")
     job("analyze", cmd_analyze, "run analysis methods over checkpoints as Ray tasks")
+    job("probe", cmd_probe, "linear, MLP and kNN probes on frozen features of checkpoints")
     job("demo", cmd_demo, "train both networks, sweep, analyze and write the report")
     job("bench", cmd_bench, "measure training and analysis throughput")
     r = sub.add_parser("report", help="write one self-contained HTML report")

@@ -239,4 +239,5 @@ JOB_KINDS: dict[str, type[BaseModel] | str] = {
     "analyze": "convlens.analysis.job:AnalyzeJob",
     "demo": "convlens.demo:DemoJob",
     "bench": "convlens.bench:BenchJob",
+    "probe": "convlens.probes:ProbeJob",
 }

@@ -50,7 +50,7 @@ def train_worker(config: dict) -> None:
         setup = Setup(job, rank, world, device)
         state = restore(job, setup.model_arch)
     except StopRun as stop:
-        ray.train.report({"stop_reason": str(stop), "epoch": 0})
+        end_run(run_dir, rank, {"stop_reason": str(stop), "epoch": 0})
         return
     setup.load_state(state)
     from convlens.tracking import open_tracker
@@ -59,7 +59,7 @@ def train_worker(config: dict) -> None:
         for epoch in range(setup.epoch + 1, job.run.epochs + 1):
             metrics = setup.run_epoch(epoch)
             if "stop_reason" in metrics:
-                ray.train.report(metrics)
+                end_run(run_dir, rank, metrics)
                 tracker.stop(metrics["stop_reason"])
                 return
             report_epoch(setup, metrics, rank)
@@ -67,6 +67,14 @@ def train_worker(config: dict) -> None:
             maybe_log(job, rank, metrics)
     finally:
         tracker.finish()
+
+
+def end_run(run_dir: Path, rank: int, metrics: dict) -> None:
+    """Stop without spending retries: rank 0 records why, then every rank reports once more."""
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.write_atomic(run_dir / "stopped.json", json.dumps(metrics, indent=1).encode())
+    ray.train.report(metrics)
 
 
 class Setup:

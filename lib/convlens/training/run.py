@@ -49,11 +49,11 @@ def train(job: TrainJob, trainer_kwargs: dict | None = None) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False))
     start = time.time()
-    result = fit(job, **(trainer_kwargs or {}))
-    stop = (result.metrics or {}).get("stop_reason")
-    if stop:
-        outputs.write_json(run_dir / "stopped.json", {"stop_reason": stop, **result.metrics})
-        raise RunStopped(f"run {job.run.name} stopped: {stop}")
+    stopped = run_dir / "stopped.json"
+    stopped.unlink(missing_ok=True)
+    fit(job, **(trainer_kwargs or {}))
+    if stopped.is_file():  # written by rank 0 when the run ended on a non-retryable error
+        raise RunStopped(f"run {job.run.name} stopped: {outputs.read_json(stopped)['stop_reason']}")
     summary = finalize(job, data, run_dir, time.time() - start)
     if not job.run.quiet:
         print(f"[convlens] {job.run.name}: best epoch {summary['best_epoch']} "

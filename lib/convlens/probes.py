@@ -1,0 +1,136 @@
+"""Feature evaluation of a checkpoint on the class labels (Gidaris et al. 2018, section 3).
+
+Frozen features of a chosen stage feed (a) a linear probe, (b) a small MLP probe, and
+(c) a weighted kNN classifier on cosine similarity (as in DINO's eval_knn). The backbone
+only ever runs under no_grad in eval mode, so no probe can change it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from convlens import checkpoint as ckpt
+from convlens.config import DataConfig, Strict
+from convlens.data import ImageData, load_dataset
+from convlens.data.augment import normalize
+from convlens.models import ResNet
+
+
+class ProbeJob(Strict):
+    kind: Literal["probe"] = "probe"
+    runs: list[str]  # run directories; each one's best checkpoint is probed
+    stages: list[int] = Field(default_factory=lambda: [2, 3])  # 1-based stages to read
+    pool: int = Field(2, ge=1)  # adaptive average pool to pool x pool before flattening
+    knn_k: int = Field(20, gt=0)
+    knn_temperature: float = Field(0.07, gt=0)
+    probe_epochs: int = Field(15, gt=0)
+    max_train: int | None = Field(20000, gt=0)  # training images used to fit the probes
+    seed: int = 0
+
+
+@torch.no_grad()
+def extract(model: ResNet, images: torch.Tensor, stage: int, pool: int, mean, std,
+            batch: int = 512) -> torch.Tensor:
+    """(N, C*pool*pool) features after `stage` for uint8 images (N, C, H, W)."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch):
+        x = normalize(images[start:start + batch], mean, std)
+        f = model.forward_features(x, upto=stage)
+        out.append(F.adaptive_avg_pool2d(f, pool).flatten(1))
+    return torch.cat(out)
+
+
+def knn_classify(train_f, train_y, test_f, k: int, temperature: float, num_classes: int,
+                 chunk: int = 1024) -> torch.Tensor:
+    """Weighted kNN: cosine top-k neighbours vote with weight exp(sim / T). Returns predictions."""
+    train_f = F.normalize(train_f, dim=1)
+    preds = []
+    for start in range(0, len(test_f), chunk):
+        sim = F.normalize(test_f[start:start + chunk], dim=1) @ train_f.T  # (b, N)
+        top_sim, top_idx = sim.topk(min(k, len(train_f)), dim=1)
+        votes = torch.zeros(len(sim), num_classes, dtype=sim.dtype)
+        votes.scatter_add_(1, train_y[top_idx], (top_sim / temperature).exp())
+        preds.append(votes.argmax(1))
+    return torch.cat(preds)
+
+
+def fit_probe(head: torch.nn.Module, train_f, train_y, epochs: int, seed: int) -> torch.nn.Module:
+    """Train `head` on fixed features with Adam; features are standardized first."""
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(head.parameters(), lr=1e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    for _ in range(epochs):
+        head.train()
+        for idx in torch.randperm(len(train_y), generator=g).split(256):
+            loss = F.cross_entropy(head(train_f[idx]), train_y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sched.step()
+    return head.eval()
+
+
+def probe_heads(dim: int, num_classes: int) -> dict[str, torch.nn.Module]:
+    return {"linear": torch.nn.Linear(dim, num_classes),
+            "mlp": torch.nn.Sequential(torch.nn.Linear(dim, 256), torch.nn.BatchNorm1d(256),
+                                       torch.nn.ReLU(), torch.nn.Linear(256, num_classes))}
+
+
+def evaluate_stage(model, data: ImageData, stage: int, job: ProbeJob, mean, std) -> dict:
+    torch.manual_seed(job.seed)
+    n = min(job.max_train or len(data.train_y), len(data.train_y))
+    idx = torch.randperm(len(data.train_y), generator=torch.Generator().manual_seed(job.seed))[:n]
+    train_f = extract(model, data.train_x[idx], stage, job.pool, mean, std)
+    test_f = extract(model, data.test_x, stage, job.pool, mean, std)
+    train_y, test_y = data.train_y[idx], data.test_y
+    mu, sd = train_f.mean(0), train_f.std(0) + 1e-6
+    train_z, test_z = (train_f - mu) / sd, (test_f - mu) / sd
+    result = {"feature_dim": train_f.shape[1]}
+    for name, head in probe_heads(train_f.shape[1], data.num_classes).items():
+        fit_probe(head, train_z, train_y, job.probe_epochs, job.seed)
+        with torch.no_grad():
+            result[f"{name}_accuracy"] = float((head(test_z).argmax(1) == test_y).float().mean())
+    preds = knn_classify(train_f, train_y, test_f, job.knn_k, job.knn_temperature, data.num_classes)
+    result["knn_accuracy"] = float((preds == test_y).float().mean())
+    return result
+
+
+def probe_run(run_dir: Path, job: ProbeJob) -> dict:
+    """Probe the best checkpoint of one run at every requested stage; writes probes.json."""
+    run_dir = Path(run_dir)
+    folder = ckpt.best_checkpoint(run_dir)
+    if folder is None:
+        raise ckpt.CheckpointError(f"{run_dir}: no verified best_epoch* checkpoint to probe")
+    state = ckpt.load_checkpoint(folder)
+    model = ResNet(**state["arch"])
+    model.load_state_dict(state["model"], strict=True)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    data = load_dataset(DataConfig(**state["config"]["data"]))
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in data.mean_std())
+    stages = [s for s in job.stages if 1 <= s <= len(model.stage_names)]
+    results = {"run": run_dir.name, "task": state["task"], "checkpoint": str(folder),
+               "stages": {str(s): evaluate_stage(model, data, s, job, mean, std) for s in stages}}
+    ckpt.write_atomic(run_dir / "probes.json", json.dumps(results, indent=2).encode())
+    return results
+
+
+def probe(job: ProbeJob) -> list[dict]:
+    results = [probe_run(Path(r), job) for r in job.runs]
+    print(format_table(results), flush=True)
+    return results
+
+
+def format_table(results: list[dict]) -> str:
+    lines = [f"{'run':24} {'task':10} {'stage':>5} {'linear':>8} {'mlp':>8} {'kNN':>8}"]
+    for r in results:
+        for stage, m in r["stages"].items():
+            lines.append(f"{r['run']:24} {r['task']:10} {stage:>5} {m['linear_accuracy']:8.4f} "
+                         f"{m['mlp_accuracy']:8.4f} {m['knn_accuracy']:8.4f}")
+    return "\n".join(lines)
