@@ -1,0 +1,126 @@
+"""`convlens bench`: training images/second of convlens's input pipeline vs the common baseline.
+
+(a) convlens: uint8 tensors in memory, random crop/flip/normalize on whole batches.
+(b) baseline: torchvision Dataset of PIL images + transforms (RandomCrop, RandomHorizontalFlip,
+    ToTensor, Normalize) through a DataLoader with worker processes.
+(c) the pure model step on a fixed batch, to express pipeline overhead.
+Same model, batch size and number of steps for all three. Prints figures; asserts nothing.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from convlens.config import DataConfig, ModelConfig, Strict
+from convlens.data import load_dataset
+from convlens.data.augment import augment, epoch_plan
+from convlens.models import build_model
+
+
+class BenchJob(Strict):
+    kind: Literal["bench"] = "bench"
+    data: DataConfig = Field(default_factory=lambda: DataConfig(train_subset=8192))
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(layers=[1, 1, 1], width=16))
+    batch_size: int = Field(128, gt=0)
+    steps: int = Field(40, gt=0)
+    warmup: int = Field(5, ge=0)
+    loader_workers: int = Field(2, ge=0)  # baseline DataLoader processes
+    threads: int = Field(2, gt=0)  # torch intra-op threads for the model
+    out: str | None = None  # also write the figures as JSON here
+
+
+def step_fn(model, opt):
+    def step(x, y):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def timed(batches, step, steps: int, warmup: int) -> float:
+    """Images/second over `steps` steps after `warmup` untimed ones."""
+    it = iter(batches)
+    for _ in range(warmup):
+        step(*next(it))
+    t0, n = time.perf_counter(), 0
+    for _ in range(steps):
+        x, y = next(it)
+        step(x, y)
+        n += len(y)
+    return n / (time.perf_counter() - t0)
+
+
+def convlens_batches(data, job, mean, std):
+    pad = job.data.crop_padding
+    epoch = 0
+    while True:
+        epoch += 1
+        plan = epoch_plan(len(data.train_y), pad, True, 0, epoch)
+        for start in range(0, len(plan.order) - job.batch_size + 1, job.batch_size):
+            sl = slice(start, start + job.batch_size)
+            idx = plan.order[sl]
+            yield augment(data.train_x[idx], plan.shifts[sl], plan.flips[sl], pad, mean, std), data.train_y[idx]
+
+
+class PILDataset(torch.utils.data.Dataset):
+    def __init__(self, x, y, transform):
+        from PIL import Image
+        mode = "L" if x.shape[1] == 1 else "RGB"
+        self.images = [Image.fromarray(img.permute(1, 2, 0).squeeze(-1).numpy(), mode) for img in x]
+        self.labels, self.transform = y.tolist(), transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.transform(self.images[i]), self.labels[i]
+
+
+def baseline_batches(data, job, mean, std):
+    from torchvision import transforms as T
+    size = data.train_x.shape[-1]
+    tf = T.Compose([T.RandomCrop(size, padding=job.data.crop_padding), T.RandomHorizontalFlip(),
+                    T.ToTensor(), T.Normalize(mean, std)])
+    loader = torch.utils.data.DataLoader(PILDataset(data.train_x, data.train_y, tf), batch_size=job.batch_size,
+                                         shuffle=True, num_workers=job.loader_workers, drop_last=True,
+                                         persistent_workers=job.loader_workers > 0)
+    while True:
+        yield from loader
+
+
+def fixed_batches(data, job, mean, std):
+    x = augment(data.train_x[:job.batch_size], torch.zeros(job.batch_size, 2, dtype=torch.long),
+                torch.zeros(job.batch_size, dtype=torch.bool), 0, mean, std)
+    y = data.train_y[:job.batch_size]
+    while True:
+        yield x, y
+
+
+def run_bench(job: BenchJob) -> dict:
+    torch.set_num_threads(job.threads)
+    data = load_dataset(job.data, verbose=True)
+    mean_l, std_l = data.mean_std()
+    mean, std = torch.tensor(mean_l).view(1, -1, 1, 1), torch.tensor(std_l).view(1, -1, 1, 1)
+    results = {}
+    for name, source in (("model_only", fixed_batches(data, job, mean, std)),
+                         ("convlens", convlens_batches(data, job, mean, std)),
+                         ("dataloader_pil", baseline_batches(data, job, mean_l, std_l))):
+        torch.manual_seed(0)
+        model = build_model(job.model, data.in_chans, data.num_classes)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        results[name] = timed(source, step_fn(model, opt), job.steps, job.warmup)
+        print(f"[bench] {name:15} {results[name]:8.0f} images/s", flush=True)
+    results["speedup_vs_baseline"] = results["convlens"] / results["dataloader_pil"]
+    results["pipeline_overhead"] = results["model_only"] / results["convlens"] - 1
+    print(f"[bench] convlens / baseline = {results['speedup_vs_baseline']:.2f}x; "
+          f"pipeline overhead vs pure model step = {100 * results['pipeline_overhead']:.1f}%", flush=True)
+    if job.out:
+        from convlens.checkpoint import write_atomic
+        write_atomic(__import__("pathlib").Path(job.out), json.dumps(results, indent=2).encode())
+    return results
