@@ -119,7 +119,8 @@ def load_model_weights(model: torch.nn.Module, folder: Path) -> dict:
 
 
 def checkpoint_epoch(folder: Path) -> int:
-    m = re.search(r"(\d+)$", Path(folder).name)
+    """The epoch in a checkpoint folder's name (checkpoint_epochNNNN_<id>, best_epochNNNN)."""
+    m = re.search(r"epoch(\d+)", Path(folder).name)
     return int(m.group(1)) if m else -1
 
 
@@ -127,7 +128,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     """All `checkpoint_epoch*` folders of a run, oldest first (unverified)."""
     run_dir = Path(run_dir)
     found = [p for p in run_dir.glob("checkpoint_epoch*") if p.is_dir()]
-    return sorted(found, key=checkpoint_epoch)
+    return sorted(found, key=lambda p: (checkpoint_epoch(p), p.stat().st_mtime))
 
 
 def latest_verified(run_dir: Path, below: int | None = None) -> Path | None:

@@ -15,6 +15,7 @@ import shutil
 import signal
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import ray.train
@@ -217,7 +218,8 @@ def report_epoch(setup: Setup, metrics: dict, rank: int) -> None:
     with tempfile.TemporaryDirectory(prefix="convlens-ckpt-") as tmp:
         ckpt.save_checkpoint(state, Path(tmp), meta)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                         checkpoint_dir_name=f"checkpoint_epoch{epoch:04d}")
+                         # unique per attempt: a redone epoch must not reuse a folder Ray tracks
+                         checkpoint_dir_name=f"checkpoint_epoch{epoch:04d}_{uuid.uuid4().hex[:6]}")
     write_metrics(run_dir, setup.history)
 
 
