@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from wandb_reader import read_runs
+from wandb_reader import read_runs, wait_finished
 
 pytest.importorskip("wandb")
 
@@ -58,6 +58,7 @@ def test_offline_run_logs_every_epoch_summary_and_images(tiny_job, ray_cluster, 
     tracker.log_images([(str(run_dir / "loss.png"), "loss curve, train vs validation")], key="analysis")
     tracker.finish()
 
+    assert len(wait_finished(run_dir / "wandb", run_id)) == 3  # worker, finalize, this reopen
     log = read_runs(run_dir / "wandb", run_id)
     curves = [row for row in log.history if "train/loss" in row]
     assert [row["_step"] for row in curves] == [1, 2]
@@ -71,7 +72,8 @@ def test_offline_run_logs_every_epoch_summary_and_images(tiny_job, ray_cluster, 
     media = [run_dir / "wandb" / p for m in log.media for p in m["paths"]]
     assert any(p.name.endswith(".png") for p in media)
     assert len({p.parent.name.split("-")[-1] for p in (run_dir / "wandb").glob("*run-*")}) == 1
-    assert_absent(key, [run_dir], capfd.readouterr().out + capfd.readouterr().err)
+    out = capfd.readouterr()
+    assert assert_absent(key, [run_dir], out.out + out.err) > 5
 
 
 def test_online_without_server_falls_back_offline_and_keeps_key_secret(tiny_job, ray_cluster, monkeypatch,
@@ -90,6 +92,7 @@ def test_online_without_server_falls_back_offline_and_keeps_key_secret(tiny_job,
     assert "logging offline" in out.out  # the driver's (finalize) reopen said so, once
     assert seconds < 120, f"tracking stalled training: {seconds:.0f}s"
     run_id = (job.run_dir / "wandb_id.txt").read_text().strip()
+    wait_finished(wandb_dir / "wandb", run_id)
     log = read_runs(wandb_dir / "wandb", run_id)
     assert [row["_step"] for row in log.history if "train/loss" in row] == [1]
     assert "test_accuracy" in log.summary

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,13 +118,26 @@ def _media(row: dict) -> list[dict]:
 def run_files(wandb_dir: Path, run_id: str | None = None) -> list[Path]:
     """The .wandb files under a wandb dir (optionally of one run id), oldest first."""
     pattern = f"run-{run_id}.wandb" if run_id else "run-*.wandb"
-    return sorted(Path(wandb_dir).rglob(pattern), key=_started)
+    found = {p.resolve() for p in Path(wandb_dir).rglob(pattern)}  # latest-run is a symlink
+    return sorted(found, key=_started)
 
 
 def _started(path: Path) -> str:
     """Run folders are named [offline-]run-YYYYMMDD_HHMMSS-<id>."""
     found = re.search(r"\d{8}_\d{6}", path.parent.name)
     return (found.group(0) if found else "") + path.parent.name
+
+
+def wait_finished(wandb_dir: Path, run_id: str | None = None, timeout: float = 60.0) -> list[Path]:
+    """The run's .wandb files once each holds its exit record (wandb-core may still be flushing)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        files = run_files(wandb_dir, run_id)
+        if files and all(read_run(p).exit_code is not None for p in files):
+            return files
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{wandb_dir}: runs not finished after {timeout:.0f}s: {files}")
+        time.sleep(0.5)
 
 
 def read_runs(wandb_dir: Path, run_id: str | None = None) -> RunLog:

@@ -109,7 +109,8 @@ def walk(root: Path, depth: int = 3):
 
 
 def render(found: dict[str, list[Path]]) -> str:
-    runs = [load_run(d) for d in found["runs"]]
+    runs = sorted((load_run(d) for d in found["runs"]),  # supervised first, then pretext runs
+                  key=lambda r: (r["summary"].get("task") != "supervised", str(r["dir"])))
     body = [intro(found), loss_section()]
     for run in runs:
         print(f"[convlens] report: run {run['summary'].get('run', run['dir'].name)}", flush=True)
@@ -149,13 +150,13 @@ def fmt(value) -> str:
 
 
 def table(columns: list[str], rows: list[list], bars: int | None = None) -> str:
-    """An HTML table; numbers right-aligned; column `bars` (values in [0, 1]) gets a bar."""
+    """An HTML table; the first column is a label, numbers right-aligned; column `bars` (in [0, 1]) gets a bar."""
     head = "".join(f"<th>{esc(c)}</th>" for c in columns)
     body = []
     for row in rows:
         cells = []
         for i, v in enumerate(row):
-            num = as_number(v)
+            num = as_number(v) if i > 0 else None
             bar = (f"<span class='bar' style='width:{max(0.0, min(1.0, num)) * 6:.2f}rem'></span>"
                    if i == bars and num is not None else "")
             cells.append(f"<td class='num'>{bar}{fmt(num)}</td>" if num is not None else f"<td>{esc(v)}</td>")
@@ -163,9 +164,11 @@ def table(columns: list[str], rows: list[list], bars: int | None = None) -> str:
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
-def as_number(v) -> float | None:
+def as_number(v) -> float | int | None:
     if isinstance(v, bool):
         return None
+    if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+        return int(v)
     try:
         return float(v) if v not in ("", None) else None
     except (TypeError, ValueError):
