@@ -78,6 +78,7 @@ def test_report_is_one_offline_page_with_every_figure(trained, tmp_path, capsys)
                   "Supervised vs. rotation pre-training", "Best configuration (by val_accuracy)",
                   "Why CAM works on a ResNet", "<math display='block'>", "Per-class accuracy"):
         assert title in page
+    assert page.count("Why CAM works on a ResNet") == 1
     assert "<td>T-shirt/top</td>" in page and "<td>270</td>" in page  # per-class rows of both runs
 
     if not Path(CHROMIUM).exists():

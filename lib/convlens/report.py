@@ -84,8 +84,10 @@ def write_report(paths, out=None) -> Path:
     print(f"[convlens] report: {len(found['runs'])} run(s), {len(found['sweeps'])} sweep(s), "
           f"{len(found['analyses'])} analysis folder(s)", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(found), encoding="utf-8")
-    print(f"[convlens] report written: {out} ({out.stat().st_size / 1e6:.1f} MB)", flush=True)
+    page = render(found)
+    out.write_text(page, encoding="utf-8")
+    print(f"[convlens] report: {page.count('<img ')} figures embedded, {out.stat().st_size / 1e6:.1f} MB",
+          flush=True)
     return out
 
 
@@ -332,8 +334,8 @@ def analysis_section(folder: Path) -> str:
     for key in order:
         title, why = METHODS.get(key, (key.replace("_", " ").capitalize(), ""))
         parts.append(f"<h3>{esc(title)}</h3><p>{esc(why)}</p>")
-        if key in ("cam", "gradcam"):
-            parts.append(cam_note())
+        if key == next((k for k in ("cam", "gradcam") if k in groups), None):
+            parts.append(cam_note())  # once, under the first of the two
         for e in groups[key]:
             caption = e.get("caption", "") + (f" [{Path(e['checkpoint']).name}]" if e.get("checkpoint") else "")
             parts.append(img(folder / e["file"], caption, "28rem"))
