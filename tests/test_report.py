@@ -1,0 +1,94 @@
+"""The HTML report: built from real tiny runs, opened in headless Chromium, fully offline."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+METHOD_FIGURES = ["filters", "feature_maps", "deconvnet", "inversion", "cam", "gradcam", "guided_backprop",
+                  "guided_gradcam", "embeddings", "knn", "extremes", "confusion", "compare"]
+
+
+def analysis_dir(folder: Path, checkpoint: str) -> Path:
+    """A folder as `convlens analyze` leaves it: PNG figures plus index.json describing each."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    folder.mkdir(parents=True)
+    entries = []
+    rng = np.random.default_rng(0)
+    for i, method in enumerate(METHOD_FIGURES):
+        fig, ax = plt.subplots(figsize=(3, 2.4))
+        ax.imshow(rng.random((8, 8)), cmap="viridis")
+        ax.set_title(method)
+        fig.savefig(folder / f"{i:02d}_{method}.png", dpi=60)
+        plt.close(fig)
+        entries.append({"file": f"{i:02d}_{method}.png", "checkpoint": checkpoint, "method": method,
+                        "caption": f"{method} of the tiny supervised network"})
+    (folder / "index.json").write_text(json.dumps(entries))
+    return folder
+
+
+def sweep_dir(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "trials.csv").write_text("trial,optim.lr,optim.weight_decay,val_accuracy\n"
+                                       "t0,0.1,0.0005,0.71\nt1,0.02,0.0001,0.78\nt2,0.5,0.0,0.42\n")
+    return folder
+
+
+def chromium(args: list[str], profile: Path, timeout: int = 90) -> subprocess.CompletedProcess:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+             f"--user-data-dir={profile}", "--virtual-time-budget=10000",
+             "--run-all-compositor-stages-before-draw"]
+    return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def trained(tiny_job, ray_cluster):
+    from convlens.training.run import train
+    sup = tiny_job(name="sup")
+    rot = tiny_job(name="rot", run={"task": "rotation", "epochs": 1})
+    train(sup)
+    train(rot)
+    return sup.run_dir.parent, sup.run_dir
+
+
+def test_report_is_one_offline_page_with_every_figure(trained, tmp_path, capsys):
+    from convlens.report import write_report
+    runs_root, sup_dir = trained
+    analysis = analysis_dir(tmp_path / "analysis", str(sup_dir / "best_epoch0002"))
+    sweep = sweep_dir(tmp_path / "sweep")
+    out = write_report([runs_root, analysis, sweep], out=tmp_path / "report" / "report.html")
+
+    page = out.read_text()
+    assert "report: run sup" in capsys.readouterr().out
+    assert not re.search(r"https?://", page), "the report must not reference the network"
+    assert "<script src" not in page and "<link" not in page
+    n_img = page.count("<img ")
+    assert n_img == 2 * 2 + len(METHOD_FIGURES)  # curves of both runs + every analysis figure
+    assert page.count("src='data:image/png;base64,") == n_img
+    for title in ("Class activation maps (CAM)", "Guided Grad-CAM", "Embeddings (t-SNE / PCA)",
+                  "Supervised vs. rotation pre-training", "Best configuration (by val_accuracy)",
+                  "Why CAM works on a ResNet", "<math display='block'>", "Per-class accuracy"):
+        assert title in page
+    assert page.count("Why CAM works on a ResNet") == 1
+    assert "<td>T-shirt/top</td>" in page and "<td>270</td>" in page  # per-class rows of both runs
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("no chromium to render the page")
+    dom = chromium(["--dump-dom", out.as_uri()], tmp_path / "profile").stdout
+    loaded = re.search(r'data-images-ok="(\d+)/(\d+)"', dom)
+    assert loaded, "the onload check did not run"
+    assert loaded.group(1) == loaded.group(2) == str(n_img)
+    shot = tmp_path / "report.png"
+    chromium([f"--screenshot={shot}", "--window-size=1100,2600", out.as_uri()], tmp_path / "profile2")
+    assert shot.is_file() and shot.stat().st_size > 10_000
+    keep = Path("/tmp/convlens-report-screenshot.png")  # for a person to look at after the run
+    shutil.copy(shot, keep)

@@ -1,0 +1,99 @@
+"""W&B tracking, for real: a tiny training run logs offline and we read its .wandb log back."""
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from wandb_reader import read_runs, wait_finished
+
+pytest.importorskip("wandb")
+
+
+def train_with_env(job, monkeypatch, env: dict) -> dict:
+    """Train with W&B env vars set in the driver (finalize) and in the Ray workers.
+
+    The session's Ray cluster started with WANDB_MODE=disabled, and workers inherit the
+    cluster's environment, not this process's: pass the variables as the worker runtime env.
+    """
+    from convlens.training.run import train
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return train(job, trainer_kwargs={"worker_runtime_env": {"env_vars": env}})
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # free again once closed: nothing listens there
+
+
+def secret_key() -> str:
+    return "convlens" + uuid.uuid4().hex  # 40 characters, the length of a W&B key
+
+
+def assert_absent(secret: str, folders: list[Path], text: str) -> int:
+    assert secret not in text
+    checked = 0
+    for folder in folders:
+        for path in Path(folder).rglob("*"):
+            if path.is_file():
+                assert secret.encode() not in path.read_bytes(), f"API key written to {path}"
+                checked += 1
+    return checked
+
+
+def test_offline_run_logs_every_epoch_summary_and_images(tiny_job, ray_cluster, monkeypatch, capfd):
+    from convlens.tracking import open_tracker
+    key = secret_key()
+    job = tiny_job(name="tracked", tracking={"mode": "offline"})
+    summary = train_with_env(job, monkeypatch, {"WANDB_MODE": "offline", "WANDB_API_KEY": key})
+    run_dir = job.run_dir
+    run_id = (run_dir / "wandb_id.txt").read_text().strip()
+
+    tracker = open_tracker(job, run_dir, 0)  # e.g. `convlens analyze` adding figures later
+    tracker.log_images([(str(run_dir / "loss.png"), "loss curve, train vs validation")], key="analysis")
+    tracker.finish()
+
+    assert len(wait_finished(run_dir / "wandb", run_id)) == 3  # worker, finalize, this reopen
+    log = read_runs(run_dir / "wandb", run_id)
+    curves = [row for row in log.history if "train/loss" in row]
+    assert [row["_step"] for row in curves] == [1, 2]
+    for row in curves:
+        assert {"val/loss", "val/accuracy", "lr", "images_per_second"} <= set(row)
+        assert row["val/per_class_accuracy"]["_type"] == "table-file"
+    assert log.config["run"]["name"] == "tracked" and log.config["model"]["width"] == 8
+    assert log.summary["test_accuracy"] == pytest.approx(summary["test_accuracy"])
+    captions = {c for m in log.media for c in m["captions"]}
+    assert "loss curve, train vs validation" in captions and "loss" in captions
+    media = [run_dir / "wandb" / p for m in log.media for p in m["paths"]]
+    assert any(p.name.endswith(".png") for p in media)
+    assert len({p.parent.name.split("-")[-1] for p in (run_dir / "wandb").glob("*run-*")}) == 1
+    out = capfd.readouterr()
+    assert assert_absent(key, [run_dir], out.out + out.err) > 5
+
+
+def test_online_without_server_falls_back_offline_and_keeps_key_secret(tiny_job, ray_cluster, monkeypatch,
+                                                                       capfd, tmp_path):
+    key = secret_key()
+    wandb_dir = tmp_path / "wandb-files"
+    job = tiny_job(name="unreachable", run={"epochs": 1},
+                   tracking={"mode": "online", "init_timeout": 5, "dir": str(wandb_dir)})
+    env = {"WANDB_MODE": "online", "WANDB_API_KEY": key,
+           "WANDB_BASE_URL": f"http://127.0.0.1:{closed_port()}"}
+    start = time.monotonic()
+    summary = train_with_env(job, monkeypatch, env)
+    seconds = time.monotonic() - start
+    out = capfd.readouterr()
+    assert summary["epochs"] == 1
+    assert "logging offline" in out.out  # the driver's (finalize) reopen said so, once
+    assert seconds < 120, f"tracking stalled training: {seconds:.0f}s"
+    run_id = (job.run_dir / "wandb_id.txt").read_text().strip()
+    wait_finished(wandb_dir / "wandb", run_id)
+    log = read_runs(wandb_dir / "wandb", run_id)
+    assert [row["_step"] for row in log.history if "train/loss" in row] == [1]
+    assert "test_accuracy" in log.summary
+    assert assert_absent(key, [job.run_dir, wandb_dir], out.out + out.err) > 5

@@ -1,0 +1,154 @@
+"""Read back what an offline W&B run wrote: its `.wandb` transaction log.
+
+The file is a LevelDB-style log: a 7-byte file header (":W&B", magic 0xBEE1 little-endian,
+version 0), then 32 KiB blocks of records, each with a 7-byte header
+crc32 (IEEE, over type byte + payload) | length (uint16 LE) | type (1 FULL, 2 FIRST,
+3 MIDDLE, 4 LAST). A record's payload is a serialized wandb_internal_pb2.Record.
+"""
+from __future__ import annotations
+
+import json
+import re
+import struct
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BLOCK = 32 * 1024
+FILE_HEADER = b":W&B" + struct.pack("<HB", 0xBEE1, 0)
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def read_payloads(path: Path) -> list[bytes]:
+    """Every complete record payload in a .wandb file, CRC-checked."""
+    data = Path(path).read_bytes()
+    if not data.startswith(FILE_HEADER):
+        raise ValueError(f"{path}: not a W&B log (header {data[:7]!r})")
+    pos, out, parts = len(FILE_HEADER), [], []
+    while pos + 7 <= len(data):
+        left_in_block = BLOCK - pos % BLOCK
+        if left_in_block < 7:  # block trailer too small for a header: zero padding
+            pos += left_in_block
+            continue
+        crc, length, kind = struct.unpack_from("<IHB", data, pos)
+        if kind == 0 and length == 0:  # zero fill at the end of a block (or an unfinished file)
+            pos += left_in_block
+            continue
+        payload = data[pos + 7:pos + 7 + length]
+        if len(payload) < length:
+            break  # a run still writing: the last record is partial
+        if zlib.crc32(bytes([kind]) + payload) != crc:
+            raise ValueError(f"{path}: bad checksum at byte {pos}")
+        pos += 7 + length
+        if kind == FULL:
+            out.append(payload)
+        elif kind == FIRST:
+            parts = [payload]
+        elif kind == MIDDLE:
+            parts.append(payload)
+        elif kind == LAST:
+            out.append(b"".join(parts + [payload]))
+            parts = []
+    return out
+
+
+def _items(items) -> dict:
+    """History/summary/config items as a dict; nested keys (media fields) become nested dicts."""
+    out: dict = {}
+    for item in items:
+        path = list(item.nested_key) or [item.key]
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = json.loads(item.value_json)
+    return out
+
+
+@dataclass
+class RunLog:
+    """What one .wandb file holds."""
+    run_id: str = ""
+    history: list[dict] = field(default_factory=list)  # one dict per history row, with "_step"
+    config: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+    media: list[dict] = field(default_factory=list)  # {"key", "step", "type", "captions", "paths"}
+    exit_code: int | None = None
+
+
+def read_run(path: Path) -> RunLog:
+    from wandb.proto import wandb_internal_pb2 as pb
+    log = RunLog()
+    for payload in read_payloads(path):
+        rec = pb.Record()
+        rec.ParseFromString(payload)
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            log.run_id = rec.run.run_id
+            log.config.update(_config(rec.run.config.update))
+        elif kind == "config":
+            log.config.update(_config(rec.config.update))
+        elif kind == "history":
+            row = _items(rec.history.item)
+            log.history.append(row)
+            log.media.extend(_media(row))
+        elif kind == "summary":
+            log.summary.update(_items(rec.summary.update))
+        elif kind == "exit":
+            log.exit_code = rec.exit.exit_code
+    return log
+
+
+def _config(items) -> dict:
+    return {k: v.get("value", v) if isinstance(v, dict) else v
+            for k, v in _items(items).items() if not k.startswith("_")}
+
+
+def _media(row: dict) -> list[dict]:
+    out = []
+    for key, value in row.items():
+        if isinstance(value, dict) and str(value.get("_type", "")).startswith(("image", "images")):
+            paths = value.get("filenames") or [value.get("path")]
+            out.append({"key": key, "step": row.get("_step"), "type": value["_type"],
+                        "captions": value.get("captions") or [value.get("caption")],
+                        "paths": [p for p in paths if p]})
+    return out
+
+
+def run_files(wandb_dir: Path, run_id: str | None = None) -> list[Path]:
+    """The .wandb files under a wandb dir (optionally of one run id), oldest first."""
+    pattern = f"run-{run_id}.wandb" if run_id else "run-*.wandb"
+    found = {p.resolve() for p in Path(wandb_dir).rglob(pattern)}  # latest-run is a symlink
+    return sorted(found, key=_started)
+
+
+def _started(path: Path) -> str:
+    """Run folders are named [offline-]run-YYYYMMDD_HHMMSS-<id>."""
+    found = re.search(r"\d{8}_\d{6}", path.parent.name)
+    return (found.group(0) if found else "") + path.parent.name
+
+
+def wait_finished(wandb_dir: Path, run_id: str | None = None, timeout: float = 60.0) -> list[Path]:
+    """The run's .wandb files once each holds its exit record (wandb-core may still be flushing)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        files = run_files(wandb_dir, run_id)
+        if files and all(read_run(p).exit_code is not None for p in files):
+            return files
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{wandb_dir}: runs not finished after {timeout:.0f}s: {files}")
+        time.sleep(0.5)
+
+
+def read_runs(wandb_dir: Path, run_id: str | None = None) -> RunLog:
+    """All offline segments of one run (worker starts, resumes, the driver's summary) merged in order."""
+    merged = RunLog()
+    for path in run_files(wandb_dir, run_id):
+        part = read_run(path)
+        merged.run_id = merged.run_id or part.run_id
+        merged.history += part.history
+        merged.config.update(part.config)
+        merged.summary.update(part.summary)
+        merged.media += part.media
+        merged.exit_code = part.exit_code if part.exit_code is not None else merged.exit_code
+    return merged
