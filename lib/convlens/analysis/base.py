@@ -1,0 +1,147 @@
+"""What every method starts from: a model in eval mode, a batch of normalized test images,
+hooks that capture named layers' activations and gradients, and batched feature passes.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from convlens.data.augment import normalize
+from convlens.training import tasks
+
+
+@dataclass
+class Options:
+    """Per-method knobs (AnalyzeJob.options), plain values so Ray can ship them."""
+    num_images: int = 128  # test images each method looks at
+    num_train: int = 1024  # train images indexed for kNN retrieval
+    layer: str | None = None  # stage for CAM / Grad-CAM / deconv (default: the last stage)
+    channel: int | None = None  # deconv channel (default: the most active one)
+    topk: int = 6  # deconv top-activating images; 2 correct + 2 wrong per class for CAMs
+    inversion_steps: int = 50
+    tv_weight: float = 1e-3
+    tsne_points: int = 300
+    knn_k: int = 10
+    batch_size: int = 256
+    seed: int = 0
+
+
+@dataclass
+class Context:
+    model: nn.Module  # convlens ResNet, eval mode, on `device`
+    task: str  # "supervised" | "rotation"
+    classes: list[str]  # dataset class names (true labels)
+    head_classes: list[str]  # what the head predicts (classes or rotations)
+    images: torch.Tensor  # (N, C, H, W) uint8 test images
+    labels: torch.Tensor  # (N,) int64 true classes
+    mean: torch.Tensor  # (1, C, 1, 1)
+    std: torch.Tensor
+    opts: Options
+    device: torch.device = torch.device("cpu")
+    train_images: torch.Tensor | None = None  # (M, C, H, W) uint8, for kNN
+    train_labels: torch.Tensor | None = None
+    title: str = ""  # "run / epoch N", for figure titles
+    cache: dict = field(default_factory=dict)
+
+    def norm(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        return normalize(x_uint8.to(self.device), self.mean.to(self.device), self.std.to(self.device))
+
+    def head_batch(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """(uint8 images, head targets, target names) the head is judged on: test images with
+        their classes, or for a rotation network, rotated test images with the rotation."""
+        if self.task == "rotation":
+            n = max(1, len(self.images) // 4)  # four rotations each: same batch size overall
+            x, y = tasks.rotate_batch(self.images[:n])
+            return x, y, self.head_classes
+        return self.images, self.labels, self.head_classes
+
+    @property
+    def stage(self) -> str:
+        return self.opts.layer or self.model.stage_names[-1]
+
+
+def display(x_uint8: torch.Tensor) -> np.ndarray:
+    """uint8 (N, C, H, W) -> float (N, H, W) for 1 channel or (N, H, W, 3) in [0, 1]."""
+    x = x_uint8.float().div(255).cpu().numpy()
+    return x[:, 0] if x.shape[1] == 1 else x.transpose(0, 2, 3, 1)
+
+
+def module(model: nn.Module, name: str) -> nn.Module:
+    """A named sub-module ('layer2', 'layer1.0.conv1'); unknown names list what exists."""
+    found = dict(model.named_modules())
+    if name not in found:
+        stages = getattr(model, "stage_names", [])
+        raise ValueError(f"layer {name!r} not in the model; stages are {stages}, e.g. "
+                         f"{[n for n in found if n][:8]}")
+    return found[name]
+
+
+@contextmanager
+def capture(model: nn.Module, names: list[str], grads: bool = False):
+    """Record forward outputs (and, if grads, output gradients) of named modules.
+
+    Yields dict name -> {"act": tensor, "grad": tensor}; tensors stay attached to the graph.
+    """
+    store = {n: {} for n in names}
+    handles = []
+    for n in names:
+        def hook(mod, inp, out, n=n):
+            store[n]["act"] = out
+            if grads and out.requires_grad:
+                out.register_hook(lambda g, n=n: store[n].__setitem__("grad", g))
+        handles.append(module(model, n).register_forward_hook(hook))
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def features(ctx: Context, x_uint8: torch.Tensor, pre_logits: bool = True) -> np.ndarray:
+    """Penultimate features (N, D) (or logits), in batches."""
+    out = []
+    for i in range(0, len(x_uint8), ctx.opts.batch_size):
+        x = ctx.norm(x_uint8[i:i + ctx.opts.batch_size])
+        out.append(ctx.model.forward_head(ctx.model.forward_features(x), pre_logits=pre_logits).float().cpu())
+    return torch.cat(out).numpy()
+
+
+@torch.no_grad()
+def activations(ctx: Context, x_uint8: torch.Tensor, names: list[str]) -> dict[str, np.ndarray]:
+    """Named layers' outputs for a (small) batch, as numpy arrays."""
+    with capture(ctx.model, names) as store:
+        ctx.model(ctx.norm(x_uint8))
+    return {n: store[n]["act"].float().cpu().numpy() for n in names}
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def build_context(folder: Path, opts: Options, device: str = "cpu", title: str = "") -> Context:
+    """Model and test images for one checkpoint, rebuilt from what the checkpoint recorded."""
+    from convlens.checkpoint import load_checkpoint, load_model_weights, read_manifest
+    from convlens.config import DataConfig
+    from convlens.data import load_dataset
+    from convlens.models import ResNet
+
+    arch = read_manifest(folder).get("arch") or load_checkpoint(folder)["arch"]
+    model = ResNet(**arch)
+    state = load_model_weights(model, folder)  # verified load, strict, same architecture
+    model.eval().to(device)
+    data = load_dataset(DataConfig(**state["config"]["data"]))
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in data.mean_std())
+    g = seeded(opts.seed)
+    test = torch.randperm(len(data.test_y), generator=g)[:opts.num_images].sort().values
+    train = torch.randperm(len(data.train_y), generator=g)[:opts.num_train].sort().values
+    return Context(model=model, task=state.get("task", "supervised"), classes=list(data.classes),
+                   head_classes=list(state.get("classes") or data.classes),
+                   images=data.test_x[test], labels=data.test_y[test], mean=mean, std=std, opts=opts,
+                   device=torch.device(device), train_images=data.train_x[train],
+                   train_labels=data.train_y[train], title=title)

@@ -1,0 +1,182 @@
+"""Class activation maps, one shared forward/backward per batch; each method only says how
+channels are weighted (CAM: the classifier's weights; Grad-CAM: mean gradients) or, for the
+guided variants, how ReLU passes gradients back (Springenberg et al. 2015)."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from convlens.analysis import base, plots
+from convlens.analysis.registry import register
+
+
+# ------------------------------------------------------------ pure map arithmetic
+
+def cam_weights(fc_weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """CAM (Zhou et al. 2016): the linear head's row for each target class, (B, C)."""
+    return fc_weight[target]
+
+
+def gradcam_weights(grads: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM (Selvaraju et al. 2017): spatially averaged gradients, (B, C, h, w) -> (B, C)."""
+    return grads.mean((2, 3))
+
+
+def weighted_map(acts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """ReLU(sum_c w_c A_c): (B, C, h, w), (B, C) -> (B, h, w)."""
+    return F.relu(torch.einsum("bchw,bc->bhw", acts, weights))
+
+
+def upsample_unit(maps: torch.Tensor, size) -> torch.Tensor:
+    """(B, h, w) -> (B, H, W) bilinear, each scaled to [0, 1] by its max (all-zero stays zero)."""
+    up = F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    peak = up.flatten(1).amax(1).clamp_min(1e-12)
+    return up / peak[:, None, None]
+
+
+class GuidedReLU(torch.autograd.Function):
+    """ReLU forward; backward passes only positive gradients where the input was positive."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g.clamp(min=0) * (x > 0)
+
+
+class _Guided(nn.Module):
+    def forward(self, x):
+        return GuidedReLU.apply(x)
+
+
+@contextmanager
+def guided_relus(model: nn.Module):
+    """Swap every nn.ReLU sub-module for GuidedReLU, restoring them afterwards."""
+    swapped = []
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.ReLU):
+                swapped.append((parent, name, child))
+                setattr(parent, name, _Guided())
+    try:
+        yield model
+    finally:
+        for parent, name, child in swapped:
+            setattr(parent, name, child)
+
+
+# ------------------------------------------------------------ one pass per batch
+
+def forward_backward(model, x: torch.Tensor, layer: str, target: torch.Tensor | None = None,
+                     guided: bool = False) -> dict:
+    """Logits, the layer's activations and gradients, and the input gradient of each image's
+    target logit (default: the predicted class), all from one forward and one backward."""
+    x = x.detach().clone().requires_grad_(True)
+    with (guided_relus(model) if guided else _nothing()), base.capture(model, [layer], grads=True) as s:
+        logits = model(x)
+        target = logits.argmax(1) if target is None else target
+        logits.gather(1, target[:, None]).sum().backward()  # images are independent in eval mode
+    return {"logits": logits.detach(), "target": target, "acts": s[layer]["act"].detach(),
+            "grads": s[layer]["grad"].detach(), "input_grad": x.grad.detach()}
+
+
+@contextmanager
+def _nothing():
+    yield
+
+
+def saliency(model, x: torch.Tensor, kind: str, layer: str, last_stage: str) -> tuple[torch.Tensor, dict]:
+    """Maps for a batch: (B, H, W) in [0, 1] for cam/gradcam, (B, C, H, W) signed otherwise."""
+    size = x.shape[-2:]
+    if kind == "cam":
+        out = forward_backward(model, x, last_stage)
+        maps = upsample_unit(weighted_map(out["acts"], cam_weights(model.fc.weight.detach(), out["target"])), size)
+    elif kind == "gradcam":
+        out = forward_backward(model, x, layer)
+        maps = upsample_unit(weighted_map(out["acts"], gradcam_weights(out["grads"])), size)
+    elif kind == "guided_backprop":
+        out = forward_backward(model, x, layer, guided=True)
+        maps = out["input_grad"]
+    elif kind == "guided_gradcam":
+        out = forward_backward(model, x, layer, guided=True)
+        plain = forward_backward(model, x, layer)
+        maps = out["input_grad"] * upsample_unit(weighted_map(plain["acts"], gradcam_weights(plain["grads"])),
+                                                 size)[:, None]
+    else:
+        raise ValueError(f"unknown saliency kind {kind!r}")
+    return maps, out
+
+
+def pick_per_class(pred: np.ndarray, true: np.ndarray, conf: np.ndarray, n_classes: int, k: int) -> np.ndarray:
+    """(n_classes, 2k) indices: per true class the k most confident correct, then the k most
+    confident wrong predictions; -1 where there are not enough."""
+    out = np.full((n_classes, 2 * k), -1, dtype=int)
+    for c in range(n_classes):
+        for j, ok in enumerate((True, False)):
+            idx = np.flatnonzero((true == c) & ((pred == true) == ok))
+            idx = idx[np.argsort(-conf[idx], kind="stable")][:k]
+            out[c, j * k: j * k + len(idx)] = idx
+    return out
+
+
+def compute_kind(ctx, kind: str) -> dict:
+    x_u8, y, names = ctx.head_batch()
+    maps, logits, targets = [], [], []
+    for i in range(0, len(x_u8), ctx.opts.batch_size):
+        m, out = saliency(ctx.model, ctx.norm(x_u8[i:i + ctx.opts.batch_size]), kind, ctx.stage,
+                          ctx.model.stage_names[-1])
+        maps.append(m.cpu())
+        logits.append(out["logits"].cpu())
+    logits = torch.cat(logits)
+    prob = logits.softmax(1)
+    conf, pred = prob.max(1)
+    true = y.numpy()
+    k = max(1, min(2, ctx.opts.topk // 2))
+    return {"images": base.display(x_u8), "maps": torch.cat(maps).numpy(), "pred": pred.numpy(),
+            "true": true, "conf": conf.numpy(), "names": names, "kind": kind,
+            "layer": ctx.model.stage_names[-1] if kind == "cam" else ctx.stage,
+            "picks": pick_per_class(pred.numpy(), true, conf.numpy(), len(names), k),
+            "accuracy": float((pred.numpy() == true).mean())}
+
+
+def draw_kind(r: dict, ctx) -> list[plots.Panel]:
+    picks, names, k2 = r["picks"], r["names"], r["picks"].shape[1]
+    cells, titles, overlay = [], [], []
+    for c in range(len(names)):
+        row_c, row_t, row_o = [], [], []
+        for j, i in enumerate(picks[c]):
+            if i < 0:
+                row_c.append(None), row_t.append(""), row_o.append(None)
+                continue
+            m = r["maps"][i]
+            verdict = "ok" if j < k2 // 2 else f"as {names[r['pred'][i]]}"
+            row_t.append(f"{verdict} {r['conf'][i]:.2f}")
+            if m.ndim == 2:  # heatmap on the image
+                row_c.append(r["images"][i]), row_o.append(m)
+            else:  # a gradient image
+                g = plots.signed_unit(m)
+                row_c.append(g[0] if g.shape[0] == 1 else g.transpose(1, 2, 0)), row_o.append(None)
+        cells.append(row_c), titles.append(row_t), overlay.append(row_o)
+    fig = plots.image_table(cells, titles, row_labels=list(names), overlay=overlay,
+                            suptitle=f"{ctx.title}  {r['kind']} at {r['layer']}: per class, "
+                                     f"{k2 // 2} most confident right | {k2 // 2} most confident wrong")
+    return [plots.Panel("", fig, f"{r['kind']} ({r['layer']}) for the most confident right and "
+                                 f"wrong predictions of each class")]
+
+
+def _register(kind: str, caption: str):
+    register(kind, draw_kind, caption)(lambda ctx: compute_kind(ctx, kind))
+
+
+_register("cam", "class activation map (last stage, GAP + linear head)")
+_register("gradcam", "Grad-CAM at the chosen stage")
+_register("guided_backprop", "guided backpropagation input gradients")
+_register("guided_gradcam", "guided backpropagation times Grad-CAM")

@@ -1,0 +1,162 @@
+"""`convlens analyze SPEC`: every chosen method on every chosen checkpoint, as Ray tasks.
+
+Each task rebuilds its checkpoint's model and test data, runs one method and writes its
+PNGs and JSON atomically; the driver then writes index.json and the compare pages.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from convlens.analysis import base
+from convlens.checkpoint import (CheckpointError, best_checkpoint, checkpoint_epoch, list_checkpoints,
+                                 verify, write_atomic)
+from convlens.config import ConfigError, Strict
+
+EpochChoice = int | Literal["best", "last"]
+
+
+class AnalyzeOptions(Strict):
+    num_images: int = Field(128, gt=0)  # test images each method looks at
+    num_train: int = Field(1024, gt=0)  # train images indexed for kNN
+    layer: str | None = None  # stage for Grad-CAM / guided / deconv, e.g. "layer3" (default: last)
+    channel: int | None = Field(None, ge=0)  # deconv channel (default: most active)
+    topk: int = Field(6, gt=0)  # deconv top-activating images
+    inversion_steps: int = Field(50, gt=0)  # Adam steps per stage, from noise
+    tv_weight: float = Field(1e-3, ge=0)  # total-variation prior weight
+    tsne_points: int = Field(300, gt=5)
+    knn_k: int = Field(10, gt=0)
+    batch_size: int = Field(256, gt=0)
+
+
+class AnalyzeJob(Strict):
+    kind: Literal["analyze"] = "analyze"
+    name: str = Field("analysis", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    out: str | None = None  # default runs/analysis/<name>
+    runs: list[str] = Field(default_factory=list)  # run directories
+    epochs: list[EpochChoice] | Literal["all", "best", "last"] = "last"  # which checkpoints of each run
+    checkpoints: list[str] = Field(default_factory=list)  # explicit checkpoint folders, besides runs
+    methods: list[str] | None = None  # default: every registered method
+    options: AnalyzeOptions = Field(default_factory=AnalyzeOptions)
+    seed: int = 0  # picks the test / train images
+    cpus_per_task: float = Field(1.0, gt=0)
+    gpus_per_task: float = Field(0.0, ge=0)  # fractional GPUs share one device
+    compare: list[tuple[str, str]] | Literal["all", "none"] = "all"  # run pairs, by run name
+    quiet: bool = False
+
+    @model_validator(mode="after")
+    def _checks(self):
+        from convlens.analysis.registry import names
+        if not self.runs and not self.checkpoints:
+            raise ValueError("runs and checkpoints are both empty: nothing to analyze")
+        unknown = sorted(set(self.methods or []) - set(names()))
+        if unknown:
+            raise ValueError(f"methods: unknown {unknown}; known: {names()}")
+        return self
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out or f"runs/analysis/{self.name}").expanduser().resolve()
+
+
+# ------------------------------------------------------------ which checkpoints
+
+def run_epochs(run_dir: Path) -> dict[int, Path]:
+    """epoch -> folder over checkpoint_epoch* and best_epoch* (the former preferred)."""
+    found = {checkpoint_epoch(p): p for p in sorted(Path(run_dir).glob("best_epoch*")) if p.is_dir()}
+    found.update({checkpoint_epoch(p): p for p in list_checkpoints(run_dir)})
+    return dict(sorted(found.items()))
+
+
+def select(run_dir: Path, epochs) -> list[Path]:
+    run_dir = Path(run_dir)
+    available = run_epochs(run_dir)
+    if not available:
+        raise ConfigError(f"runs: {run_dir} has no checkpoint_epoch* or best_epoch* folders")
+    if epochs == "all":
+        return list(available.values())
+    chosen = []
+    for e in [epochs] if isinstance(epochs, str) else epochs:
+        if e == "best":
+            best = best_checkpoint(run_dir)
+            if best is None:
+                raise ConfigError(f"epochs: best requested but {run_dir} has no verified best_epoch*")
+            folder = available.get(checkpoint_epoch(best), best)
+        elif e == "last":
+            folder = available[max(available)]
+        elif e in available:
+            folder = available[e]
+        else:
+            raise ConfigError(f"epochs: {run_dir} has no checkpoint for epoch {e}; has {sorted(available)}")
+        if folder not in chosen:
+            chosen.append(folder)
+    return chosen
+
+
+def targets(job: AnalyzeJob) -> list[tuple[str, int, Path]]:
+    """(run name, epoch, folder) for every checkpoint to analyze; each verified up front."""
+    out = []
+    for run in job.runs:
+        run_dir = Path(run).expanduser().resolve()
+        if not run_dir.is_dir():
+            raise ConfigError(f"runs: {run_dir} is not a directory")
+        out += [(run_dir.name, checkpoint_epoch(f), f) for f in select(run_dir, job.epochs)]
+    out += [(Path(c).resolve().parent.name, checkpoint_epoch(c), Path(c).resolve()) for c in job.checkpoints]
+    for _, _, folder in out:
+        try:
+            verify(folder)
+        except CheckpointError as err:
+            raise ConfigError(f"checkpoint {folder}: {err}") from None
+    return out
+
+
+# ------------------------------------------------------------ the Ray task
+
+def analyze_one(folder: str, methods: list[str], opts: dict, out_dir: str, meta: dict, device: str) -> list[dict]:
+    """Methods on one checkpoint (the driver sends one per task, so a failure and its retry
+    stay with that method); returns their index entries."""
+    from convlens.analysis.runner import run_method
+    ctx = base.build_context(Path(folder), base.Options(**opts), device,
+                             title=f"{meta['run']} / epoch {meta['epoch']}")
+    entries = []
+    for name in methods:
+        entries += run_method(ctx, name, Path(out_dir), meta)
+    return entries
+
+
+def analyze(job: AnalyzeJob) -> Path:
+    """Run the job; returns the output directory (with index.json)."""
+    import ray
+
+    from convlens.analysis import compare
+    from convlens.analysis.registry import names
+    from convlens.raycluster import ensure_ray
+
+    t0 = time.time()
+    chosen = targets(job)
+    methods = job.methods or names()
+    out = job.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    ensure_ray(quiet=job.quiet)
+    device = "cuda" if job.gpus_per_task > 0 else "cpu"
+    task = ray.remote(num_cpus=job.cpus_per_task, num_gpus=job.gpus_per_task, max_retries=2)(analyze_one)
+    opts = {**job.options.model_dump(), "seed": job.seed}
+    refs = []
+    for (run, epoch, folder), method in itertools.product(chosen, methods):
+        meta = {"run": run, "epoch": epoch, "checkpoint": str(folder)}
+        refs.append(task.remote(str(folder), [method], opts, str(out / run / folder.name), meta, device))
+    entries = [e for part in ray.get(refs) for e in part]
+    entries += compare.write_pages(entries, out, job.compare, methods)
+    index = {"name": job.name, "runs": sorted({r for r, _, _ in chosen}), "methods": methods,
+             "checkpoints": [str(f) for _, _, f in chosen], "seconds": round(time.time() - t0, 1),
+             "files": [{**e, "file": str(Path(e["file"]).relative_to(out))} for e in entries]}
+    write_atomic(out / "index.json", json.dumps(index, indent=1).encode())
+    if not job.quiet:
+        print(f"[convlens] analysis {job.name}: {len(entries)} files from {len(chosen)} checkpoints x "
+              f"{len(methods)} methods in {index['seconds']} s -> {out}/index.json", flush=True)
+    return out

@@ -1,0 +1,68 @@
+"""Nearest training images by cosine similarity of penultimate features, and the kNN
+classifier they make (similarity-weighted vote, as in DINO's eval_knn)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from convlens.analysis import base, plots
+from convlens.analysis.registry import register
+
+
+def top_k_cosine(queries: torch.Tensor, keys: torch.Tensor, k: int, chunk: int = 1024):
+    """(Q, D), (K, D) -> similarities (Q, k) and indices (Q, k) of the k most similar keys,
+    computed chunk by chunk of queries so the (Q, K) matrix is never held whole."""
+    q = torch.nn.functional.normalize(queries.float(), dim=1)
+    kn = torch.nn.functional.normalize(keys.float(), dim=1)
+    sims, idx = [], []
+    for i in range(0, len(q), chunk):
+        s, j = (q[i:i + chunk] @ kn.T).topk(min(k, len(kn)), dim=1)
+        sims.append(s), idx.append(j)
+    return torch.cat(sims), torch.cat(idx)
+
+
+def knn_predict(sims: torch.Tensor, idx: torch.Tensor, key_labels: torch.Tensor, n_classes: int):
+    """Each query's class by the sum of its neighbours' similarities per class, (Q,)."""
+    votes = torch.zeros(len(sims), n_classes, dtype=sims.dtype)
+    votes.scatter_add_(1, key_labels[idx], sims)
+    return votes.argmax(1)
+
+
+def distinct_classes(labels: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the first image of each of the first n classes that occur."""
+    _, first = np.unique(labels, return_index=True)
+    return np.sort(first)[:n]
+
+
+def grid(tiles: np.ndarray, rows: int) -> np.ndarray:
+    return tiles.reshape((rows, -1) + tiles.shape[1:])
+
+
+def compute(ctx) -> dict:
+    train = torch.from_numpy(base.features(ctx, ctx.train_images))
+    test = torch.from_numpy(base.features(ctx, ctx.images))
+    sims, idx = top_k_cosine(test, train, ctx.opts.knn_k)
+    pred = knn_predict(sims, idx, ctx.train_labels, len(ctx.classes))
+    q = distinct_classes(ctx.labels.numpy(), 5)
+    return {"accuracy": float((pred == ctx.labels).float().mean()), "k": ctx.opts.knn_k,
+            "queries": base.display(ctx.images[q]), "query_labels": ctx.labels[q].numpy(),
+            "neighbours": grid(base.display(ctx.train_images[idx[q].flatten()]), len(q)),
+            "neighbour_labels": ctx.train_labels[idx[q]].numpy(), "neighbour_sims": sims[q].numpy(),
+            "num_train": len(train), "num_test": len(test)}
+
+
+def draw(r: dict, ctx) -> list[plots.Panel]:
+    names = ctx.classes
+    cells, titles = [], []
+    for qi in range(len(r["queries"])):
+        cells.append([r["queries"][qi]] + list(r["neighbours"][qi]))
+        titles.append([f"query: {names[r['query_labels'][qi]]}"] +
+                      [f"{names[l]} {s:.2f}" for l, s in zip(r["neighbour_labels"][qi], r["neighbour_sims"][qi])])
+    fig = plots.image_table(cells, titles, suptitle=f"{ctx.title}  {r['k']} nearest of {r['num_train']} train "
+                                                    f"images (cosine); kNN accuracy {r['accuracy']:.3f} "
+                                                    f"on {r['num_test']} test images", size=1.2)
+    return [plots.Panel("", fig, f"nearest train images by cosine similarity; "
+                                 f"{r['k']}-NN accuracy {r['accuracy']:.3f}")]
+
+
+register("knn", draw, "nearest neighbours in feature space")(compute)

@@ -1,0 +1,46 @@
+"""One method on one checkpoint: compute, draw, write PNGs and a JSON summary atomically."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from convlens.analysis import plots
+from convlens.analysis.registry import load_all
+from convlens.checkpoint import write_atomic
+
+
+def scalars(result: dict) -> dict:
+    """The plain numbers and short strings of a result (arrays are only drawn, not stored)."""
+    out = {}
+    for k, v in result.items():
+        if isinstance(v, (bool, int, float, str)):
+            out[k] = v
+        elif isinstance(v, np.generic):
+            out[k] = v.item()
+        elif isinstance(v, np.ndarray) and v.ndim == 1 and v.size <= 64 and v.dtype.kind in "fiu":
+            out[k] = v.tolist()
+    return out
+
+
+def run_method(ctx, name: str, out_dir: Path, meta: dict) -> list[dict]:
+    """Write <out_dir>/<name>[_suffix].png and <name>.json; return their index entries."""
+    method = load_all()[name]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    result = method.compute(ctx)
+    seconds = time.perf_counter() - t0
+    entries = []
+    for panel in method.draw(result, ctx):
+        path = out_dir / (f"{name}_{panel.suffix}.png" if panel.suffix else f"{name}.png")
+        plots.save_png(panel.figure, path)
+        entries.append({**meta, "method": name, "file": str(path), "caption": panel.caption})
+    summary = {**meta, "method": name, "caption": method.caption, "compute_seconds": round(seconds, 3),
+               "images": len(ctx.images), "files": [e["file"] for e in entries], "result": scalars(result)}
+    path = out_dir / f"{name}.json"
+    write_atomic(path, json.dumps(summary, indent=1).encode())
+    entries.append({**meta, "method": name, "file": str(path), "caption": f"{method.caption}: numbers"})
+    return entries

@@ -1,0 +1,59 @@
+"""The analyze job end to end: two tiny real runs (supervised and rotation), two epochs each,
+every method as Ray tasks, and every file in index.json a real picture or JSON."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from convlens.analysis.job import AnalyzeJob, analyze
+from convlens.analysis.registry import names
+from convlens.config import ConfigError, validate
+
+
+@pytest.fixture
+def two_runs(tiny_job, ray_cluster):
+    from convlens.training.run import train
+    jobs = [tiny_job(name="sup"), tiny_job(name="rot", run={"task": "rotation"})]
+    for job in jobs:
+        train(job)
+    return [job.run_dir for job in jobs]
+
+
+def test_analyze_two_runs_two_epochs_all_methods(two_runs, tmp_path):
+    job = validate(AnalyzeJob, {
+        "name": "t", "out": str(tmp_path / "analysis"), "runs": [str(r) for r in two_runs],
+        "epochs": [1, 2], "quiet": True,
+        "options": {"num_images": 48, "num_train": 128, "inversion_steps": 3, "tsne_points": 40, "topk": 3}})
+    out = analyze(job)
+    index = json.loads((out / "index.json").read_text())
+    files = index["files"]
+    for run in ("sup", "rot"):
+        for epoch in (1, 2):
+            done = {e["method"] for e in files if e["run"] == run and e["epoch"] == epoch} - {"compare"}
+            assert done == set(names()), (run, epoch)
+    assert any(e["method"] == "compare" and " vs " in e["run"] for e in files)
+    for entry in files:
+        path = out / entry["file"]
+        assert path.is_file() and entry["caption"] and entry["method"], entry
+        if path.suffix == ".png":
+            img = matplotlib.image.imread(path)
+            assert img.shape[0] > 100 and img.shape[1] > 100, path
+            assert np.ptp(img[..., :3]) > 0.1, f"{path} is one colour"
+        else:
+            assert json.loads(path.read_text())["method"] == entry["method"]
+    rot = json.loads((out / "rot" / "checkpoint_epoch0002" / "confusion.json").read_text())
+    assert len(rot["result"]["per_class_accuracy"]) == 4  # judged on rotations
+    assert not list(out.rglob(".*.tmp-*"))
+    # a missing epoch is refused before any task starts, naming what exists
+    missing = validate(AnalyzeJob, {"runs": [str(two_runs[0])], "epochs": [7], "out": str(tmp_path / "a")})
+    with pytest.raises(ConfigError, match=r"no checkpoint for epoch 7; has \[1, 2\]"):
+        analyze(missing)
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ConfigError, match="unknown \\['gradcamm'\\]"):
+        validate(AnalyzeJob, {"runs": ["x"], "methods": ["gradcamm"]})
