@@ -1,0 +1,28 @@
+"""The demo pipeline end to end at reduced size: both networks, probes, sweep, analysis, report."""
+import json
+
+from convlens.config import load_job
+from convlens.demo import run_demo
+
+TINY = {"data.train_subset": 768, "data.test_subset": 256, "model.layers": [1, 1], "model.width": 8,
+        "run.workers": 1, "run.quiet": True}
+
+
+def test_demo_end_to_end_at_reduced_size(ray_cluster, tmp_path, cache_dir):
+    job = load_job("jobs/demo.yaml", [f"root={tmp_path / 'demo'}", "quiet=true"])
+    for step, epochs in ((job.supervised, 2), (job.rotation, 2)):
+        step.overrides.update(TINY, **{"run.epochs": epochs, "data.cache_dir": cache_dir})
+    job.probes.overrides.update({"stages": [1, 2], "max_train": 512, "probe_epochs": 2})
+    job.sweep.overrides.update({"base_overrides": {**TINY, "run.epochs": 2, "data.cache_dir": cache_dir,
+                                                   "run.steps_per_epoch": 4}, "num_samples": 2})
+    job.analysis.overrides.update({"epochs": [1, "last"], "options": {"num_images": 32, "num_train": 128,
+                                                                      "inversion_steps": 5, "tsne_points": 60}})
+    report = run_demo(job)
+    html = report.read_text()
+    assert report.name == "report.html" and "<img" in html and "http://" not in html
+    root = tmp_path / "demo"
+    for run in ("supervised", "rotation"):
+        assert json.loads((root / run / "summary.json").read_text())["epochs"] == 2
+        assert (root / run / "probes.json").is_file()
+    index = json.loads((root / "analysis" / "index.json").read_text())
+    assert index
