@@ -140,8 +140,7 @@ class Setup:
         return {"epoch": epoch, **train,
                 "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_error": 1 - val["accuracy"],
                 "val_per_class_accuracy": val["per_class_accuracy"],
-                "lr": train.pop("lr"), "epoch_seconds": seconds,
-                "steps": epoch * self.steps}
+                "epoch_seconds": seconds, "steps": epoch * self.steps}
 
     def train_epoch(self, epoch: int) -> dict:
         job, model, opt = self.job, self.model, self.opt
