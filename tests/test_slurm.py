@@ -109,7 +109,7 @@ def test_two_node_script_and_multinode_bootstrap(cluster, setup, tmp_path):
                  "--signal=USR2@120", "--exclusive", "--account=my-project", "--mem=262144M",
                  "--constraint='a100|h100'", "--time=240"):
         assert f"#SBATCH {flag}" in script, flag
-    assert "module load cuda/12.4" in script and "srun" in script
+    assert "module load cuda/12.4" in script and "srun" in script and "RAY_AUTH_MODE" in script
 
     port = raynodes.ray_port("12345")
     assert raynodes.ray_port("12345_3") == port and 20000 <= port < 30000

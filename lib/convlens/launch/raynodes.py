@@ -18,6 +18,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def use_token_auth() -> None:
+    """Head, workers and driver must agree on auth: token mode, with the token that the head
+    creates in ~/.ray/auth_token (shared home) or RAY_AUTH_TOKEN exported in the profile's setup."""
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
 def ray_port(job_id: str) -> int:
     """A GCS port per job, so two allocations sharing a node never collide (6379 is left alone)."""
     return 20000 + int(str(job_id).split("_")[0]) % 2500 * 4
@@ -32,10 +38,10 @@ def common_args(cpus: int, gpus: int) -> list[str]:
 
 
 def head_command(ip: str, port: int, cpus: int, gpus: int) -> list[str]:
-    """`ray start --head` on ports derived from `port` (port..port+3), no dashboard."""
+    """`ray start --head` on ports derived from `port` (port..port+2), no dashboard."""
     return [ray_bin(), "start", "--head", f"--node-ip-address={ip}", f"--port={port}",
-            f"--ray-client-server-port={port + 1}", f"--dashboard-agent-listen-port={port + 2}",
-            f"--dashboard-agent-grpc-port={port + 3}", "--include-dashboard=false",
+            f"--dashboard-agent-listen-port={port + 1}", f"--dashboard-agent-grpc-port={port + 2}",
+            "--include-dashboard=false",
             *common_args(cpus, gpus)]
 
 
@@ -43,9 +49,12 @@ def worker_command(ip: str, head: str, cpus: int, gpus: int) -> list[str]:
     return [ray_bin(), "start", f"--address={head}", f"--node-ip-address={ip}", *common_args(cpus, gpus)]
 
 
-def wait_port(host: str, port: int, timeout: float) -> None:
+def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    """Until host:port accepts connections; fails early if proc (our `ray start`) has exited."""
     deadline = time.time() + timeout
     while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"`{' '.join(proc.args)}` exited with status {proc.returncode}")
         try:
             socket.create_connection((host, port), timeout=2).close()
             return
@@ -92,9 +101,10 @@ def stop_tree(proc: subprocess.Popen) -> None:
 def head_node(ip: str, port: int, nodes: int, cpus: int, gpus: int, timeout: float = 300):
     """Start the head, connect this process as the driver, wait for all nodes; tear down after."""
     import ray
+    use_token_auth()
     proc = subprocess.Popen(head_command(ip, port, cpus, gpus), stdin=subprocess.DEVNULL)
     try:
-        wait_port(ip, port, timeout)
+        wait_port(ip, port, timeout, proc)
         os.environ["RAY_ADDRESS"] = f"{ip}:{port}"
         ray.init(address=f"{ip}:{port}", include_dashboard=False)
         wait_nodes(nodes, timeout)
@@ -107,6 +117,7 @@ def head_node(ip: str, port: int, nodes: int, cpus: int, gpus: int, timeout: flo
 
 def worker_node(ip: str, head: str, cpus: int, gpus: int, done_file: Path, timeout: float = 300) -> None:
     """Join the head, stay until the driver writes done_file (or the worker dies), then stop."""
+    use_token_auth()
     host, port = head.rsplit(":", 1)
     wait_port(host, int(port), timeout)
     proc = subprocess.Popen(worker_command(ip, head, cpus, gpus), stdin=subprocess.DEVNULL)

@@ -135,16 +135,21 @@ def write_spec(job: BaseModel, profile: ClusterProfile, label: str) -> Path:
     return path
 
 
-def make_executor(profile: ClusterProfile, job_name: str):
+def make_executor(profile: ClusterProfile, job_name: str, multinode: bool = False):
     import submitit
     executor = submitit.SlurmExecutor(folder=profile.folder, max_num_timeout=20)
     params = sbatch_parameters(profile, job_name)
     # The job runs in a fresh process on another machine: same python (submitit's default,
     # sys.executable) and the same import path as this submitter.
     params["setup"] = [*pythonpath_lines(), f"export CONVLENS_SLURM_FOLDER={profile.folder.parent}/$SLURM_JOB_ID",
-                       *params["setup"]]
+                       *ray_auth_lines(multinode), *params["setup"]]
     executor.update_parameters(**params)
     return executor
+
+
+def ray_auth_lines(multinode: bool) -> list[str]:
+    # Ray reads its auth mode at import: set it before any Python starts, the same on every node.
+    return ['export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"'] if multinode else []
 
 
 def pythonpath_lines() -> list[str]:
@@ -170,7 +175,7 @@ def submit(cluster_yaml, kind: str, spec, overrides=(), wait: bool = False, arra
     spec_path = write_spec(job, profile, label)
     multinode = profile.nodes > 1 if multinode is None else multinode
     work = SlurmJob(kind, str(spec_path), profile.nodes, profile.cpus_per_task, profile.gpus_per_node, multinode)
-    sjob = make_executor(profile, f"convlens-{label}").submit(work)
+    sjob = make_executor(profile, f"convlens-{label}", multinode).submit(work)
     group = getattr(getattr(job, "tracking", None), "group", None)
     print(f"[convlens] submitted slurm job {sjob.job_id} ({label}, {profile.nodes} node(s))\n"
           f"  stdout: {sjob.paths.stdout}\n  stderr: {sjob.paths.stderr}\n"
@@ -228,5 +233,5 @@ def log_tail(sjob, lines: int = 30) -> str:
 
 def sbatch_script(profile: ClusterProfile, label: str) -> str:
     """The batch script submit() would queue for this profile (to inspect without a cluster)."""
-    executor = make_executor(profile, f"convlens-{label}")
+    executor = make_executor(profile, f"convlens-{label}", profile.nodes > 1)
     return executor._make_submission_file_text(executor._submitit_command_str, uid="preview")
