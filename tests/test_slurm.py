@@ -120,5 +120,9 @@ def test_two_node_script_and_multinode_bootstrap(cluster, setup, tmp_path):
 
     assert submit(profile, "train", spec("slurm_multi"), wait=True, timeout=240, multinode=True) == 0
     assert json.loads((runs / "slurm_multi/summary.json").read_text())["epochs"] == 2
-    log = next((tmp_path / "logs").glob("*/*_0_log.out")).read_text()
-    assert "Ray cluster up: 1 nodes" in log
+    log_file = next((tmp_path / "logs").glob("*/*_0_log.out"))
+    assert "Ray cluster up: 1 nodes" in log_file.read_text()
+    # our `ray start` must not become the node's default cluster for other ray.init() calls
+    shared = Path("/tmp/ray/ray_current_cluster")
+    job_port = raynodes.ray_port(log_file.parent.name)
+    assert not shared.exists() or not shared.read_text().endswith(f":{job_port}")

@@ -37,9 +37,16 @@ def common_args(cpus: int, gpus: int) -> list[str]:
     return [f"--num-cpus={cpus}", f"--num-gpus={gpus}", "--disable-usage-stats", "--block"]
 
 
+def temp_dir(port: int) -> str:
+    # Private to the job: `ray start` records its address in <temp dir>/ray_current_cluster, and
+    # in the shared /tmp/ray every later plain ray.init() on the node would try to join it.
+    return f"/tmp/convlens-ray-{port}"
+
+
 def head_command(ip: str, port: int, cpus: int, gpus: int) -> list[str]:
     """`ray start --head` on ports derived from `port` (port..port+2), no dashboard."""
     return [ray_bin(), "start", "--head", f"--node-ip-address={ip}", f"--port={port}",
+            f"--temp-dir={temp_dir(port)}",
             f"--dashboard-agent-listen-port={port + 1}", f"--dashboard-agent-grpc-port={port + 2}",
             "--include-dashboard=false",
             *common_args(cpus, gpus)]

@@ -88,7 +88,8 @@ def run_single_node(argv: list[str], cpus: int, gpus: int) -> int:
     os.environ.pop("RAY_ADDRESS", None)  # never join a cluster inherited from the submitter
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    ray.init(num_cpus=cpus, num_gpus=gpus, include_dashboard=False)
+    # address="local": a new instance even if a `ray start` on this node left its address behind
+    ray.init(address="local", num_cpus=cpus, num_gpus=gpus, include_dashboard=False)
     try:
         return run_cli(argv)
     finally:
