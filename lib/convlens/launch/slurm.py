@@ -1,0 +1,238 @@
+"""`convlens submit`: run a train/sweep/analyze/demo job in a Slurm allocation with submitit.
+
+The job is validated here, before anything is queued, then written as a resolved spec next
+to the logs (shared storage) and run on the allocation by the same `convlens` CLI entry point.
+On one node the job starts its own Ray in-process; on several, Ray is bootstrapped across
+the nodes (launch/raynodes.py). Preemption and time limits send USR2: submitit calls
+`checkpoint()` and requeues the same job, which resumes from what the run saved on disk
+(Ray Train checkpoints under run.root/run.name, or the sweep's state with --resume).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel
+
+from convlens.config import ConfigError, load_job, validate
+from convlens.launch.profile import ClusterProfile, load_profile, sbatch_parameters
+
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
+            "DEADLINE", "PREEMPTED"}
+
+
+class JobFailed(RuntimeError):
+    """The Slurm job ended without a successful result; the message has its state and log tail."""
+
+
+class SlurmJob:
+    """What runs on the allocation: `convlens <kind> <spec>` on one node, or across nodes with Ray."""
+
+    def __init__(self, kind: str, spec_path: str, nodes: int, cpus: int, gpus: int, multinode: bool):
+        self.kind, self.spec_path = kind, spec_path
+        self.nodes, self.cpus, self.gpus = nodes, cpus, gpus
+        self.multinode = multinode  # head+workers bootstrap even when nodes == 1
+        self.attempt = 0  # bumped by checkpoint(); SLURM_RESTART_COUNT covers external requeues
+
+    def argv(self, restarted: bool) -> list[str]:
+        resume = ["--resume"] if self.kind == "sweep" and restarted else []
+        return [self.kind, self.spec_path, *resume]
+
+    def __call__(self) -> int:
+        import submitit
+        env = submitit.JobEnvironment()
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+        argv = self.argv(restarted=restarts > 0 or self.attempt > 0)
+        print(f"[convlens] slurm job {env.job_id} rank {env.global_rank}/{env.num_tasks} on {env.hostname}: "
+              f"restart {restarts}, attempt {self.attempt}, convlens {' '.join(argv)}", flush=True)
+        if not self.multinode:
+            return check_status(argv, run_single_node(argv, self.cpus, self.gpus))
+        return check_status(argv, self.run_multinode(env, argv, restarts))
+
+    def run_multinode(self, env, argv: list[str], restarts: int) -> int:
+        import socket
+        from convlens.launch import raynodes
+        head_ip = socket.gethostbyname(env.hostnames[0])
+        port = raynodes.ray_port(env.job_id)
+        done = Path(os.environ.get("CONVLENS_SLURM_FOLDER", ".")) / f"ray_done_{env.job_id}_{restarts}"
+        if env.global_rank > 0:
+            raynodes.worker_node(socket.gethostbyname(env.hostname), f"{head_ip}:{port}", self.cpus,
+                                 self.gpus, done)
+            return 0
+        try:
+            with raynodes.head_node(head_ip, port, self.nodes, self.cpus, self.gpus):
+                return run_cli(argv)
+        finally:
+            done.touch()
+
+    def checkpoint(self, *args, **kwargs):
+        """USR2 (time limit or preemption): requeue this same job; the run resumes from disk."""
+        import submitit
+        self.attempt += 1
+        print(f"[convlens] checkpoint: requeueing (attempt {self.attempt})", flush=True)
+        return submitit.helpers.DelayedSubmission(self)
+
+
+def run_cli(argv: list[str]) -> int:
+    from convlens.cli import main
+    return main(argv)
+
+
+def run_single_node(argv: list[str], cpus: int, gpus: int) -> int:
+    """A private Ray sized to this allocation (not to the whole machine), then the CLI."""
+    import ray
+    os.environ.pop("RAY_ADDRESS", None)  # never join a cluster inherited from the submitter
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    # address="local": a new instance even if a `ray start` on this node left its address behind
+    ray.init(address="local", num_cpus=cpus, num_gpus=gpus, include_dashboard=False)
+    try:
+        return run_cli(argv)
+    finally:
+        ray.shutdown()
+
+
+def check_status(argv: list[str], code: int) -> int:
+    if code:
+        raise RuntimeError(f"convlens {' '.join(argv)} exited with status {code}")
+    return code
+
+
+# ---------------------------------------------------------------- submitting side
+
+def resolve_job(kind: str, spec: str | Path, overrides, profile: ClusterProfile) -> BaseModel:
+    """Validate now; point every output root at profile.runs_root; give W&B a stable group."""
+    job = load_job(spec, list(overrides), kind)
+    data = job.model_dump(mode="json")
+    if profile.runs_root:
+        root = str(Path(profile.runs_root).expanduser().resolve())
+        for name, field in type(job).model_fields.items():
+            section = getattr(job, name)
+            if isinstance(section, BaseModel) and "root" in type(section).model_fields:
+                data[name]["root"] = root
+        if "root" in type(job).model_fields:
+            data["root"] = root
+    if isinstance(data.get("tracking"), dict) and not data["tracking"].get("group"):
+        data["tracking"]["group"] = job_label(kind, data, Path(spec))
+    return validate(type(job), data, f"{kind} spec {spec}")
+
+
+def job_label(kind: str, data: dict, spec: Path) -> str:
+    run = data.get("run")
+    name = run.get("name") if isinstance(run, dict) else None
+    return f"{kind}-{name or data.get('name') or spec.stem}"
+
+
+def write_spec(job: BaseModel, profile: ClusterProfile, label: str) -> Path:
+    """The resolved spec, beside the logs: shared storage every node (and every requeue) can read."""
+    folder = Path(profile.log_dir).expanduser().resolve() / "specs"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{label}-{datetime.now():%Y%m%d-%H%M%S-%f}.yaml"
+    path.write_text(yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False))
+    return path
+
+
+def make_executor(profile: ClusterProfile, job_name: str, multinode: bool = False):
+    import submitit
+    executor = submitit.SlurmExecutor(folder=profile.folder, max_num_timeout=20)
+    params = sbatch_parameters(profile, job_name)
+    # The job runs in a fresh process on another machine: same python (submitit's default,
+    # sys.executable) and the same import path as this submitter.
+    params["setup"] = [*pythonpath_lines(), f"export CONVLENS_SLURM_FOLDER={profile.folder.parent}/$SLURM_JOB_ID",
+                       *ray_auth_lines(multinode), *params["setup"]]
+    executor.update_parameters(**params)
+    return executor
+
+
+def ray_auth_lines(multinode: bool) -> list[str]:
+    # Ray reads its auth mode at import: set it before any Python starts, the same on every node.
+    return ['export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"'] if multinode else []
+
+
+def pythonpath_lines() -> list[str]:
+    import shlex
+    path = os.environ.get("PYTHONPATH")
+    return [f"export PYTHONPATH={shlex.quote(path)}"] if path else []
+
+
+def submit(cluster_yaml, kind: str, spec, overrides=(), wait: bool = False, array: bool = False,
+           timeout: float | None = None, multinode: bool | None = None):
+    """Queue `convlens <kind> <spec> <overrides>` on the cluster of cluster_yaml.
+
+    Returns the submitit Job; with wait=True follows it to the end and returns its exit status
+    (0), raising JobFailed when it failed, was cancelled or ran out of time (or after timeout s).
+    multinode forces (or forbids) the head+workers Ray bootstrap; default: profile.nodes > 1.
+    """
+    profile = load_profile(cluster_yaml)
+    if array:
+        raise ConfigError("--array (one Slurm array task per sweep trial) is not implemented: a sweep runs "
+                          "in one allocation where Ray Tune schedules every trial; raise nodes to get more room")
+    job = resolve_job(kind, spec, overrides, profile)
+    label = job_label(kind, job.model_dump(mode="json"), Path(spec))
+    spec_path = write_spec(job, profile, label)
+    multinode = profile.nodes > 1 if multinode is None else multinode
+    work = SlurmJob(kind, str(spec_path), profile.nodes, profile.cpus_per_task, profile.gpus_per_node, multinode)
+    sjob = make_executor(profile, f"convlens-{label}", multinode).submit(work)
+    group = getattr(getattr(job, "tracking", None), "group", None)
+    print(f"[convlens] submitted slurm job {sjob.job_id} ({label}, {profile.nodes} node(s))\n"
+          f"  stdout: {sjob.paths.stdout}\n  stderr: {sjob.paths.stderr}\n"
+          f"  spec:   {spec_path}\n  W&B group: {group}", flush=True)
+    if wait:
+        return wait_for(sjob, timeout)
+    return sjob
+
+
+def slurm_state(job_id: str) -> str:
+    """The job's state from slurmctld (no accounting needed); "GONE" once it is purged."""
+    out = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True)
+    for token in out.stdout.split():
+        if token.startswith("JobState="):
+            return token.split("=", 1)[1]
+    return "GONE"
+
+
+def wait_for(sjob, timeout: float | None = None, poll_s: float = 2.0) -> int:
+    """Follow a job to its end without sacct: never hangs on a job killed before its result."""
+    deadline = None if timeout is None else time.time() + timeout
+    last = None
+    while True:
+        state = slurm_state(sjob.job_id)
+        if state != last:
+            print(f"[convlens] job {sjob.job_id}: {state}", flush=True)
+            last = state
+        if sjob.paths.result_pickle.exists():
+            return finish(sjob)
+        if state in TERMINAL or state == "GONE":
+            time.sleep(3)  # the result file may still be on its way through shared storage
+            if sjob.paths.result_pickle.exists():
+                return finish(sjob)
+            raise JobFailed(f"slurm job {sjob.job_id} ended {state} without a result\n{log_tail(sjob)}")
+        if deadline and time.time() > deadline:
+            raise JobFailed(f"slurm job {sjob.job_id} still {state} after {timeout:.0f} s (left running)")
+        time.sleep(poll_s)
+
+
+def finish(sjob) -> int:
+    import submitit
+    try:
+        return sjob.result()
+    except submitit.core.utils.FailedJobError as err:
+        raise JobFailed(f"slurm job {sjob.job_id} failed:\n{err}\n{log_tail(sjob)}") from None
+
+
+def log_tail(sjob, lines: int = 30) -> str:
+    path = Path(sjob.paths.stderr)
+    if not path.is_file():
+        return f"(no stderr at {path})"
+    return f"--- last lines of {path}:\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+
+def sbatch_script(profile: ClusterProfile, label: str) -> str:
+    """The batch script submit() would queue for this profile (to inspect without a cluster)."""
+    executor = make_executor(profile, f"convlens-{label}", profile.nodes > 1)
+    return executor._make_submission_file_text(executor._submitit_command_str, uid="preview")

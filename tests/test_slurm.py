@@ -1,0 +1,128 @@
+"""`convlens submit` on a real one-node Slurm cluster (slurm/cluster.sh), with real Ray inside.
+
+Needs root and the Debian Slurm packages (cluster.sh installs them when missing); never skipped.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import tiny_spec
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    start = time.time()
+    subprocess.run(["bash", str(REPO / "slurm/cluster.sh"), "start"], check=True, timeout=300)
+    print(f"\n[test_slurm] cluster.sh start took {time.time() - start:.1f} s")
+    out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, check=True).stdout
+    assert out.split()[0] in ("idle", "mixed", "allocated")
+    yield
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def setup(tmp_path, cache_dir):
+    """Profile (local cluster, outputs in tmp_path) + a factory for tiny train specs."""
+    local = yaml.safe_load((REPO / "slurm/local.yaml").read_text())
+    local.update(log_dir=str(tmp_path / "logs"), runs_root=str(tmp_path / "runs"), time_minutes=10)
+    profile = write_yaml(tmp_path / "cluster.yaml", local)
+
+    def spec(name, **sections):
+        # run.root points elsewhere on purpose: the profile's runs_root must win
+        return write_yaml(tmp_path / f"{name}.yaml", tiny_spec(tmp_path / "elsewhere", cache_dir, name, **sections))
+    return profile, spec, tmp_path / "runs"
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def registered_checkpoints(run_dir: Path) -> list[dict]:
+    """Epoch metrics of the checkpoints Ray Train has registered: what a restarted run resumes from."""
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
+    return [r["metrics"] for r in snapshot["checkpoint_results"]]
+
+
+def test_submit_train_waits_for_summary(cluster, setup, capsys):
+    from convlens.launch.slurm import submit
+    profile, spec, runs = setup
+    assert submit(profile, "train", spec("slurm_tiny"), ["optim.lr=0.05"], wait=True, timeout=240) == 0
+    summary = json.loads((runs / "slurm_tiny/summary.json").read_text())
+    assert summary["epochs"] == 2
+    assert not (profile.parent / "elsewhere").exists()
+    out = capsys.readouterr().out
+    assert re.search(r"submitted slurm job \d+", out) and "stdout:" in out and "W&B group: train-slurm_tiny" in out
+
+
+def test_requeue_resumes_from_checkpoint(cluster, setup):
+    """scontrol requeue mid-run: the job restarts, resumes from Ray Train's checkpoint, and ends
+    with epochs 1..4 once each; the epochs done before the requeue are not trained again."""
+    from convlens.launch.slurm import slurm_state, submit, wait_for
+    profile, spec, runs = setup
+    job = submit(profile, "train", spec("slurm_requeue", run={"epochs": 4}, data={"train_subset": 3072}))
+    run_dir = runs / "slurm_requeue"
+    deadline = time.time() + 150
+    while not registered_checkpoints(run_dir):
+        assert time.time() < deadline, f"no checkpoint after 150 s; state {slurm_state(job.job_id)}"
+        time.sleep(0.3)
+    before = registered_checkpoints(run_dir)
+    assert len(before) < 4, "run finished before the requeue; make epochs slower"
+    subprocess.run(["scontrol", "requeue", job.job_id], check=True)
+    assert wait_for(job, timeout=240) == 0
+    after = read_metrics(run_dir)
+    assert [m["epoch"] for m in after] == [1, 2, 3, 4]
+    assert after[:len(before)] == before  # same rows, same timings: resumed, not retrained
+    log = Path(job.paths.stdout).read_text()
+    assert "restart 0," in log and "restart 1," in log
+    assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 4
+
+
+def test_two_node_script_and_multinode_bootstrap(cluster, setup, tmp_path):
+    """Two nodes cannot run here: check the batch script and Ray commands for nodes=2, then run
+    the head+workers bootstrap path for real on one node."""
+    from convlens.launch import raynodes
+    from convlens.launch.profile import load_profile
+    from convlens.launch.slurm import sbatch_script, submit
+    profile, spec, runs = setup
+    gpu = yaml.safe_load((REPO / "slurm/example_gpu_cluster.yaml").read_text())
+    gpu.update(log_dir=str(tmp_path / "gpu_logs"))
+    script = sbatch_script(load_profile(write_yaml(tmp_path / "gpu.yaml", gpu)), "train-big")
+    for flag in ("--nodes=4", "--ntasks-per-node=1", "--gpus-per-node=4", "--cpus-per-task=32",
+                 "--signal=USR2@120", "--exclusive", "--account=my-project", "--mem=262144M",
+                 "--constraint='a100|h100'", "--time=240"):
+        assert f"#SBATCH {flag}" in script, flag
+    assert "module load cuda/12.4" in script and "srun" in script and "RAY_AUTH_MODE" in script
+
+    port = raynodes.ray_port("12345")
+    assert raynodes.ray_port("12345_3") == port and 20000 <= port < 30000
+    head = raynodes.head_command("10.0.0.1", port, 32, 4)
+    worker = raynodes.worker_command("10.0.0.2", f"10.0.0.1:{port}", 32, 4)
+    assert "--head" in head and f"--port={port}" in head and "--num-gpus=4" in head
+    assert f"--address=10.0.0.1:{port}" in worker and "--head" not in worker
+
+    assert submit(profile, "train", spec("slurm_multi"), wait=True, timeout=240, multinode=True) == 0
+    assert json.loads((runs / "slurm_multi/summary.json").read_text())["epochs"] == 2
+    log_file = next((tmp_path / "logs").glob("*/*_0_log.out"))
+    assert "Ray cluster up: 1 nodes" in log_file.read_text()
+    # our `ray start` must not become the node's default cluster for other ray.init() calls
+    shared = Path("/tmp/ray/ray_current_cluster")
+    job_port = raynodes.ray_port(log_file.parent.name)
+    assert not shared.exists() or not shared.read_text().endswith(f":{job_port}")
