@@ -14,4 +14,10 @@ def _training_failed():
     return TrainingFailedError
 
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, FileNotFoundError, _run_stopped(), _training_failed())
+def _job_failed():
+    from convlens.launch.slurm import JobFailed
+    return JobFailed
+
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError, FileNotFoundError, _run_stopped(), _training_failed(),
+               _job_failed())
