@@ -85,14 +85,17 @@ def test_asha_sweep_stops_weak_trials_and_writes_best_job(ray_cluster, tmp_path,
 
 def test_nan_trial_does_not_stop_the_others(ray_cluster, tmp_path, cache_dir):
     from convlens.tuning import sweep
-    path = write_sweep(tmp_path, cache_dir, "nan", {"faults.nan_at": {"grid": [None, "0:1:2"]}},
+    path = write_sweep(tmp_path, cache_dir, "nan", {"faults.nan_at": {"grid": [None, "0:1:2", "0:2:2"]}},
                        run={"epochs": 2}, scheduler={"name": "none"})
     job = load_job(path, [], "sweep")
     sweep(job)
     trials = {r["config/faults.nan_at"]: r for r in read_trials(job.sweep_dir)}
     assert trials["0:1:2"]["status"] == "stopped"
     assert "non-finite loss at epoch 1" in trials["0:1:2"]["stop_reason"]
-    assert trials["0:1:2"]["best"] == "False"
+    # A NaN after a checkpoint exists still stops the trial (not finalized as if it completed).
+    assert trials["0:2:2"]["status"] == "stopped"
+    assert "non-finite loss at epoch 2" in trials["0:2:2"]["stop_reason"]
+    assert trials["0:1:2"]["best"] == trials["0:2:2"]["best"] == "False"
     assert trials[""]["status"] == "completed" and trials[""]["best"] == "True"
 
 
