@@ -1,0 +1,515 @@
+"""`convlens sweep`: search training configs with Ray Tune, each trial a full Ray Train run.
+
+Each Tune trial is a small function that builds its TrainJob (base spec + overrides + the
+sampled values) and runs it through the same `convlens.training.run.train` as `convlens train`.
+The Train controller forwards every per-epoch report to Tune (TuneReportCallback), so ASHA
+can stop weak trials; stopping the trial actor takes its Train controller and workers with it,
+because they are Ray actors it owns. A trial's run name is `<sweep>_trial_<tune id>`, so a
+resumed sweep resumes interrupted trials from their own Train checkpoints.
+
+Outputs in <root>/<name>/: trials.csv, best_job.yaml (a ready train spec), curves.png.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import ray.tune
+import yaml
+from pydantic import Field, model_validator
+
+from convlens.config import (RUN_NAME, ConfigError, Strict, TrainJob, apply_overrides, read_yaml,
+                             validate)
+
+DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
+STOPPED_VAL_ERROR = 1.0  # what a NaN / stopped trial reports, so it is never the best
+
+
+# ---------------------------------------------------------------- spec
+
+class SchedulerConfig(Strict):
+    name: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(1, gt=0)  # epochs every trial gets before ASHA may stop it
+    reduction_factor: int = Field(2, gt=1)  # keep 1/reduction_factor of the trials at each rung
+    metric: Literal["val_error"] = "val_error"
+    mode: Literal["min"] = "min"
+
+
+class TrialResources(Strict):
+    """Overrides the base spec's run.workers / cpus_per_worker / use_gpu when set."""
+    workers: int | None = Field(None, gt=0)
+    cpus_per_worker: float | None = Field(None, gt=0)
+    use_gpu: bool | None = None
+    trial_cpus: float = Field(0.5, gt=0)  # the trial function itself (its Train workers come on top)
+
+
+class SweepJob(Strict):
+    kind: Literal["sweep"] = "sweep"
+    name: str = Field("sweep", pattern=RUN_NAME)
+    root: str = "runs"  # sweep directory is <root>/<name>
+    base: str  # a train spec YAML
+    base_overrides: dict[str, Any] = Field(default_factory=dict)  # dotted keys (or nested sections)
+    # dotted TrainJob field -> {choice: [...]} | {grid: [...]} | {uniform|loguniform|randint: [lo, hi]}
+    space: dict[str, Any] = Field(default_factory=dict)
+    search: Literal["random", "grid"] = "random"  # grid: every entry is a grid (choice counts as one)
+    num_samples: int = Field(4, gt=0)  # random: trials; grid: repeats of the whole grid
+    max_concurrent: int = Field(2, gt=0)  # capped further so the trials' Train workers fit
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    resources: TrialResources = Field(default_factory=TrialResources)
+    tracking_group: str | None = None  # W&B group of every trial; default: the sweep name
+
+    @model_validator(mode="after")
+    def _check(self):
+        self.base_overrides = flatten(self.base_overrides)
+        self.space = flatten_space(self.space)
+        if not self.space:
+            raise ValueError("space: empty; name at least one dotted TrainJob field to search")
+        for key, dist in self.space.items():
+            check_distribution(key, dist, self.search)
+        base_spec(self)  # base exists and validates with its overrides
+        for key, dist in self.space.items():
+            for value in candidate_values(dist):
+                try_value(self, key, value)
+        return self
+
+    @property
+    def sweep_dir(self) -> Path:
+        return Path(self.root).expanduser().resolve() / self.name
+
+    @property
+    def group(self) -> str:
+        return self.tracking_group or self.name
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{'run': {'epochs': 2}, 'optim.lr': 0.1} -> {'run.epochs': 2, 'optim.lr': 0.1}."""
+    out = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def flatten_space(tree: dict, prefix: str = "") -> dict[str, dict]:
+    """Like flatten, but stops at the {distribution: args} leaves."""
+    out = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and not (set(value) & set(DISTRIBUTIONS)):
+            out.update(flatten_space(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def check_distribution(key: str, dist: Any, search: str) -> None:
+    if not isinstance(dist, dict) or len(dist) != 1 or next(iter(dist)) not in DISTRIBUTIONS:
+        raise ValueError(f"space.{key} = {dist!r}: expected one of {{{'|'.join(DISTRIBUTIONS)}: ...}}")
+    name, args = next(iter(dist.items()))
+    if not isinstance(args, list) or not args:
+        raise ValueError(f"space.{key}.{name} = {args!r}: expected a non-empty list")
+    if name in ("uniform", "loguniform", "randint"):
+        if search == "grid":
+            raise ValueError(f"space.{key}: {name} cannot be enumerated; search: grid needs choice or grid")
+        if len(args) != 2 or not all(isinstance(a, (int, float)) for a in args) or not args[0] < args[1]:
+            raise ValueError(f"space.{key}.{name} = {args!r}: expected [lo, hi] with lo < hi")
+        if name == "loguniform" and args[0] <= 0:
+            raise ValueError(f"space.{key}.loguniform = {args!r}: lo must be > 0")
+
+
+def candidate_values(dist: dict) -> list:
+    """Values worth validating: every listed value, or both ends of a range."""
+    name, args = next(iter(dist.items()))
+    if name == "randint":
+        return [args[0], args[1] - 1]  # hi is exclusive
+    return list(args)
+
+
+def base_spec(job: SweepJob) -> dict:
+    """The base train spec with base_overrides applied and sweep-wide settings, validated."""
+    path = Path(job.base).expanduser()
+    if not path.is_file():
+        raise ValueError(f"base = {job.base!r}: train spec not found")
+    spec = read_yaml(path)
+    if spec.setdefault("kind", "train") != "train":
+        raise ValueError(f"base = {job.base!r}: kind = {spec['kind']!r}, expected a train spec")
+    spec = apply_overrides(spec, dict(job.base_overrides))
+    res = job.resources
+    spec = apply_overrides(spec, {f"run.{k}": v for k, v in
+                                  (("workers", res.workers), ("cpus_per_worker", res.cpus_per_worker),
+                                   ("use_gpu", res.use_gpu)) if v is not None})
+    spec = apply_overrides(spec, {"tracking.group": job.group})
+    check_train(spec, f"base {job.base} with base_overrides")
+    return spec
+
+
+def try_value(job: SweepJob, key: str, value: Any) -> None:
+    if not has_field(TrainJob, key):
+        raise ValueError(f"space.{key}: no such TrainJob field")
+    spec = apply_overrides(base_spec(job), {key: value})
+    check_train(spec, f"space.{key} = {value!r}")
+
+
+def has_field(model, dotted: str) -> bool:
+    for part in dotted.split("."):
+        fields = getattr(model, "model_fields", {})
+        if part not in fields:
+            return False
+        model = fields[part].annotation
+    return True
+
+
+def check_train(spec: dict, source: str) -> TrainJob:
+    try:
+        return validate(TrainJob, spec, source)
+    except ConfigError as err:
+        raise ValueError(str(err)) from None
+
+
+# ---------------------------------------------------------------- one trial
+
+def trial_job(spec: dict, sampled: dict, sweep: str, trials_dir: str, trial_id: str) -> TrainJob:
+    """The TrainJob a trial runs: base spec + sampled values, named after its Tune trial id."""
+    spec = apply_overrides(copy.deepcopy(spec), sampled)
+    spec = apply_overrides(spec, {"run.name": f"{sweep}_trial_{trial_id}", "run.root": trials_dir})
+    return validate(TrainJob, spec, f"trial {trial_id}")
+
+
+def epoch_metrics(metrics: dict) -> dict | None:
+    """The scalars Tune and ASHA need from one rank-0 epoch report; None for a stop report."""
+    if "stop_reason" in metrics or "val_error" not in metrics:
+        return None
+    keep = ("epoch", "val_error", "val_accuracy", "val_loss", "train_loss", "train_accuracy", "lr")
+    return {k: metrics[k] for k in keep if k in metrics}
+
+
+def make_report_callback(run_dir: Path):
+    """A Train UserCallback (it runs in the Train controller) that forwards epochs to this Tune trial.
+
+    It also writes a stop report to <run_dir>/stopped.json: Ray Train V2's Result.metrics holds
+    only the last checkpointed report, so a stop report without a checkpoint never reaches it.
+    """
+    from ray.tune.integration.ray_train import TuneReportCallback
+    from convlens.training import outputs
+
+    class EpochsToTune(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            if "stop_reason" in metrics[0]:
+                outputs.write_json(run_dir / "stopped.json", metrics[0])
+            forwarded = epoch_metrics(metrics[0])
+            if forwarded is not None:
+                super().after_report(run_context, [forwarded], None)
+
+    return EpochsToTune()
+
+
+def run_trial(config: dict, spec: dict, sweep: str, trials_dir: str) -> None:
+    """Tune trial function: train this trial's job, reporting each epoch to Tune."""
+    import ray.tune
+    from convlens.training.run import RunStopped, train
+    trial_id = ray.tune.get_context().get_trial_id()
+    job = trial_job(spec, config, sweep, trials_dir, trial_id)
+    stop_file = job.run_dir / "stopped.json"
+    summary, stop = None, None
+    try:
+        summary = train(job, trainer_kwargs={"callbacks": [make_report_callback(job.run_dir)]})
+    except RunStopped as err:
+        stop = str(err)
+    if stop_file.is_file():  # the run's own reason (NaN loss, bad checkpoint) beats the symptom
+        stop = read_json(stop_file).get("stop_reason", stop)
+    if stop is not None:
+        ray.tune.report({"trial_id": trial_id, "stop_reason": stop, "val_error": STOPPED_VAL_ERROR,
+                         "epoch": job.run.epochs})
+        return
+    ray.tune.report({"trial_id": trial_id, "epoch": summary["epochs"],
+                     "val_error": 1 - summary["best_val_accuracy"],
+                     "best_val_accuracy": summary["best_val_accuracy"],
+                     "test_accuracy": summary["test_accuracy"]})
+
+
+# ---------------------------------------------------------------- tearing down stopped trials
+
+def orphaned_placement_groups(job_id: str) -> list[str]:
+    """Placement groups this job's actors created and outlived: their creator died.
+
+    When Tune stops a trial, the trial actor dies and takes its Train controller and workers
+    with it, but Ray scopes a placement group to the job, so the workers' reservation stays
+    until the sweep's driver exits (Ray Train's own cleaner needs the dashboard's state API).
+    """
+    from ray._private.state import state
+    from ray.core.generated import gcs_pb2
+    table = state._connect_and_get_accessor().get_placement_group_table()
+    out = []
+    for raw in table:
+        pg = gcs_pb2.PlacementGroupTableData.FromString(raw)
+        if (pg.creator_job_id.hex() == job_id and pg.creator_actor_dead and not pg.is_detached
+                and pg.creator_actor_id.strip(b"\xff") and pg.state != pg.REMOVED):
+            out.append(pg.placement_group_id.hex())
+    return out
+
+
+def remove_orphans() -> int:
+    import ray
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+    orphans = orphaned_placement_groups(ray.get_runtime_context().get_job_id())
+    for pg_id in orphans:
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
+    return len(orphans)
+
+
+class Reaper(ray.tune.Callback):
+    """Frees stopped trials' Train worker reservations as the sweep goes (every few seconds)."""
+
+    def __init__(self, every_s: float = 2.0):
+        self.every_s, self.last = every_s, 0.0
+
+    def on_step_begin(self, iteration, trials, **info):
+        if time.monotonic() - self.last >= self.every_s:
+            self.last = time.monotonic()
+            remove_orphans()
+
+
+# ---------------------------------------------------------------- the sweep
+
+def param_space(space: dict[str, dict], search: str) -> dict:
+    from ray import tune
+    out = {}
+    for key, dist in space.items():
+        name, args = next(iter(dist.items()))
+        if name == "grid" or (search == "grid" and name == "choice"):
+            out[key] = tune.grid_search(list(args))
+        elif name == "choice":
+            out[key] = tune.choice(list(args))
+        else:
+            out[key] = getattr(tune, name)(*args)
+    return out
+
+
+def concurrency(job: SweepJob, train: TrainJob) -> int:
+    """Trials that fit at once: Tune only sees the trial's own CPUs, not its Train workers'."""
+    import ray
+    total = ray.cluster_resources()
+    per_trial = job.resources.trial_cpus + train.run.workers * train.run.cpus_per_worker
+    fit = int(total.get("CPU", 0) // per_trial)
+    if train.run.use_gpu:
+        fit = min(fit, int(total.get("GPU", 0) // train.run.workers))
+    if fit < 1:
+        raise ConfigError(f"one trial needs {per_trial:g} CPUs (resources.trial_cpus + run.workers x "
+                          f"run.cpus_per_worker), but the Ray cluster has {total.get('CPU', 0):g}")
+    if fit < job.max_concurrent:
+        print(f"[convlens] max_concurrent {job.max_concurrent} -> {fit}: what the cluster fits", flush=True)
+    return min(fit, job.max_concurrent)
+
+
+def build_tuner(job: SweepJob, spec: dict, resume: bool):
+    import ray.tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    train = validate(TrainJob, spec)
+    trainable = ray.tune.with_resources(
+        ray.tune.with_parameters(run_trial, spec=spec, sweep=job.name,
+                                 trials_dir=str(job.sweep_dir / "trials")),
+        {"cpu": job.resources.trial_cpus})
+    if resume:
+        return ray.tune.Tuner.restore(str(job.sweep_dir), trainable=trainable, resume_unfinished=True,
+                                      resume_errored=False, restart_errored=False)
+    sched = job.scheduler
+    # max_t past the last epoch: ASHA stops a trial that reaches max_t, which would cut off
+    # the trial's own finalize (test accuracy, summary.json) after its last epoch report.
+    scheduler = (ASHAScheduler(time_attr="epoch", max_t=train.run.epochs + 1, grace_period=sched.grace_period,
+                               reduction_factor=sched.reduction_factor)
+                 if sched.name == "asha" else FIFOScheduler())
+    return ray.tune.Tuner(
+        trainable, param_space=param_space(job.space, job.search),
+        tune_config=ray.tune.TuneConfig(metric=sched.metric, mode=sched.mode, scheduler=scheduler,
+                                        num_samples=job.num_samples, reuse_actors=False,
+                                        max_concurrent_trials=concurrency(job, train)),
+        run_config=ray.tune.RunConfig(name=job.name, storage_path=str(job.sweep_dir.parent),
+                                      verbose=0 if train.run.quiet else 1, callbacks=[Reaper()],
+                                      failure_config=ray.tune.FailureConfig(max_failures=0)))
+
+
+def absolute_paths(spec: dict) -> dict:
+    """Trials run in Tune's trial directories, so relative data paths must be made absolute now."""
+    data = spec.setdefault("data", {})
+    for key in ("path", "cache_dir"):
+        if key in data:
+            data[key] = str(Path(data[key]).expanduser().resolve())
+    model = spec.get("model") or {}
+    if model.get("pretrained"):
+        model["pretrained"] = str(Path(model["pretrained"]).expanduser().resolve())
+    return spec
+
+
+def sweep(job: SweepJob, resume: bool = False) -> list[dict]:
+    """Run (or resume) the sweep; returns the trials.csv rows, best first."""
+    from convlens.raycluster import check_fits, ensure_ray
+    spec = absolute_paths(base_spec(job))
+    train = validate(TrainJob, spec)
+    ensure_ray(quiet=train.run.quiet)
+    check_fits(train.run.workers, train.run.cpus_per_worker, train.run.use_gpu, "run")
+    state = job.sweep_dir / "tuner.pkl"
+    if resume and not state.is_file():
+        raise ConfigError(f"--resume: no sweep to resume in {job.sweep_dir}")
+    if not resume and state.is_file():
+        raise ConfigError(f"sweep {job.name} already exists in {job.sweep_dir}: "
+                          f"pass --resume, or choose another name")
+    job.sweep_dir.mkdir(parents=True, exist_ok=True)
+    results = build_tuner(job, spec, resume).fit()
+    remove_orphans()
+    rows = collect_rows(job, results)
+    write_outputs(job, spec, rows)
+    return rows
+
+
+# ---------------------------------------------------------------- outputs
+
+TRIAL_DIR_ID = re.compile(r"_([0-9a-f]{5}_\d{5})(?:_|$)")
+
+
+def trial_id_of(result) -> str:
+    tid = (result.metrics or {}).get("trial_id")
+    if tid:
+        return tid
+    match = TRIAL_DIR_ID.search(Path(result.path).name)
+    return match.group(1) if match else Path(result.path).name
+
+
+def collect_rows(job: SweepJob, results) -> list[dict]:
+    """One row per trial from its run directory (metrics.jsonl, summary.json, stopped.json)."""
+    from convlens.training import outputs
+    rows = []
+    for result in results:
+        tid = trial_id_of(result)
+        run_dir = job.sweep_dir / "trials" / f"{job.name}_trial_{tid}"
+        history = outputs.read_metrics(run_dir)
+        summary = read_json(run_dir / "summary.json")
+        stopped = read_json(run_dir / "stopped.json")
+        sampled = {k: (result.config or {}).get(k) for k in job.space}
+        row = trial_row(tid, run_dir, sampled, history, summary, stopped, result.error)
+        if row["status"] == "early_stopped":  # Tune's last seen epoch; the run may have written one more
+            row["stop_reason"] = f"ASHA stopped it after epoch {(result.metrics or {}).get('epoch', '?')}"
+        rows.append(row)
+    return rank_rows(rows)
+
+
+def read_json(path: Path) -> dict | None:
+    from convlens.training import outputs
+    return outputs.read_json(path) if path.is_file() else None
+
+
+def trial_row(tid, run_dir, sampled, history, summary, stopped, error) -> dict:
+    best = min(history, key=lambda h: h["val_error"]) if history else None
+    if stopped:
+        status = "stopped"
+    elif error is not None:
+        status = "error"
+    elif summary:
+        status = "completed"
+    else:
+        status = "early_stopped" if history else "not_run"
+    reason = (stopped or {}).get("stop_reason") or (f"{type(error).__name__}: {error}"[:200] if error else "")
+    return {"trial_id": tid, "run": run_dir.name, **{f"config/{k}": v for k, v in sampled.items()},
+            "status": status, "stop_reason": reason, "epochs": history[-1]["epoch"] if history else 0,
+            "best_epoch": best["epoch"] if best else "", "best_val_accuracy": best["val_accuracy"] if best else "",
+            "test_accuracy": (summary or {}).get("test_accuracy", ""), "run_dir": str(run_dir)}
+
+
+def rank_rows(rows: list[dict]) -> list[dict]:
+    """Best first: completed trials by best validation accuracy, then the rest."""
+    def key(row):
+        acc = row["best_val_accuracy"]
+        scored = row["status"] == "completed" and isinstance(acc, float) and math.isfinite(acc)
+        return (not scored, -(acc if scored else 0.0), row["trial_id"])
+    rows = sorted(rows, key=key)
+    for i, row in enumerate(rows):
+        row["best"] = i == 0 and row["status"] == "completed"
+    return rows
+
+
+def write_outputs(job: SweepJob, spec: dict, rows: list[dict]) -> None:
+    write_csv(job.sweep_dir / "trials.csv", rows)
+    print(format_table(rows, list(job.space)), flush=True)
+    best = rows[0] if rows and rows[0]["best"] else None
+    if best is not None:
+        path = write_best_job(job, spec, best)
+        print(f"[convlens] best trial {best['trial_id']}: val acc {best['best_val_accuracy']:.4f}, "
+              f"test acc {best['test_accuracy']:.4f}; train it with: convlens train {path}", flush=True)
+    else:
+        print("[convlens] no trial completed; no best_job.yaml written", flush=True)
+    curves = {row["trial_id"]: read_curve(Path(row["run_dir"])) for row in rows}
+    plot_curves(curves, best["trial_id"] if best else None, job.sweep_dir / "curves.png", job.name)
+    print(f"[convlens] sweep outputs in {job.sweep_dir}", flush=True)
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    columns = list(rows[0]) if rows else ["trial_id"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (yaml.safe_dump(v, default_flow_style=True).strip()
+                                 if isinstance(v, (list, dict)) else v) for k, v in row.items()})
+
+
+def format_table(rows: list[dict], space_keys: list[str]) -> str:
+    head = ["trial", *space_keys, "status", "epochs", "best_ep", "val_acc", "test_acc"]
+    body = []
+    for row in rows:
+        cells = [row["trial_id"] + (" *" if row["best"] else "")]
+        cells += [fmt(row[f"config/{k}"]) for k in space_keys]
+        cells += [row["status"], str(row["epochs"]), str(row["best_epoch"]),
+                  fmt(row["best_val_accuracy"]), fmt(row["test_accuracy"])]
+        body.append(cells)
+    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [head, *body])
+
+
+def fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value) if value is not None else ""
+
+
+def write_best_job(job: SweepJob, spec: dict, best: dict) -> Path:
+    """The best config as a ready train spec, named <sweep>_best, in the sweep's root."""
+    sampled = {k: best[f"config/{k}"] for k in job.space}
+    spec = apply_overrides(copy.deepcopy(spec), sampled)
+    spec = apply_overrides(spec, {"run.name": f"{job.name}_best", "run.root": str(job.sweep_dir.parent)})
+    validate(TrainJob, spec, "best_job.yaml")
+    path = job.sweep_dir / "best_job.yaml"
+    header = (f"# Best trial {best['trial_id']} of sweep {job.name}: val acc {best['best_val_accuracy']:.4f}, "
+              f"test acc {best['test_accuracy']:.4f}\n")
+    path.write_text(header + yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def read_curve(run_dir: Path) -> tuple[list[int], list[float]]:
+    from convlens.training import outputs
+    history = outputs.read_metrics(run_dir)
+    return [h["epoch"] for h in history], [h["val_accuracy"] for h in history]
+
+
+def plot_curves(curves: dict[str, tuple[list, list]], best: str | None, path: Path, title: str) -> None:
+    from convlens.training import outputs  # noqa: F401  (selects the Agg backend)
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for tid, (epochs, acc) in curves.items():
+        if epochs:
+            ax.plot(epochs, acc, marker="o", lw=2.5 if tid == best else 1.0,
+                    alpha=1.0 if tid == best else 0.6, label=tid + (" (best)" if tid == best else ""))
+    ax.set(xlabel="epoch", ylabel="validation accuracy", title=f"sweep {title}: validation accuracy")
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+

@@ -1,0 +1,133 @@
+"""`convlens sweep`: Ray Tune trials, each a real Ray Train run on tiny Fashion-MNIST."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import tiny_spec
+from convlens.config import ConfigError, TrainJob, load_job
+
+LIB = str(Path(__file__).resolve().parents[1] / "lib")
+FAST = {"epochs": 3, "steps_per_epoch": 5}
+SMALL_DATA = {"train_subset": 512, "test_subset": 128}
+
+
+def write_sweep(tmp_path, cache_dir, name, space, run=None, **fields) -> Path:
+    """A base train spec and a sweep spec over it, both in tmp_path; returns the sweep spec path."""
+    base = tiny_spec(tmp_path / "unused", cache_dir, "base", run={**FAST, **(run or {})}, data=SMALL_DATA)
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    spec = {"kind": "sweep", "name": name, "root": str(tmp_path / "sweeps"), "base": str(tmp_path / "base.yaml"),
+            "space": space, "search": "grid", "num_samples": 1, "max_concurrent": 2,
+            "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2}, **fields}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def read_trials(sweep_dir: Path) -> list[dict]:
+    with open(sweep_dir / "trials.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def wait_cpus_free(ray, want: float, timeout: float = 30.0) -> float:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        free = ray.available_resources().get("CPU", 0)
+        if free >= want:
+            return free
+        time.sleep(0.5)
+    return ray.available_resources().get("CPU", 0)
+
+
+def test_spec_is_validated_at_the_door(tmp_path, cache_dir):
+    path = write_sweep(tmp_path, cache_dir, "v", {"optim.lr": {"grid": [0.1]}})
+    with pytest.raises(ConfigError, match="space.optim.lrr: no such TrainJob field"):
+        load_job(path, ["space.optim.lrr={choice: [0.1]}"], "sweep")
+    with pytest.raises(ConfigError, match=r"schedule.milestones = \[5\]: \[5\] not before the last epoch"):
+        load_job(path, ["space.schedule.milestones={choice: [[1], [5]]}"], "sweep")
+    with pytest.raises(ConfigError, match="optim.lr = 0.0: Input should be greater than 0"):
+        load_job(path, ["space.optim.lr={grid: [0.1, 0.0]}"], "sweep")
+    with pytest.raises(ConfigError, match="base = '/nope.yaml': train spec not found"):
+        load_job(path, ["base=/nope.yaml"], "sweep")
+    with pytest.raises(ConfigError, match="loguniform cannot be enumerated"):
+        load_job(path, ["space.optim.lr={loguniform: [0.001, 0.1]}"], "sweep")
+
+
+def test_asha_sweep_stops_weak_trials_and_writes_best_job(ray_cluster, tmp_path, cache_dir):
+    from convlens.tuning import sweep
+    # Two useful learning rates run first; the two tiny ones lose at the first rung.
+    path = write_sweep(tmp_path, cache_dir, "asha", {"optim.lr": {"grid": [0.1, 0.05, 1e-6, 1e-7]}})
+    job = load_job(path, [], "sweep")
+    rows = sweep(job)
+    trials = read_trials(job.sweep_dir)
+    assert len(trials) == len(rows) == 4
+    assert {r["status"] for r in trials} <= {"completed", "early_stopped"}
+    stopped = [r for r in trials if r["status"] == "early_stopped"]
+    assert any(int(r["epochs"]) < FAST["epochs"] for r in stopped), trials
+    best = [r for r in trials if r["best"] == "True"]
+    assert len(best) == 1 and best[0]["status"] == "completed" and float(best[0]["test_accuracy"]) > 0
+    assert float(best[0]["config/optim.lr"]) in (0.1, 0.05)
+    best_job = load_job(job.sweep_dir / "best_job.yaml", [], "train")
+    assert isinstance(best_job, TrainJob)
+    assert best_job.optim.lr == float(best[0]["config/optim.lr"]) and best_job.tracking.group == "asha"
+    assert (job.sweep_dir / "curves.png").stat().st_size > 10_000
+    # ASHA's stops tore the nested Train runs down: every CPU is free again.
+    assert wait_cpus_free(ray_cluster, 4) >= 4
+
+
+def test_nan_trial_does_not_stop_the_others(ray_cluster, tmp_path, cache_dir):
+    from convlens.tuning import sweep
+    path = write_sweep(tmp_path, cache_dir, "nan", {"faults.nan_at": {"grid": [None, "0:1:2", "0:2:2"]}},
+                       run={"epochs": 2}, scheduler={"name": "none"})
+    job = load_job(path, [], "sweep")
+    sweep(job)
+    trials = {r["config/faults.nan_at"]: r for r in read_trials(job.sweep_dir)}
+    assert trials["0:1:2"]["status"] == "stopped"
+    assert "non-finite loss at epoch 1" in trials["0:1:2"]["stop_reason"]
+    # A NaN after a checkpoint exists still stops the trial (not finalized as if it completed).
+    assert trials["0:2:2"]["status"] == "stopped"
+    assert "non-finite loss at epoch 2" in trials["0:2:2"]["stop_reason"]
+    assert trials["0:1:2"]["best"] == trials["0:2:2"]["best"] == "False"
+    assert trials[""]["status"] == "completed" and trials[""]["best"] == "True"
+
+
+def sweep_cli(spec: Path, *args: str) -> subprocess.Popen:
+    import ray
+    env = {**os.environ, "PYTHONPATH": LIB, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    return subprocess.Popen([sys.executable, "-m", "convlens.cli", "sweep", str(spec), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_killed_sweep_resumes_keeping_finished_trials(ray_cluster, tmp_path, cache_dir):
+    path = write_sweep(tmp_path, cache_dir, "resume", {"optim.lr": {"grid": [0.1, 0.05, 0.02]}},
+                       max_concurrent=1, scheduler={"name": "none"})
+    job = load_job(path, [], "sweep")
+    trials_dir = job.sweep_dir / "trials"
+    driver = sweep_cli(path)
+    deadline = time.time() + 150
+    while not list(trials_dir.glob("*/summary.json")) and time.time() < deadline and driver.poll() is None:
+        time.sleep(0.5)
+    done = list(trials_dir.glob("*/summary.json"))
+    assert done, driver.communicate()[0][-3000:] if driver.poll() is not None else "no trial finished"
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    finished = {p.parent.name: (p.stat().st_mtime_ns, (p.parent / "metrics.jsonl").stat().st_mtime_ns)
+                for p in trials_dir.glob("*/summary.json")}
+    assert not (job.sweep_dir / "trials.csv").exists()
+
+    again = sweep_cli(path, "--resume")
+    out = again.communicate(timeout=170)[0]
+    assert again.returncode == 0, out[-3000:]
+    trials = read_trials(job.sweep_dir)
+    assert len(trials) == 3 and all(r["status"] == "completed" for r in trials), trials
+    for name, (summary_mtime, metrics_mtime) in finished.items():
+        assert (trials_dir / name / "summary.json").stat().st_mtime_ns == summary_mtime
+        assert (trials_dir / name / "metrics.jsonl").stat().st_mtime_ns == metrics_mtime
