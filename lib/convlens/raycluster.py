@@ -14,7 +14,7 @@ def ensure_ray(quiet: bool = False) -> None:
         return
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False,
+    ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
              log_to_driver=not quiet, configure_logging=not quiet,
              logging_level="ERROR" if quiet else "INFO")
 
