@@ -13,7 +13,7 @@ def test_demo_end_to_end_at_reduced_size(ray_cluster, tmp_path, cache_dir):
     for step, epochs in ((job.supervised, 2), (job.rotation, 2)):
         step.overrides.update(TINY, **{"run.epochs": epochs, "data.cache_dir": cache_dir})
     job.probes.overrides.update({"stages": [1, 2], "max_train": 512, "probe_epochs": 2})
-    job.sweep.overrides.update({"base_overrides": {**TINY, "run.epochs": 2, "data.cache_dir": cache_dir,
+    job.sweep.overrides.update({"base_overrides": {**TINY, "run.epochs": 3, "data.cache_dir": cache_dir,
                                                    "run.steps_per_epoch": 4}, "num_samples": 2})
     job.analysis.overrides.update({"epochs": [1, "last"], "options": {"num_images": 32, "num_train": 128,
                                                                       "inversion_steps": 5, "tsne_points": 60}})

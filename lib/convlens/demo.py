@@ -64,7 +64,8 @@ def run_demo(job: DemoJob) -> Path:
         from convlens.tuning import sweep
         banner("sweeping with Ray Tune")
         sweep_job = step_job(job.sweep, "sweep", {"root": str(root)})
-        outputs.append(str(sweep(sweep_job, resume=False)))
+        sweep(sweep_job, resume=False)
+        outputs.append(str(sweep_job.sweep_dir))
     if job.analysis:
         from convlens.analysis.job import analyze
         banner("analysing checkpoints")
