@@ -191,19 +191,12 @@ def epoch_metrics(metrics: dict) -> dict | None:
     return {k: metrics[k] for k in keep if k in metrics}
 
 
-def make_report_callback(run_dir: Path):
-    """A Train UserCallback (it runs in the Train controller) that forwards epochs to this Tune trial.
-
-    It also writes a stop report to <run_dir>/stopped.json: Ray Train V2's Result.metrics holds
-    only the last checkpointed report, so a stop report without a checkpoint never reaches it.
-    """
+def make_report_callback():
+    """A Train UserCallback (it runs in the Train controller) that forwards epochs to this Tune trial."""
     from ray.tune.integration.ray_train import TuneReportCallback
-    from convlens.training import outputs
 
     class EpochsToTune(TuneReportCallback):
         def after_report(self, run_context, metrics, checkpoint):
-            if "stop_reason" in metrics[0]:
-                outputs.write_json(run_dir / "stopped.json", metrics[0])
             forwarded = epoch_metrics(metrics[0])
             if forwarded is not None:
                 super().after_report(run_context, [forwarded], None)
@@ -217,14 +210,11 @@ def run_trial(config: dict, spec: dict, sweep: str, trials_dir: str) -> None:
     from convlens.training.run import RunStopped, train
     trial_id = ray.tune.get_context().get_trial_id()
     job = trial_job(spec, config, sweep, trials_dir, trial_id)
-    stop_file = job.run_dir / "stopped.json"
     summary, stop = None, None
     try:
-        summary = train(job, trainer_kwargs={"callbacks": [make_report_callback(job.run_dir)]})
-    except RunStopped as err:
-        stop = str(err)
-    if stop_file.is_file():  # the run's own reason (NaN loss, bad checkpoint) beats the symptom
-        stop = read_json(stop_file).get("stop_reason", stop)
+        summary = train(job, trainer_kwargs={"callbacks": [make_report_callback()]})
+    except RunStopped:  # the training loop recorded the reason (NaN loss, bad checkpoint)
+        stop = read_json(job.run_dir / "stopped.json")["stop_reason"]
     if stop is not None:
         ray.tune.report({"trial_id": trial_id, "stop_reason": stop, "val_error": STOPPED_VAL_ERROR,
                          "epoch": job.run.epochs})
