@@ -133,21 +133,19 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 def latest_verified(run_dir: Path, below: int | None = None) -> Path | None:
     """The newest checkpoint that verifies (optionally with epoch < below)."""
-    for folder in reversed(list_checkpoints(run_dir)):
-        if below is not None and checkpoint_epoch(folder) >= below:
-            continue
-        try:
-            verify(folder)
-            return folder
-        except CheckpointError:
-            continue
-    return None
+    folders = reversed(list_checkpoints(run_dir))
+    return first_verified(f for f in folders if below is None or checkpoint_epoch(f) < below)
 
 
 def best_checkpoint(run_dir: Path) -> Path | None:
     """The run's best checkpoint by validation error (newest verified best_epoch* folder)."""
     run_dir = Path(run_dir)
-    for folder in sorted(run_dir.glob("best_epoch*"), key=checkpoint_epoch, reverse=True):
+    return first_verified(sorted(run_dir.glob("best_epoch*"), key=checkpoint_epoch, reverse=True))
+
+
+def first_verified(folders) -> Path | None:
+    """The first folder whose files match its manifest; damaged ones are skipped."""
+    for folder in folders:
         try:
             verify(folder)
             return folder
