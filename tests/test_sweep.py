@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,9 +21,10 @@ FAST = {"epochs": 3, "steps_per_epoch": 5}
 SMALL_DATA = {"train_subset": 512, "test_subset": 128}
 
 
-def write_sweep(tmp_path, cache_dir, name, space, run=None, **fields) -> Path:
+def write_sweep(tmp_path, cache_dir, name, space, run=None, data=None, **fields) -> Path:
     """A base train spec and a sweep spec over it, both in tmp_path; returns the sweep spec path."""
-    base = tiny_spec(tmp_path / "unused", cache_dir, "base", run={**FAST, **(run or {})}, data=SMALL_DATA)
+    base = tiny_spec(tmp_path / "unused", cache_dir, "base", run={**FAST, **(run or {})},
+                     data={**SMALL_DATA, **(data or {})})
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
     spec = {"kind": "sweep", "name": name, "root": str(tmp_path / "sweeps"), "base": str(tmp_path / "base.yaml"),
             "space": space, "search": "grid", "num_samples": 1, "max_concurrent": 2,
@@ -63,15 +65,21 @@ def test_spec_is_validated_at_the_door(tmp_path, cache_dir):
 
 def test_asha_sweep_stops_weak_trials_and_writes_best_job(ray_cluster, tmp_path, cache_dir):
     from convlens.tuning import sweep
-    # Two useful learning rates run first; the two tiny ones lose at the first rung.
-    path = write_sweep(tmp_path, cache_dir, "asha", {"optim.lr": {"grid": [0.1, 0.05, 1e-6, 1e-7]}})
+    # Two useful learning rates run first; the two tiny ones lose at the first rung. Epochs of 50
+    # steps put the useful ones near 0.7 validation error and the tiny ones at chance (0.9); with
+    # 5 steps every trial sat at chance and ASHA's choice was a coin flip.
+    path = write_sweep(tmp_path, cache_dir, "asha", {"optim.lr": {"grid": [0.1, 0.05, 1e-6, 1e-7]}},
+                       run={"steps_per_epoch": 50}, data={"train_subset": 4000})
     job = load_job(path, [], "sweep")
     rows = sweep(job)
     trials = read_trials(job.sweep_dir)
     assert len(trials) == len(rows) == 4
     assert {r["status"] for r in trials} <= {"completed", "early_stopped"}
     stopped = [r for r in trials if r["status"] == "early_stopped"]
-    assert any(int(r["epochs"]) < FAST["epochs"] for r in stopped), trials
+    # ASHA decides on the epoch Tune saw; the nested Train run may write one more before it dies.
+    stopped_at = [int(re.search(r"ASHA stopped it after epoch (\d+)", r["stop_reason"]).group(1)) for r in stopped]
+    assert any(epoch < FAST["epochs"] for epoch in stopped_at), trials
+    assert all(r["test_accuracy"] == "" and int(r["epochs"]) <= FAST["epochs"] for r in stopped), trials
     best = [r for r in trials if r["best"] == "True"]
     assert len(best) == 1 and best[0]["status"] == "completed" and float(best[0]["test_accuracy"]) > 0
     assert float(best[0]["config/optim.lr"]) in (0.1, 0.05)
