@@ -2,6 +2,7 @@
 every method as Ray tasks, and every file in index.json a real picture or JSON."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -11,16 +12,26 @@ import pytest
 
 from convlens.analysis.job import AnalyzeJob, analyze
 from convlens.analysis.registry import names
+from conftest import tiny_spec
+from convlens.checkpoint import verify
 from convlens.config import ConfigError, validate
 
 
-@pytest.fixture
-def two_runs(tiny_job, ray_cluster):
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, cache_dir, ray_cluster):
+    from convlens.config import TrainJob
     from convlens.training.run import train
-    jobs = [tiny_job(name="sup"), tiny_job(name="rot", run={"task": "rotation"})]
+    root = tmp_path_factory.mktemp("runs")
+    jobs = [validate(TrainJob, tiny_spec(root, cache_dir, "sup")),
+            validate(TrainJob, tiny_spec(root, cache_dir, "rot", run={"task": "rotation"}))]
     for job in jobs:
         train(job)
     return [job.run_dir for job in jobs]
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_analyze_two_runs_two_epochs_all_methods(two_runs, tmp_path):
@@ -53,6 +64,31 @@ def test_analyze_two_runs_two_epochs_all_methods(two_runs, tmp_path):
     missing = validate(AnalyzeJob, {"runs": [str(two_runs[0])], "epochs": [7], "out": str(tmp_path / "a")})
     with pytest.raises(ConfigError, match=r"no checkpoint for epoch 7; has \[1, 2\]"):
         analyze(missing)
+
+
+def test_killed_analysis_task_is_retried_and_writes_each_output_once(two_runs, tmp_path):
+    sup = two_runs[0]
+    before = file_hashes(sup)
+    job = validate(AnalyzeJob, {
+        "name": "k", "out": str(tmp_path / "analysis"), "runs": [str(sup)], "epochs": [2], "quiet": True,
+        "methods": ["gradcam", "filters"], "faults": {"kill_method": "gradcam"},
+        "options": {"num_images": 32, "num_train": 64}})
+    out = analyze(job)
+    folder = next((out / "sup").glob("checkpoint_epoch0002*"))
+    killed_pid = int((folder / ".killed-gradcam").read_text())  # the first attempt really died
+    summary = json.loads((folder / "gradcam.json").read_text())
+    assert summary["pid"] != killed_pid and len(summary["files"]) >= 2
+    files = [e["file"] for e in json.loads((out / "index.json").read_text())["files"]]
+    assert len(files) == len(set(files)) and sum("gradcam" in f for f in files) == len(summary["files"]) + 1
+    for png in folder.glob("*.png"):
+        assert matplotlib.image.imread(png).shape[0] > 100, png
+    assert {p.name for p in folder.iterdir() if not p.name.startswith(".")} == {Path(f).name for f in files}
+    assert not list(out.rglob(".*.tmp-*"))
+    assert file_hashes(sup) == before  # analysis never writes into a run
+    for ckpt in sup.glob("checkpoint_epoch*"):
+        verify(ckpt)
+    with pytest.raises(ConfigError, match="faults.kill_method: unknown 'gradcamm'"):
+        validate(AnalyzeJob, {"runs": ["x"], "faults": {"kill_method": "gradcamm"}})
 
 
 def test_unknown_method_is_refused():

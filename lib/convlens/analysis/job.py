@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Literal
@@ -34,6 +36,11 @@ class AnalyzeOptions(Strict):
     batch_size: int = Field(256, gt=0)
 
 
+class AnalyzeFaults(Strict):
+    """Fault injection for the reliability tests."""
+    kill_method: str | None = None  # SIGKILL the task running this method once, after its first PNG
+
+
 class AnalyzeJob(Strict):
     kind: Literal["analyze"] = "analyze"
     name: str = Field("analysis", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -48,6 +55,7 @@ class AnalyzeJob(Strict):
     gpus_per_task: float = Field(0.0, ge=0)  # fractional GPUs share one device
     compare: list[tuple[str, str]] | Literal["all", "none"] = "all"  # run pairs, by run name
     quiet: bool = False
+    faults: AnalyzeFaults = Field(default_factory=AnalyzeFaults)
 
     @model_validator(mode="after")
     def _checks(self):
@@ -57,6 +65,8 @@ class AnalyzeJob(Strict):
         unknown = sorted(set(self.methods or []) - set(names()))
         if unknown:
             raise ValueError(f"methods: unknown {unknown}; known: {names()}")
+        if self.faults.kill_method not in (None, *names()):
+            raise ValueError(f"faults.kill_method: unknown {self.faults.kill_method!r}; known: {names()}")
         return self
 
     @property
@@ -117,7 +127,8 @@ def targets(job: AnalyzeJob) -> list[tuple[str, int, Path]]:
 
 # ------------------------------------------------------------ the Ray task
 
-def analyze_one(folder: str, methods: list[str], opts: dict, out_dir: str, meta: dict, device: str) -> list[dict]:
+def analyze_one(folder: str, methods: list[str], opts: dict, out_dir: str, meta: dict, device: str,
+                kill_method: str | None = None) -> list[dict]:
     """Methods on one checkpoint (the driver sends one per task, so a failure and its retry
     stay with that method); returns their index entries."""
     from convlens.analysis.runner import run_method
@@ -125,8 +136,18 @@ def analyze_one(folder: str, methods: list[str], opts: dict, out_dir: str, meta:
                              title=f"{meta['run']} / epoch {meta['epoch']}")
     entries = []
     for name in methods:
-        entries += run_method(ctx, name, Path(out_dir), meta)
+        hook = kill_once(Path(out_dir) / f".killed-{name}") if name == kill_method else None
+        entries += run_method(ctx, name, Path(out_dir), meta, after_file=hook)
     return entries
+
+
+def kill_once(marker: Path):
+    """An after-file hook that SIGKILLs this worker the first time (the marker remembers)."""
+    def hook(_written: Path) -> None:
+        if not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+    return hook
 
 
 def analyze(job: AnalyzeJob) -> Path:
@@ -149,7 +170,8 @@ def analyze(job: AnalyzeJob) -> Path:
     refs = []
     for (run, epoch, folder), method in itertools.product(chosen, methods):
         meta = {"run": run, "epoch": epoch, "checkpoint": str(folder)}
-        refs.append(task.remote(str(folder), [method], opts, str(out / run / folder.name), meta, device))
+        refs.append(task.remote(str(folder), [method], opts, str(out / run / folder.name), meta, device,
+                                job.faults.kill_method))
     entries = [e for part in ray.get(refs) for e in part]
     entries += compare.write_pages(entries, out, job.compare, methods)
     index = {"name": job.name, "runs": sorted({r for r, _, _ in chosen}), "methods": methods,

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +28,17 @@ def scalars(result: dict) -> dict:
     return out
 
 
-def run_method(ctx, name: str, out_dir: Path, meta: dict) -> list[dict]:
-    """Write <out_dir>/<name>[_suffix].png and <name>.json; return their index entries."""
+def run_method(ctx, name: str, out_dir: Path, meta: dict,
+               after_file: Callable[[Path], None] | None = None) -> list[dict]:
+    """Write <out_dir>/<name>[_suffix].png and <name>.json; return their index entries.
+
+    A retry after a killed attempt overwrites that attempt's files and removes its temp files.
+    """
     method = load_all()[name]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(f".{name}*.tmp-*"):
+        stale.unlink(missing_ok=True)
     t0 = time.perf_counter()
     result = method.compute(ctx)
     seconds = time.perf_counter() - t0
@@ -38,8 +47,11 @@ def run_method(ctx, name: str, out_dir: Path, meta: dict) -> list[dict]:
         path = out_dir / (f"{name}_{panel.suffix}.png" if panel.suffix else f"{name}.png")
         plots.save_png(panel.figure, path)
         entries.append({**meta, "method": name, "file": str(path), "caption": panel.caption})
+        if after_file is not None:
+            after_file(path)
     summary = {**meta, "method": name, "caption": method.caption, "compute_seconds": round(seconds, 3),
-               "images": len(ctx.images), "files": [e["file"] for e in entries], "result": scalars(result)}
+               "images": len(ctx.images), "files": [e["file"] for e in entries], "result": scalars(result),
+               "host": socket.gethostname(), "pid": os.getpid()}
     path = out_dir / f"{name}.json"
     write_atomic(path, json.dumps(summary, indent=1).encode())
     entries.append({**meta, "method": name, "file": str(path), "caption": f"{method.caption}: numbers"})
