@@ -49,7 +49,7 @@ def assert_absent(secret: str, folders: list[Path], text: str) -> int:
 def test_offline_run_logs_every_epoch_summary_and_images(tiny_job, ray_cluster, monkeypatch, capfd):
     from convlens.tracking import open_tracker
     key = secret_key()
-    job = tiny_job(name="tracked", tracking={"mode": "offline"})
+    job = tiny_job(name="tracked", tracking={"mode": "offline", "log_checkpoints": True})
     summary = train_with_env(job, monkeypatch, {"WANDB_MODE": "offline", "WANDB_API_KEY": key})
     run_dir = job.run_dir
     run_id = (run_dir / "wandb_id.txt").read_text().strip()
@@ -72,6 +72,11 @@ def test_offline_run_logs_every_epoch_summary_and_images(tiny_job, ray_cluster, 
     media = [run_dir / "wandb" / p for m in log.media for p in m["paths"]]
     assert any(p.name.endswith(".png") for p in media)
     assert len({p.parent.name.split("-")[-1] for p in (run_dir / "wandb").glob("*run-*")}) == 1
+    # log_checkpoints: the best and the last checkpoint folders, as versions of one model artifact
+    arts = {a["aliases"][0]: a for a in log.artifacts}
+    assert set(arts) == {"best", "last"} and {a["type"] for a in arts.values()} == {"model"}
+    assert arts["best"]["aliases"][1] == Path(summary["best_checkpoint"]).name
+    assert "state.pt" in arts["last"]["files"] and "manifest.json" in arts["last"]["files"]
     out = capfd.readouterr()
     assert assert_absent(key, [run_dir], out.out + out.err) > 5
 
@@ -97,3 +102,15 @@ def test_online_without_server_falls_back_offline_and_keeps_key_secret(tiny_job,
     assert [row["_step"] for row in log.history if "train/loss" in row] == [1]
     assert "test_accuracy" in log.summary
     assert assert_absent(key, [job.run_dir, wandb_dir], out.out + out.err) > 5
+
+
+def test_stopped_run_tells_wandb_why(tiny_job, ray_cluster, monkeypatch):
+    from convlens.training.run import RunStopped
+    job = tiny_job(name="nan-tracked", faults={"nan_at": "0:2:1"}, tracking={"mode": "offline"})
+    with pytest.raises(RunStopped):
+        train_with_env(job, monkeypatch, {"WANDB_MODE": "offline"})
+    run_id = (job.run_dir / "wandb_id.txt").read_text().strip()
+    wait_finished(job.run_dir / "wandb", run_id)
+    log = read_runs(job.run_dir / "wandb", run_id)
+    assert "non-finite loss at epoch 2" in log.summary["stop_reason"] and log.exit_code == 1
+    assert [row["_step"] for row in log.history if "train/loss" in row] == [1]

@@ -73,6 +73,7 @@ class RunLog:
     config: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
     media: list[dict] = field(default_factory=list)  # {"key", "step", "type", "captions", "paths"}
+    artifacts: list[dict] = field(default_factory=list)  # {"name", "type", "aliases", "files"}
     exit_code: int | None = None
 
 
@@ -94,6 +95,10 @@ def read_run(path: Path) -> RunLog:
             log.media.extend(_media(row))
         elif kind == "summary":
             log.summary.update(_items(rec.summary.update))
+        elif kind == "artifact":
+            art = rec.artifact
+            log.artifacts.append({"name": art.name, "type": art.type, "aliases": list(art.aliases),
+                                  "files": [entry.path for entry in art.manifest.contents]})
         elif kind == "exit":
             log.exit_code = rec.exit.exit_code
     return log
@@ -150,5 +155,6 @@ def read_runs(wandb_dir: Path, run_id: str | None = None) -> RunLog:
         merged.config.update(part.config)
         merged.summary.update(part.summary)
         merged.media += part.media
+        merged.artifacts += part.artifacts
         merged.exit_code = part.exit_code if part.exit_code is not None else merged.exit_code
     return merged
