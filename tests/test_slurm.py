@@ -71,13 +71,26 @@ def test_submit_train_waits_for_summary(cluster, setup, capsys):
     out = capsys.readouterr().out
     assert re.search(r"submitted slurm job \d+", out) and "stdout:" in out and "W&B group: train-slurm_tiny" in out
 
+    # the analyze job over that run, on the cluster too; its outputs land under the profile's runs_root
+    analyze_spec = write_yaml(profile.parent / "analyze.yaml", {
+        "kind": "analyze", "name": "slurm_analysis", "runs": [str(runs / "slurm_tiny")], "epochs": "all",
+        "methods": ["filters", "gradcam"], "options": {"num_images": 16, "num_train": 64}})
+    assert submit(profile, "analyze", analyze_spec, wait=True, timeout=240) == 0
+    index = json.loads((runs / "analysis/slurm_analysis/index.json").read_text())
+    assert {(e["epoch"], e["method"]) for e in index["files"]} >= {(1, "filters"), (2, "gradcam")}
+    assert all((runs / "analysis/slurm_analysis" / e["file"]).stat().st_size > 1000 for e in index["files"])
 
-def test_requeue_resumes_from_checkpoint(cluster, setup):
+
+def test_requeue_resumes_from_checkpoint(cluster, setup, monkeypatch):
     """scontrol requeue mid-run: the job restarts, resumes from Ray Train's checkpoint, and ends
-    with epochs 1..4 once each; the epochs done before the requeue are not trained again."""
+    with epochs 1..4 once each; the epochs done before the requeue are not trained again, and
+    both attempts log to the same W&B run."""
+    from wandb_reader import read_runs
     from convlens.launch.slurm import slurm_state, submit, wait_for
     profile, spec, runs = setup
-    job = submit(profile, "train", spec("slurm_requeue", run={"epochs": 4}, data={"train_subset": 3072}))
+    monkeypatch.setenv("WANDB_MODE", "offline")  # the job inherits the submitter's environment
+    job = submit(profile, "train", spec("slurm_requeue", run={"epochs": 4}, data={"train_subset": 3072},
+                                        tracking={"mode": "offline"}))
     run_dir = runs / "slurm_requeue"
     deadline = time.time() + 150
     while not registered_checkpoints(run_dir):
@@ -93,6 +106,13 @@ def test_requeue_resumes_from_checkpoint(cluster, setup):
     log = Path(job.paths.stdout).read_text()
     assert "restart 0," in log and "restart 1," in log
     assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 4
+    # W&B: one run id across the killed attempt, the requeued one and the driver's summary
+    run_id = (run_dir / "wandb_id.txt").read_text().strip()
+    segments = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(segments) >= 3 and {s.name.rsplit("-", 1)[1] for s in segments} == {run_id}, segments
+    log = read_runs(run_dir / "wandb", run_id)
+    assert log.run_id == run_id and "test_accuracy" in log.summary
+    assert {row["_step"] for row in log.history if "val/accuracy" in row} == {1, 2, 3, 4}
 
 
 def test_two_node_script_and_multinode_bootstrap(cluster, setup, tmp_path):

@@ -116,6 +116,8 @@ def resolve_job(kind: str, spec: str | Path, overrides, profile: ClusterProfile)
                 data[name]["root"] = root
         if "root" in type(job).model_fields:
             data["root"] = root
+        if "out" in type(job).model_fields and not data.get("out"):
+            data["out"] = str(Path(root) / "analysis" / data["name"])
     if isinstance(data.get("tracking"), dict) and not data["tracking"].get("group"):
         data["tracking"]["group"] = job_label(kind, data, Path(spec))
     return validate(type(job), data, f"{kind} spec {spec}")
