@@ -82,6 +82,10 @@ class SweepJob(Strict):
         return Path(self.root).expanduser().resolve() / self.name
 
     @property
+    def trials_dir(self) -> Path:  # one run directory per trial
+        return self.sweep_dir / "trials"
+
+    @property
     def group(self) -> str:
         return self.tracking_group or self.name
 
@@ -269,12 +273,16 @@ class Reaper(ray.tune.Callback):
 
 # ---------------------------------------------------------------- the sweep
 
+def is_grid(name: str, search: str) -> bool:
+    return name == "grid" or (search == "grid" and name == "choice")
+
+
 def param_space(space: dict[str, dict], search: str) -> dict:
     from ray import tune
     out = {}
     for key, dist in space.items():
         name, args = next(iter(dist.items()))
-        if name == "grid" or (search == "grid" and name == "choice"):
+        if is_grid(name, search):
             out[key] = tune.grid_search(list(args))
         elif name == "choice":
             out[key] = tune.choice(list(args))
@@ -305,7 +313,7 @@ def build_tuner(job: SweepJob, spec: dict, resume: bool):
     train = validate(TrainJob, spec)
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(run_trial, spec=spec, sweep=job.name,
-                                 trials_dir=str(job.sweep_dir / "trials")),
+                                 trials_dir=str(job.trials_dir)),
         {"cpu": job.resources.trial_cpus})
     if resume:
         return ray.tune.Tuner.restore(str(job.sweep_dir), trainable=trainable, resume_unfinished=True,
@@ -373,21 +381,24 @@ def trial_id_of(result) -> str:
 
 
 def collect_rows(job: SweepJob, results) -> list[dict]:
-    """One row per trial from its run directory (metrics.jsonl, summary.json, stopped.json)."""
-    from convlens.training import outputs
+    """One row per trial of Tune's results, from its run directory."""
     rows = []
     for result in results:
         tid = trial_id_of(result)
-        run_dir = job.sweep_dir / "trials" / f"{job.name}_trial_{tid}"
-        history = outputs.read_metrics(run_dir)
-        summary = read_json(run_dir / "summary.json")
-        stopped = read_json(run_dir / "stopped.json")
         sampled = {k: (result.config or {}).get(k) for k in job.space}
-        row = trial_row(tid, run_dir, sampled, history, summary, stopped, result.error)
+        row = run_row(job, tid, sampled, result.error)
         if row["status"] == "early_stopped":  # Tune's last seen epoch; the run may have written one more
             row["stop_reason"] = f"ASHA stopped it after epoch {(result.metrics or {}).get('epoch', '?')}"
         rows.append(row)
     return rank_rows(rows)
+
+
+def run_row(job: SweepJob, tid: str, sampled: dict, error) -> dict:
+    """One trial's row, read from its run directory (metrics.jsonl, summary.json, stopped.json)."""
+    from convlens.training import outputs
+    run_dir = job.trials_dir / f"{job.name}_trial_{tid}"
+    return trial_row(tid, run_dir, sampled, outputs.read_metrics(run_dir), read_json(run_dir / "summary.json"),
+                     read_json(run_dir / "stopped.json"), error)
 
 
 def read_json(path: Path) -> dict | None:
