@@ -4,6 +4,7 @@ Needs root and the Debian Slurm packages (cluster.sh installs them when missing)
 """
 from __future__ import annotations
 
+import csv
 import json
 import re
 import subprocess
@@ -146,3 +147,56 @@ def test_two_node_script_and_multinode_bootstrap(cluster, setup, tmp_path):
     shared = Path("/tmp/ray/ray_current_cluster")
     job_port = raynodes.ray_port(log_file.parent.name)
     assert not shared.exists() or not shared.read_text().endswith(f":{job_port}")
+
+
+def array_sweep(tmp_path: Path, spec, **fields) -> Path:
+    """A grid sweep over two learning rates of a tiny train spec (spec: the setup fixture's factory)."""
+    sweep = {"kind": "sweep", "name": "arr", "root": str(tmp_path / "elsewhere"), "base": str(spec("base")),
+             "space": {"optim.lr": {"grid": [0.1, 0.05]}}, "search": "grid", "num_samples": 1,
+             "scheduler": {"name": "none"}, **fields}
+    return write_yaml(tmp_path / "arr.yaml", sweep)
+
+
+def test_array_refuses_asha_and_other_kinds(setup, tmp_path):
+    from convlens.cli import main
+    from convlens.config import ConfigError
+    from convlens.launch.slurm import submit
+    profile, spec, runs = setup
+    path = array_sweep(tmp_path, spec, scheduler={"name": "asha"})
+    with pytest.raises(ConfigError, match="scheduler.name = asha: .* set scheduler.name=none or drop --array"):
+        submit(profile, "sweep", path, array=True)
+    with pytest.raises(ConfigError, match="--array runs the trials of a sweep"):
+        submit(profile, "train", spec("single"), array=True)
+    assert not runs.exists() and not (tmp_path / "logs").exists()  # refused before anything was written
+    assert main(["sweep", str(path), "--collect"]) == 2  # no array.json: a clear error, not a traceback
+
+
+def test_array_sweep_runs_one_task_per_trial(cluster, setup, tmp_path, capsys):
+    from convlens.cli import main
+    from convlens.config import TrainJob, load_job
+    from convlens.launch.slurm import submit
+    profile, spec, runs = setup
+    path = array_sweep(tmp_path, spec)
+    assert submit(profile, "sweep", path, array=True, wait=True, timeout=300) == 0
+    out = capsys.readouterr().out
+    array_id = re.search(r"submitted slurm array job (\d+): 2 trials of sweep arr, at most 4 at once", out).group(1)
+    assert "W&B group: arr" in out
+    for task in ("0", "1"):  # Slurm's array variables, as the task itself saw them
+        log = (tmp_path / f"logs/{array_id}_{task}/{array_id}_{task}_0_log.out").read_text()
+        assert f"slurm job {array_id}_{task} rank 0/1" in log and "convlens train" in log
+    sweep_dir = runs / "arr"
+    with open(sweep_dir / "trials.csv") as f:
+        trials = list(csv.DictReader(f))
+    assert sorted(float(r["config/optim.lr"]) for r in trials) == [0.05, 0.1]
+    assert all(r["status"] == "completed" for r in trials), trials
+    assert [r["best"] for r in trials].count("True") == 1
+    assert all((Path(r["run_dir"]) / "summary.json").is_file() for r in trials)
+    assert {Path(r["run_dir"]).parent for r in trials} == {sweep_dir / "trials"}
+    best = load_job(sweep_dir / "best_job.yaml", [], "train")
+    assert isinstance(best, TrainJob) and best.tracking.group == "arr"
+    assert (sweep_dir / "curves.png").is_file()
+    # --collect rebuilds the same table from the run directories
+    (sweep_dir / "trials.csv").unlink()
+    assert main(["sweep", str(path), f"root={runs}", "--collect"]) == 0
+    with open(sweep_dir / "trials.csv") as f:
+        assert list(csv.DictReader(f)) == trials

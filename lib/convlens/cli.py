@@ -14,8 +14,10 @@ def cmd_train(args):
 
 
 def cmd_sweep(args):
-    from convlens.tuning import sweep
+    from convlens.tuning import collect_array, sweep
     job = load_job(args.spec, args.overrides, "sweep")
+    if args.collect:
+        return collect_array(job)
     return sweep(job, resume=args.resume)
 
 
@@ -63,8 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
         return s
 
     job("train", cmd_train, "train one network with Ray Train")
-    job("sweep", cmd_sweep, "search training configs with Ray Tune").add_argument(
-        "--resume", action="store_true", help="continue an interrupted sweep, keeping finished trials")
+    sw = job("sweep", cmd_sweep, "search training configs with Ray Tune").add_mutually_exclusive_group()
+    sw.add_argument("--resume", action="store_true", help="continue an interrupted sweep, keeping finished trials")
+    sw.add_argument("--collect", action="store_true",
+                    help="write trials.csv, best_job.yaml and curves.png of a `submit --array` sweep")
     job("analyze", cmd_analyze, "run analysis methods over checkpoints as Ray tasks")
     job("probe", cmd_probe, "linear, MLP and kNN probes on frozen features of checkpoints")
     job("demo", cmd_demo, "train both networks, sweep, analyze and write the report")

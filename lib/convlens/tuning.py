@@ -8,12 +8,17 @@ because they are Ray actors it owns. A trial's run name is `<sweep>_trial_<tune 
 resumed sweep resumes interrupted trials from their own Train checkpoints.
 
 Outputs in <root>/<name>/: trials.csv, best_job.yaml (a ready train spec), curves.png.
+`convlens submit --array` runs the trials as a Slurm job array instead: sample_trials draws
+their configs up front, array.json records them, and collect_array writes the same outputs.
 """
 from __future__ import annotations
 
 import copy
 import csv
+import itertools
+import json
 import math
+import random
 import re
 import time
 from pathlib import Path
@@ -62,6 +67,7 @@ class SweepJob(Strict):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     resources: TrialResources = Field(default_factory=TrialResources)
     tracking_group: str | None = None  # W&B group of every trial; default: the sweep name
+    seed: int = 0  # draws of sample_trials (submit --array); Tune's own search is not seeded
 
     @model_validator(mode="after")
     def _check(self):
@@ -80,6 +86,10 @@ class SweepJob(Strict):
     @property
     def sweep_dir(self) -> Path:
         return Path(self.root).expanduser().resolve() / self.name
+
+    @property
+    def trials_dir(self) -> Path:  # one run directory per trial
+        return self.sweep_dir / "trials"
 
     @property
     def group(self) -> str:
@@ -177,7 +187,7 @@ def check_train(spec: dict, source: str) -> TrainJob:
 # ---------------------------------------------------------------- one trial
 
 def trial_job(spec: dict, sampled: dict, sweep: str, trials_dir: str, trial_id: str) -> TrainJob:
-    """The TrainJob a trial runs: base spec + sampled values, named after its Tune trial id."""
+    """The TrainJob a trial runs: base spec + sampled values, named after its trial id."""
     spec = apply_overrides(copy.deepcopy(spec), sampled)
     spec = apply_overrides(spec, {"run.name": f"{sweep}_trial_{trial_id}", "run.root": trials_dir})
     return validate(TrainJob, spec, f"trial {trial_id}")
@@ -269,12 +279,16 @@ class Reaper(ray.tune.Callback):
 
 # ---------------------------------------------------------------- the sweep
 
+def is_grid(name: str, search: str) -> bool:
+    return name == "grid" or (search == "grid" and name == "choice")
+
+
 def param_space(space: dict[str, dict], search: str) -> dict:
     from ray import tune
     out = {}
     for key, dist in space.items():
         name, args = next(iter(dist.items()))
-        if name == "grid" or (search == "grid" and name == "choice"):
+        if is_grid(name, search):
             out[key] = tune.grid_search(list(args))
         elif name == "choice":
             out[key] = tune.choice(list(args))
@@ -305,7 +319,7 @@ def build_tuner(job: SweepJob, spec: dict, resume: bool):
     train = validate(TrainJob, spec)
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(run_trial, spec=spec, sweep=job.name,
-                                 trials_dir=str(job.sweep_dir / "trials")),
+                                 trials_dir=str(job.trials_dir)),
         {"cpu": job.resources.trial_cpus})
     if resume:
         return ray.tune.Tuner.restore(str(job.sweep_dir), trainable=trainable, resume_unfinished=True,
@@ -359,6 +373,68 @@ def sweep(job: SweepJob, resume: bool = False) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------- trials as a Slurm job array
+
+ARRAY_INDEX = "array.json"  # in the sweep directory: {"sweep": name, "trials": {trial id: sampled}}
+
+
+def sample_trials(job: SweepJob) -> list[dict]:
+    """The sweep's trial configs (dotted key -> value), drawn up front with job.seed, as Tune does:
+    grid entries (choice too, with search: grid) form a cartesian product, repeated num_samples
+    times; every other entry is drawn afresh for each trial."""
+    rng = random.Random(job.seed)
+    dists = {key: next(iter(dist.items())) for key, dist in job.space.items()}
+    grid = {key: args for key, (name, args) in dists.items() if is_grid(name, job.search)}
+    trials = []
+    for _ in range(job.num_samples):
+        for values in itertools.product(*grid.values()):
+            fixed = dict(zip(grid, values))
+            trials.append({key: fixed[key] if key in fixed else draw(rng, name, args)
+                           for key, (name, args) in dists.items()})
+    return trials
+
+
+def draw(rng: random.Random, name: str, args: list):
+    if name == "choice":
+        return rng.choice(args)
+    if name == "uniform":
+        return rng.uniform(*args)
+    if name == "loguniform":
+        return math.exp(rng.uniform(math.log(args[0]), math.log(args[1])))
+    return rng.randrange(int(args[0]), int(args[1]))  # randint: hi exclusive, like Tune's
+
+
+def start_array(job: SweepJob) -> dict[str, TrainJob]:
+    """Sample the trials, record them in <sweep_dir>/array.json; returns {trial id: its TrainJob}."""
+    index = job.sweep_dir / ARRAY_INDEX
+    if index.is_file() or (job.sweep_dir / "tuner.pkl").is_file():
+        raise ConfigError(f"sweep {job.name} already exists in {job.sweep_dir}: choose another name")
+    spec = absolute_paths(base_spec(job))
+    trials = {f"{i:05d}": sampled for i, sampled in enumerate(sample_trials(job))}
+    jobs = {tid: trial_job(spec, sampled, job.name, str(job.trials_dir), tid) for tid, sampled in trials.items()}
+    job.sweep_dir.mkdir(parents=True, exist_ok=True)
+    index.write_text(json.dumps({"sweep": job.name, "trials": trials}, indent=1))
+    return jobs
+
+
+def collect_array(job: SweepJob, errors: dict[str, Exception] | None = None) -> list[dict]:
+    """trials.csv, best_job.yaml and curves.png from the run directories of an array sweep's
+    trials; errors: trial id -> why its Slurm task failed. Returns the rows, best first."""
+    index = job.sweep_dir / ARRAY_INDEX
+    if not index.is_file():
+        raise ConfigError(f"no {ARRAY_INDEX} in {job.sweep_dir}: nothing was submitted there with "
+                          f"`convlens submit --array` (a Tune sweep writes its outputs itself)")
+    rows = []
+    for tid, sampled in read_json(index)["trials"].items():
+        row = run_row(job, tid, sampled, (errors or {}).get(tid))
+        if row["status"] == "early_stopped":  # no scheduler stops array tasks: still running, or killed
+            row["status"] = "incomplete"
+        rows.append(row)
+    rows = rank_rows(rows)
+    write_outputs(job, absolute_paths(base_spec(job)), rows)
+    return rows
+
+
 # ---------------------------------------------------------------- outputs
 
 TRIAL_DIR_ID = re.compile(r"_([0-9a-f]{5}_\d{5})(?:_|$)")
@@ -373,21 +449,24 @@ def trial_id_of(result) -> str:
 
 
 def collect_rows(job: SweepJob, results) -> list[dict]:
-    """One row per trial from its run directory (metrics.jsonl, summary.json, stopped.json)."""
-    from convlens.training import outputs
+    """One row per trial of Tune's results, from its run directory."""
     rows = []
     for result in results:
         tid = trial_id_of(result)
-        run_dir = job.sweep_dir / "trials" / f"{job.name}_trial_{tid}"
-        history = outputs.read_metrics(run_dir)
-        summary = read_json(run_dir / "summary.json")
-        stopped = read_json(run_dir / "stopped.json")
         sampled = {k: (result.config or {}).get(k) for k in job.space}
-        row = trial_row(tid, run_dir, sampled, history, summary, stopped, result.error)
+        row = run_row(job, tid, sampled, result.error)
         if row["status"] == "early_stopped":  # Tune's last seen epoch; the run may have written one more
             row["stop_reason"] = f"ASHA stopped it after epoch {(result.metrics or {}).get('epoch', '?')}"
         rows.append(row)
     return rank_rows(rows)
+
+
+def run_row(job: SweepJob, tid: str, sampled: dict, error) -> dict:
+    """One trial's row, read from its run directory (metrics.jsonl, summary.json, stopped.json)."""
+    from convlens.training import outputs
+    run_dir = job.trials_dir / f"{job.name}_trial_{tid}"
+    return trial_row(tid, run_dir, sampled, outputs.read_metrics(run_dir), read_json(run_dir / "summary.json"),
+                     read_json(run_dir / "stopped.json"), error)
 
 
 def read_json(path: Path) -> dict | None:

@@ -6,6 +6,11 @@ On one node the job starts its own Ray in-process; on several, Ray is bootstrapp
 the nodes (launch/raynodes.py). Preemption and time limits send USR2: submitit calls
 `checkpoint()` and requeues the same job, which resumes from what the run saved on disk
 (Ray Train checkpoints under run.root/run.name, or the sweep's state with --resume).
+
+A sweep runs by default in one allocation where Ray Tune schedules every trial (ASHA can stop
+weak ones). With --array its trials are sampled here instead (tuning.sample_trials) and run as
+one Slurm job array, a single-node `convlens train` per task, at most profile.array_parallelism
+at once, each requeued on its own; `convlens sweep --collect` (or --wait) gathers the results.
 """
 from __future__ import annotations
 
@@ -171,8 +176,7 @@ def submit(cluster_yaml, kind: str, spec, overrides=(), wait: bool = False, arra
     """
     profile = load_profile(cluster_yaml)
     if array:
-        raise ConfigError("--array (one Slurm array task per sweep trial) is not implemented: a sweep runs "
-                          "in one allocation where Ray Tune schedules every trial; raise nodes to get more room")
+        return submit_array(profile, kind, spec, overrides, wait, timeout)
     job = resolve_job(kind, spec, overrides, profile)
     label = job_label(kind, job.model_dump(mode="json"), Path(spec))
     spec_path = write_spec(job, profile, label)
@@ -186,6 +190,51 @@ def submit(cluster_yaml, kind: str, spec, overrides=(), wait: bool = False, arra
     if wait:
         return wait_for(sjob, timeout)
     return sjob
+
+
+def submit_array(profile: ClusterProfile, kind: str, spec, overrides, wait: bool, timeout: float | None):
+    """A sweep as a Slurm job array: one single-node `convlens train` task per sampled trial,
+    at most profile.array_parallelism at once. Returns the tasks' submitit Jobs; with wait=True,
+    collects the results once every task has ended and returns 0 if any trial completed."""
+    from convlens.tuning import ARRAY_INDEX, collect_array, start_array
+    if kind != "sweep":
+        raise ConfigError(f"--array runs the trials of a sweep; a {kind} job is one allocation (drop --array)")
+    job = resolve_job(kind, spec, overrides, profile)
+    if job.scheduler.name == "asha":
+        raise ConfigError("scheduler.name = asha: ASHA compares trials while they run, which independent "
+                          "Slurm array tasks cannot; set scheduler.name=none or drop --array")
+    job = job.model_copy(update={"base": str(Path(job.base).expanduser().resolve())})  # --collect from anywhere
+    specs = {tid: write_spec(train, profile, f"train-{train.run.name}") for tid, train in start_array(job).items()}
+    executor = make_executor(profile.model_copy(update={"nodes": 1}), f"convlens-sweep-{job.name}")
+    with executor.batch():  # one sbatch --array for all of them
+        tasks = {tid: executor.submit(SlurmJob("train", str(path), 1, profile.cpus_per_task, profile.gpus_per_node,
+                                               False)) for tid, path in specs.items()}
+    array_id = next(iter(tasks.values())).job_id.split("_")[0]
+    print(f"[convlens] submitted slurm array job {array_id}: {len(tasks)} trials of sweep {job.name}, "
+          f"at most {profile.array_parallelism} at once\n  logs:   {profile.folder.parent}/{array_id}_<task>/\n"
+          f"  trials: {job.sweep_dir / ARRAY_INDEX}\n  W&B group: {job.group}", flush=True)
+    if not wait:
+        collect = f"convlens sweep {write_spec(job, profile, f'sweep-{job.name}')} --collect"
+        print(f"[convlens] once every task has ended, collect the results with:\n  {collect}", flush=True)
+        return list(tasks.values())
+    rows = collect_array(job, wait_all(tasks, timeout))
+    if not any(row["status"] == "completed" for row in rows):
+        raise JobFailed(f"no trial of sweep {job.name} completed; see {job.sweep_dir / 'trials.csv'}")
+    return 0
+
+
+def wait_all(tasks: dict, timeout: float | None) -> dict[str, JobFailed]:
+    """Follow every trial's task to its end; returns {trial id: why it failed}, so that one
+    failed task hides no other."""
+    deadline = None if timeout is None else time.time() + timeout
+    errors = {}
+    for tid, task in tasks.items():
+        try:
+            wait_for(task, None if deadline is None else max(1.0, deadline - time.time()))
+        except JobFailed as err:
+            print(f"[convlens] trial {tid}: {err}", flush=True)
+            errors[tid] = err
+    return errors
 
 
 def slurm_state(job_id: str) -> str:
