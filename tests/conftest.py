@@ -17,7 +17,7 @@ def ray_cluster():
     """A local Ray cluster shared by every test; 4 logical CPUs so 2 trials x 1 worker fit."""
     import ray
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=True,
+        ray.init(address="local", num_cpus=4, log_to_driver=True,
                  logging_level="ERROR", configure_logging=False)
     yield ray
     ray.shutdown()

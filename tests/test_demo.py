@@ -1,9 +1,13 @@
 """The demo pipeline end to end at reduced size: both networks, probes, sweep, analysis, report."""
 import json
+from pathlib import Path
+
+import pytest
 
 from convlens.config import load_job
 from convlens.demo import run_demo
 
+REPO = Path(__file__).resolve().parents[1]
 TINY = {"data.train_subset": 768, "data.test_subset": 256, "model.layers": [1, 1], "model.width": 8,
         "run.workers": 1, "run.quiet": True}
 
@@ -26,3 +30,15 @@ def test_demo_end_to_end_at_reduced_size(ray_cluster, tmp_path, cache_dir):
         assert (root / run / "probes.json").is_file()
     index = json.loads((root / "analysis" / "index.json").read_text())
     assert index
+
+
+def test_demo_refuses_analysis_epochs_that_training_deletes(monkeypatch, tmp_path):
+    from convlens.config import ConfigError, load_job
+    from convlens.demo import run_demo
+    monkeypatch.chdir(REPO)
+    job = load_job(REPO / "jobs/demo.yaml", [f"root={tmp_path}"], "demo")
+    job.supervised.overrides["run.keep_last"] = 2
+    with pytest.raises(ConfigError, match=r"supervised keeps only its last 2 of 5 epochs \(run.keep_last\), "
+                                          r"not epoch 1; set supervised.overrides.run.keep_last to 5"):
+        run_demo(job)
+    assert not list(tmp_path.iterdir())  # refused before any step ran

@@ -47,30 +47,33 @@ def run_demo(job: DemoJob) -> Path:
     from convlens.training.run import train
     root = Path(job.root).expanduser().resolve()
     start = time.time()
-    runs = []
-    for name, step in (("supervised", job.supervised), ("rotation", job.rotation)):
-        if step is None:
-            continue
+    # Every step's spec is validated before the first one starts.
+    train_jobs = {name: step_job(step, "train", {"run.root": str(root), "run.quiet": job.quiet})
+                  for name, step in (("supervised", job.supervised), ("rotation", job.rotation)) if step}
+    runs = [str(t.run_dir) for t in train_jobs.values()]
+    probe_job = step_job(job.probes, "probe", {"runs": runs}) if job.probes else None
+    sweep_job = step_job(job.sweep, "sweep", {"root": str(root)}) if job.sweep else None
+    analysis_job = (step_job(job.analysis, "analyze", {"runs": runs, "out": str(root / "analysis")})
+                    if job.analysis else None)
+    if analysis_job:
+        check_epochs_kept(train_jobs, analysis_job.epochs)
+    for name, train_job in train_jobs.items():
         banner(f"training the {name} network")
-        train_job = step_job(step, "train", {"run.root": str(root), "run.quiet": job.quiet})
         train(train_job)
-        runs.append(str(train_job.run_dir))
     outputs = list(runs)
-    if job.probes:
+    if probe_job:
         from convlens.probes import probe
         banner("probing frozen features (linear, MLP, kNN)")
-        probe(step_job(job.probes, "probe", {"runs": runs}))
-    if job.sweep:
+        probe(probe_job)
+    if sweep_job:
         from convlens.tuning import sweep
         banner("sweeping with Ray Tune")
-        sweep_job = step_job(job.sweep, "sweep", {"root": str(root)})
-        sweep(sweep_job, resume=False)
+        sweep(sweep_job, resume=(sweep_job.sweep_dir / "tuner.pkl").is_file())  # a rerun keeps its trials
         outputs.append(str(sweep_job.sweep_dir))
-    if job.analysis:
+    if analysis_job:
         from convlens.analysis.job import analyze
         banner("analysing checkpoints")
-        outputs.append(str(analyze(step_job(job.analysis, "analyze",
-                                            {"runs": runs, "out": str(root / "analysis")}))))
+        outputs.append(str(analyze(analysis_job)))
     if job.report:
         from convlens.report import write_report
         banner("writing the report")
@@ -78,3 +81,17 @@ def run_demo(job: DemoJob) -> Path:
         print(f"[convlens] demo finished in {time.time() - start:.0f} s; open {report}", flush=True)
         return Path(report)
     return root
+
+
+def check_epochs_kept(train_jobs: dict, epochs) -> None:
+    """Fail now, not after training, if the analysis asks for an epoch Ray Train will delete."""
+    from convlens.config import ConfigError
+    wanted = [e for e in ([epochs] if isinstance(epochs, str) else epochs) if isinstance(e, int)]
+    for name, train_job in train_jobs.items():
+        run = train_job.run
+        first_kept = run.epochs - run.keep_last + 1
+        early = [e for e in wanted if e < first_kept]
+        if early:
+            raise ConfigError(f"analysis.overrides.epochs: {name} keeps only its last {run.keep_last} of "
+                              f"{run.epochs} epochs (run.keep_last), not epoch {early[0]}; set "
+                              f"{name}.overrides.run.keep_last to {run.epochs - min(early) + 1}")

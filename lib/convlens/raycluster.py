@@ -14,7 +14,9 @@ def ensure_ray(quiet: bool = False) -> None:
         return
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
+    # The dashboard (ray[default]) serves the state API that Ray Train's placement group
+    # cleaner polls; without it the cleaner logs a warning every second and never cleans up.
+    ray.init(address=os.environ.get("RAY_ADDRESS") or "local",
              log_to_driver=not quiet, configure_logging=not quiet,
              logging_level="ERROR" if quiet else "INFO")
 

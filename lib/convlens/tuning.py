@@ -4,7 +4,8 @@ Each Tune trial is a small function that builds its TrainJob (base spec + overri
 sampled values) and runs it through the same `convlens.training.run.train` as `convlens train`.
 The Train controller forwards every per-epoch report to Tune (TuneReportCallback), so ASHA
 can stop weak trials; stopping the trial actor takes its Train controller and workers with it,
-because they are Ray actors it owns. A trial's run name is `<sweep>_trial_<tune id>`, so a
+because they are Ray actors it owns, and Ray Train's placement group cleaner (it needs the
+dashboard's state API, hence ray[default]) frees their reservation. A trial's run name is `<sweep>_trial_<tune id>`, so a
 resumed sweep resumes interrupted trials from their own Train checkpoints.
 
 Outputs in <root>/<name>/: trials.csv, best_job.yaml (a ready train spec), curves.png.
@@ -20,7 +21,6 @@ import json
 import math
 import random
 import re
-import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -235,48 +235,6 @@ def run_trial(config: dict, spec: dict, sweep: str, trials_dir: str) -> None:
                      "test_accuracy": summary["test_accuracy"]})
 
 
-# ---------------------------------------------------------------- tearing down stopped trials
-
-def orphaned_placement_groups(job_id: str) -> list[str]:
-    """Placement groups this job's actors created and outlived: their creator died.
-
-    When Tune stops a trial, the trial actor dies and takes its Train controller and workers
-    with it, but Ray scopes a placement group to the job, so the workers' reservation stays
-    until the sweep's driver exits (Ray Train's own cleaner needs the dashboard's state API).
-    """
-    from ray._private.state import state
-    from ray.core.generated import gcs_pb2
-    table = state._connect_and_get_accessor().get_placement_group_table()
-    out = []
-    for raw in table:
-        pg = gcs_pb2.PlacementGroupTableData.FromString(raw)
-        if (pg.creator_job_id.hex() == job_id and pg.creator_actor_dead and not pg.is_detached
-                and pg.creator_actor_id.strip(b"\xff") and pg.state != pg.REMOVED):
-            out.append(pg.placement_group_id.hex())
-    return out
-
-
-def remove_orphans() -> int:
-    import ray
-    from ray.util.placement_group import PlacementGroup, remove_placement_group
-    orphans = orphaned_placement_groups(ray.get_runtime_context().get_job_id())
-    for pg_id in orphans:
-        remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
-    return len(orphans)
-
-
-class Reaper(ray.tune.Callback):
-    """Frees stopped trials' Train worker reservations as the sweep goes (every few seconds)."""
-
-    def __init__(self, every_s: float = 2.0):
-        self.every_s, self.last = every_s, 0.0
-
-    def on_step_begin(self, iteration, trials, **info):
-        if time.monotonic() - self.last >= self.every_s:
-            self.last = time.monotonic()
-            remove_orphans()
-
-
 # ---------------------------------------------------------------- the sweep
 
 def is_grid(name: str, search: str) -> bool:
@@ -336,7 +294,7 @@ def build_tuner(job: SweepJob, spec: dict, resume: bool):
                                         num_samples=job.num_samples, reuse_actors=False,
                                         max_concurrent_trials=concurrency(job, train)),
         run_config=ray.tune.RunConfig(name=job.name, storage_path=str(job.sweep_dir.parent),
-                                      verbose=0 if train.run.quiet else 1, callbacks=[Reaper()],
+                                      verbose=0 if train.run.quiet else 1,
                                       failure_config=ray.tune.FailureConfig(max_failures=0)))
 
 
@@ -367,7 +325,6 @@ def sweep(job: SweepJob, resume: bool = False) -> list[dict]:
                           f"pass --resume, or choose another name")
     job.sweep_dir.mkdir(parents=True, exist_ok=True)
     results = build_tuner(job, spec, resume).fit()
-    remove_orphans()
     rows = collect_rows(job, results)
     write_outputs(job, spec, rows)
     return rows

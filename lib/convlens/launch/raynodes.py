@@ -44,11 +44,11 @@ def temp_dir(port: int) -> str:
 
 
 def head_command(ip: str, port: int, cpus: int, gpus: int) -> list[str]:
-    """`ray start --head` on ports derived from `port` (port..port+2), no dashboard."""
+    """`ray start --head` on ports derived from `port` (port..port+3)."""
     return [ray_bin(), "start", "--head", f"--node-ip-address={ip}", f"--port={port}",
             f"--temp-dir={temp_dir(port)}",
             f"--dashboard-agent-listen-port={port + 1}", f"--dashboard-agent-grpc-port={port + 2}",
-            "--include-dashboard=false",
+            f"--dashboard-port={port + 3}",
             *common_args(cpus, gpus)]
 
 
@@ -113,7 +113,7 @@ def head_node(ip: str, port: int, nodes: int, cpus: int, gpus: int, timeout: flo
     try:
         wait_port(ip, port, timeout, proc)
         os.environ["RAY_ADDRESS"] = f"{ip}:{port}"
-        ray.init(address=f"{ip}:{port}", include_dashboard=False)
+        ray.init(address=f"{ip}:{port}")
         wait_nodes(nodes, timeout)
         yield f"{ip}:{port}"
     finally:

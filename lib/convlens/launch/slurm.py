@@ -94,7 +94,7 @@ def run_single_node(argv: list[str], cpus: int, gpus: int) -> int:
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     # address="local": a new instance even if a `ray start` on this node left its address behind
-    ray.init(address="local", num_cpus=cpus, num_gpus=gpus, include_dashboard=False)
+    ray.init(address="local", num_cpus=cpus, num_gpus=gpus)
     try:
         return run_cli(argv)
     finally:

@@ -65,15 +65,19 @@ def train(job: TrainJob, trainer_kwargs: dict | None = None) -> dict:
 # W&B settings from the user's shell reach the workers; the API key stays in the cluster's own
 # environment so Ray never stores it.
 FORWARDED_ENV = ("WANDB_MODE", "WANDB_BASE_URL", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_DIR")
+# Ray Train's print patch sends a worker's print both to stdout and to its logger, and the
+# driver shows both: every epoch line twice. Plain stdout is enough.
+WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 
 
 def fit(job: TrainJob, **run_config_extra):
     """Build and fit the TorchTrainer; raises ray.train.TrainingFailedError when retries run out."""
     import os
     import ray.train
-    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-    if env and "worker_runtime_env" not in run_config_extra:
-        run_config_extra["worker_runtime_env"] = {"env_vars": env}
+    runtime_env = run_config_extra.pop("worker_runtime_env", {})
+    env = {**WORKER_ENV, **{k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
+           **runtime_env.get("env_vars", {})}
+    run_config_extra["worker_runtime_env"] = {**runtime_env, "env_vars": env}
     from ray.train.torch import TorchConfig, TorchTrainer
     from convlens.training.loop import train_worker
     trainer = TorchTrainer(
