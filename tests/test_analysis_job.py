@@ -91,6 +91,26 @@ def test_killed_analysis_task_is_retried_and_writes_each_output_once(two_runs, t
         validate(AnalyzeJob, {"runs": ["x"], "faults": {"kill_method": "gradcamm"}})
 
 
+def test_analysis_figures_and_tables_reach_the_runs_wandb(two_runs, tmp_path, monkeypatch):
+    from wandb_reader import read_runs, wait_finished
+    sup = two_runs[0]
+    monkeypatch.setenv("WANDB_MODE", "offline")  # the run's config says disabled; the env wins
+    job = validate(AnalyzeJob, {
+        "name": "w", "out": str(tmp_path / "analysis"), "runs": [str(sup)], "epochs": [1, 2], "quiet": True,
+        "methods": ["knn", "embeddings", "filters"], "options": {"num_images": 48, "num_train": 128,
+                                                                  "tsne_points": 40}})
+    analyze(job)
+    run_id = (sup / "wandb_id.txt").read_text().strip()
+    wait_finished(sup / "wandb", run_id)
+    log = read_runs(sup / "wandb", run_id)
+    media = {m["key"]: m for m in log.media}
+    assert {"analysis/knn", "analysis/embeddings", "analysis/filters"} <= set(media)
+    assert any(c.startswith("epoch 2: ") for c in media["analysis/filters"]["captions"])
+    tables = {k for row in log.history for k, v in row.items() if isinstance(v, dict)
+              and v.get("_type") == "table-file"}
+    assert {"analysis/knn", "analysis/embeddings"} <= tables
+
+
 def test_unknown_method_is_refused():
     with pytest.raises(ConfigError, match="unknown \\['gradcamm'\\]"):
         validate(AnalyzeJob, {"runs": ["x"], "methods": ["gradcamm"]})

@@ -29,7 +29,9 @@ def test_demo_end_to_end_at_reduced_size(ray_cluster, tmp_path, cache_dir):
         assert json.loads((root / run / "summary.json").read_text())["epochs"] == 2
         assert (root / run / "probes.json").is_file()
     index = json.loads((root / "analysis" / "index.json").read_text())
-    assert index
+    figures = [f for f in index["files"] if f["file"].endswith(".png")]
+    assert {f["method"] for f in figures} >= {"cam", "gradcam", "deconv", "knn", "embeddings", "compare"}
+    assert html.count("<img ") >= len(figures) + 4  # every analysis figure, and both runs' curves
 
 
 def test_demo_refuses_analysis_epochs_that_training_deletes(monkeypatch, tmp_path):

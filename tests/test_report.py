@@ -31,7 +31,9 @@ def analysis_dir(folder: Path, checkpoint: str) -> Path:
         plt.close(fig)
         entries.append({"file": f"{i:02d}_{method}.png", "checkpoint": checkpoint, "method": method,
                         "caption": f"{method} of the tiny supervised network"})
-    (folder / "index.json").write_text(json.dumps(entries))
+        entries.append({**entries[-1], "file": f"{i:02d}_{method}.json"})  # numbers: not a figure
+        (folder / f"{i:02d}_{method}.json").write_text("{}")
+    (folder / "index.json").write_text(json.dumps({"name": "analysis", "files": entries}))
     return folder
 
 

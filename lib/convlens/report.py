@@ -92,12 +92,17 @@ def write_report(paths, out=None) -> Path:
 
 
 def discover(paths: list[Path]) -> dict[str, list[Path]]:
+    """Run, sweep and analysis folders under paths; a sweep's trial runs stay in its table
+    unless named themselves."""
     found = {"runs": [], "sweeps": [], "analyses": []}
+    paths = [p.resolve() for p in paths]
     for root in paths:
         for folder in [root, *sorted(walk(root))]:
             for kind, marker in (("runs", "summary.json"), ("sweeps", "trials.csv"), ("analyses", "index.json")):
                 if (folder / marker).is_file() and folder not in found[kind]:
                     found[kind].append(folder)
+    found["runs"] = [r for r in found["runs"]
+                     if r in paths or not any(r.is_relative_to(s) for s in found["sweeps"])]
     return found
 
 
@@ -318,9 +323,9 @@ def method_key(method: str) -> str:
 
 
 def read_index(folder: Path) -> list[dict]:
+    """The PNG entries of the index.json `convlens analyze` writes (its JSON numbers stay out)."""
     index = json.loads((folder / "index.json").read_text())
-    entries = index.get("entries", index.get("figures", [])) if isinstance(index, dict) else index
-    return [e for e in entries if (folder / e["file"]).is_file()]
+    return [e for e in index["files"] if e["file"].endswith(".png") and (folder / e["file"]).is_file()]
 
 
 def analysis_section(folder: Path) -> str:

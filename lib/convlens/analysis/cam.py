@@ -166,7 +166,7 @@ def draw_kind(r: dict, ctx) -> list[plots.Panel]:
                 row_c.append(g[0] if g.shape[0] == 1 else g.transpose(1, 2, 0)), row_o.append(None)
         cells.append(row_c), titles.append(row_t), overlay.append(row_o)
     fig = plots.image_table(cells, titles, row_labels=list(names), overlay=overlay,
-                            suptitle=f"{ctx.title}  {r['kind']} at {r['layer']}: per class, "
+                            suptitle=f"{ctx.title}  {r['kind']} at {r['layer']}\nper class: "
                                      f"{k2 // 2} most confident right | {k2 // 2} most confident wrong")
     return [plots.Panel("", fig, f"{r['kind']} ({r['layer']}) for the most confident right and "
                                  f"wrong predictions of each class")]

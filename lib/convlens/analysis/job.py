@@ -172,13 +172,65 @@ def analyze(job: AnalyzeJob) -> Path:
         meta = {"run": run, "epoch": epoch, "checkpoint": str(folder)}
         refs.append(task.remote(str(folder), [method], opts, str(out / run / folder.name), meta, device,
                                 job.faults.kill_method))
-    entries = [e for part in ray.get(refs) for e in part]
+    entries = gather(refs, job.quiet)
     entries += compare.write_pages(entries, out, job.compare, methods)
     index = {"name": job.name, "runs": sorted({r for r, _, _ in chosen}), "methods": methods,
              "checkpoints": [str(f) for _, _, f in chosen], "seconds": round(time.time() - t0, 1),
              "files": [{**e, "file": str(Path(e["file"]).relative_to(out))} for e in entries]}
     write_atomic(out / "index.json", json.dumps(index, indent=1).encode())
+    log_to_wandb(entries)
     if not job.quiet:
         print(f"[convlens] analysis {job.name}: {len(entries)} files from {len(chosen)} checkpoints x "
               f"{len(methods)} methods in {index['seconds']} s -> {out}/index.json", flush=True)
     return out
+
+
+def gather(refs: list, quiet: bool) -> list[dict]:
+    """The tasks' index entries in submission order, printing progress as they finish."""
+    import ray
+    results, pending = {}, list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=len(pending), timeout=10)
+        results.update({ref: ray.get(ref) for ref in ready})
+        if ready and not quiet:
+            print(f"[convlens] analysis: {len(results)}/{len(refs)} tasks done", flush=True)
+    return [e for ref in refs for e in results[ref]]
+
+
+def log_to_wandb(entries: list[dict]) -> None:
+    """Each analysed run's figures (captioned images) and kNN / embedding numbers (tables) go
+    to that run's own W&B run, with the tracking settings of its config.yaml."""
+    from convlens.config import TrainJob, read_yaml, validate
+    from convlens.tracking import open_tracker
+    runs: dict[Path, list[dict]] = {}
+    for entry in entries:
+        runs.setdefault(Path(entry["checkpoint"]).parent, []).append(entry)
+    for run_dir, items in runs.items():
+        config = run_dir / "config.yaml"
+        if not config.is_file():  # an explicit checkpoint outside a run directory
+            continue
+        try:
+            train_job = validate(TrainJob, read_yaml(config), str(config))
+        except ConfigError as err:
+            print(f"[convlens] not logging the analysis of {run_dir} to W&B: {err}", flush=True)
+            continue
+        tracker = open_tracker(train_job, run_dir)
+        try:
+            log_run_analysis(tracker, items)
+        finally:
+            tracker.finish()
+
+
+def log_run_analysis(tracker, items: list[dict]) -> None:
+    for method in sorted({e["method"] for e in items}):
+        tracker.log_images([(e["file"], f"epoch {e['epoch']}: {e['caption']}") for e in items
+                            if e["method"] == method and e["file"].endswith(".png")], key=f"analysis/{method}")
+    tables = {"knn": ["accuracy", "k", "num_train"], "embeddings": ["trust_tsne", "trust_pca"]}
+    for method, columns in tables.items():
+        rows = []
+        for e in items:
+            if e["method"] == method and e["file"].endswith(".json"):
+                result = json.loads(Path(e["file"]).read_text())["result"]
+                rows.append([e["epoch"], *(result.get(c) for c in columns)])
+        if rows:
+            tracker.log_table(f"analysis/{method}", ["epoch", *columns], sorted(rows))
