@@ -78,3 +78,20 @@ def test_driver_checks_fail_before_any_run_dir(ray_cluster, tiny_job, change, er
     with pytest.raises(error, match=match):
         train(job)
     assert not job.run_dir.exists()
+
+
+def test_bad_image_folders_fail_in_the_driver(ray_cluster, tiny_job, tmp_path):
+    from PIL import Image
+    root = tmp_path / "imgs"
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True)
+        for i in range(40):
+            Image.new("RGB", (20, 20), (i * 5, 10, 200)).save(root / cls / f"{i}.png")
+    (root / "dog" / "broken.png").write_bytes(b"not a png")
+    (tmp_path / "empty").mkdir()
+    for path, match in ((root, r"broken\.png"), (tmp_path / "empty", "empty")):
+        job = tiny_job("folder", data={"dataset": "image_folder", "path": str(path), "image_size": 16,
+                                       "train_subset": None, "test_subset": None, "batch_size": 8})
+        with pytest.raises((DataError, ConfigError), match=match):
+            train(job)
+        assert not job.run_dir.exists()
