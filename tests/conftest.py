@@ -1,6 +1,7 @@
 """Shared fixtures: one Ray cluster per test session, tiny real Fashion-MNIST jobs."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -53,3 +54,69 @@ def tiny_job(tmp_path, cache_dir):
     def make(name="tiny", **sections):
         return validate(TrainJob, tiny_spec(tmp_path / "runs", cache_dir, name, **sections))
     return make
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(ray_cluster, tmp_path_factory, cache_dir):
+    """Factory: the run directory of an uninterrupted tiny run with these sections, trained
+    once per session: the reference a faulted run of the same seed must end equal to."""
+    from convlens.config import TrainJob, validate
+    from convlens.training.run import train
+    done = {}
+
+    def run(**sections) -> Path:
+        key = json.dumps(sections, sort_keys=True)
+        if key not in done:
+            root = tmp_path_factory.mktemp("uninterrupted")
+            job = validate(TrainJob, tiny_spec(root, cache_dir, "reference", **sections))
+            train(job)
+            done[key] = job.run_dir
+        return done[key]
+    return run
+
+
+def read_attempts(run_dir: Path) -> list[dict]:
+    """attempts.jsonl: where each start of a run (first, retry, rerun, requeue) began."""
+    return [json.loads(line) for line in (Path(run_dir) / "attempts.jsonl").read_text().splitlines()]
+
+
+def committed_epochs(run_dir: Path) -> list[int]:
+    """Epochs of the checkpoints Ray Train has registered and that verify: what a restarted
+    run can resume from (a damaged one stays registered, but counts for nothing)."""
+    from convlens import checkpoint as ckpt
+    return sorted({ckpt.checkpoint_epoch(f) for f in ckpt.registered_checkpoints(run_dir)
+                   if ckpt.first_verified([f])})
+
+
+def final_weights(run_dir: Path) -> dict:
+    from convlens import checkpoint as ckpt
+    return ckpt.load_checkpoint(ckpt.latest_verified(run_dir))["model"]
+
+
+def assert_nothing_lost(run_dir: Path, epochs: int, steps_per_epoch: int, start_epochs: list[int],
+                        reference: Path | None = None, atol: float = 0.0) -> None:
+    """What "nothing lost" means after a fault, checked the same way in every scenario:
+    every epoch in metrics.jsonl exactly once, epochs x steps done, the committed checkpoints
+    contiguous up to the last epoch, each attempt started at the last committed epoch + 1
+    (start_epochs, one per attempt), and, where given, the weights of an uninterrupted run
+    (equal, or within atol)."""
+    import torch
+    from convlens.training.outputs import read_metrics
+    history = read_metrics(run_dir)
+    assert [m["epoch"] for m in history] == list(range(1, epochs + 1))
+    assert history[-1]["steps"] == epochs * steps_per_epoch
+    committed = committed_epochs(run_dir)
+    assert committed and committed == list(range(committed[0], epochs + 1)), committed
+    assert [a["start_epoch"] for a in read_attempts(run_dir)] == start_epochs
+    if reference is not None:
+        ours, theirs = final_weights(run_dir), final_weights(reference)
+        assert ours.keys() == theirs.keys()
+        for name in ours:
+            assert torch.allclose(ours[name].double(), theirs[name].double(), rtol=0, atol=atol), name
+
+
+def steps_per_epoch(job) -> int:
+    """Optimizer steps in one epoch of a tiny job, from its config alone."""
+    n = job.data.train_subset
+    steps = (n - round(n * job.data.val_fraction)) // job.data.batch_size
+    return min(steps, job.run.steps_per_epoch or steps)

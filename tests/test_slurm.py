@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import subprocess
 import time
@@ -14,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import tiny_spec
+from conftest import read_attempts, tiny_spec
+from convlens.checkpoint import checkpoint_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -86,11 +88,14 @@ def test_submit_train_waits_for_summary(cluster, setup, capsys):
 def test_requeue_resumes_from_checkpoint(cluster, setup, monkeypatch):
     """scontrol requeue mid-run: the job restarts, resumes from Ray Train's checkpoint, and ends
     with epochs 1..4 once each; the epochs done before the requeue are not trained again, and
-    both attempts log to the same W&B run."""
+    both attempts log to the same W&B run, every epoch in it."""
+    import wandb
     from wandb_reader import read_runs
     from convlens.launch.slurm import slurm_state, submit, wait_for
     profile, spec, runs = setup
     monkeypatch.setenv("WANDB_MODE", "offline")  # the job inherits the submitter's environment
+    wandb.setup()  # a submitter with a W&B service of its own (a notebook): the job must not use it
+    assert os.environ.get("WANDB_SERVICE")
     job = submit(profile, "train", spec("slurm_requeue", run={"epochs": 4}, data={"train_subset": 3072},
                                         tracking={"mode": "offline"}))
     run_dir = runs / "slurm_requeue"
@@ -107,6 +112,9 @@ def test_requeue_resumes_from_checkpoint(cluster, setup, monkeypatch):
     assert after[:len(before)] == before  # same rows, same timings: resumed, not retrained
     log = Path(job.paths.stdout).read_text()
     assert "restart 0," in log and "restart 1," in log
+    first, resumed = read_attempts(run_dir)
+    assert first["start_epoch"] == 1 and first["resumed_from"] is None
+    assert resumed["start_epoch"] == checkpoint_epoch(resumed["resumed_from"]) + 1 >= len(before) + 1
     assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 4
     # W&B: one run id across the killed attempt, the requeued one and the driver's summary
     run_id = (run_dir / "wandb_id.txt").read_text().strip()

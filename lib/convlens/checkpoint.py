@@ -19,6 +19,7 @@ import torch
 FORMAT = "convlens-checkpoint/1"
 STATE = "state.pt"
 MANIFEST = "manifest.json"
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of what it registered
 
 
 class CheckpointError(ValueError):
@@ -129,6 +130,18 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     run_dir = Path(run_dir)
     found = [p for p in run_dir.glob("checkpoint_epoch*") if p.is_dir()]
     return sorted(found, key=lambda p: (checkpoint_epoch(p), p.stat().st_mtime))
+
+
+def registered_checkpoints(run_dir: Path) -> list[Path]:
+    """The checkpoint folders Ray Train has registered for this run, oldest first: what a
+    restarted attempt can resume from (unverified; read from Ray's snapshot file)."""
+    run_dir = Path(run_dir)
+    try:
+        snapshot = json.loads((run_dir / RAY_SNAPSHOT).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
+    folders = [run_dir / r["checkpoint_dir_name"] for r in snapshot.get("checkpoint_results", [])]
+    return sorted(folders, key=checkpoint_epoch)
 
 
 def latest_verified(run_dir: Path, below: int | None = None) -> Path | None:

@@ -83,6 +83,14 @@ class WandbTracker:
                 columns=["class", "val_accuracy"], data=[[n, float(a)] for n, a in zip(class_names, per_class)])
         self.run.log(row, step=int(metrics["epoch"]))
 
+    def log_history(self, history: list[dict], class_names: list[str]) -> None:
+        """On resume, the checkpointed epochs this W&B run has not got: a killed attempt can die
+        before wandb-core flushes its last rows. Online, the server says where the run stands
+        (starting_step); an offline segment starts at 0 and carries them all again."""
+        for metrics in history:
+            if metrics["epoch"] >= self.run.starting_step:
+                self.log_epoch(metrics, class_names)
+
     def log_summary(self, summary: dict) -> None:
         flat = {k: v for k, v in summary.items() if k != "per_class_test_accuracy"}
         self.run.summary.update(flat)

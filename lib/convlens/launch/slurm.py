@@ -149,8 +149,10 @@ def make_executor(profile: ClusterProfile, job_name: str, multinode: bool = Fals
     params = sbatch_parameters(profile, job_name)
     # The job runs in a fresh process on another machine: same python (submitit's default,
     # sys.executable) and the same import path as this submitter.
+    # WANDB_SERVICE: a W&B service the submitter's process runs must not be reused by the job
+    # (it may be on another machine, and outlives a requeued attempt's half-open run).
     params["setup"] = [*pythonpath_lines(), f"export CONVLENS_SLURM_FOLDER={profile.folder.parent}/$SLURM_JOB_ID",
-                       *ray_auth_lines(multinode), *params["setup"]]
+                       "unset WANDB_SERVICE", *ray_auth_lines(multinode), *params["setup"]]
     executor.update_parameters(**params)
     return executor
 

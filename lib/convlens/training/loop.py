@@ -49,13 +49,16 @@ def train_worker(config: dict) -> None:
     run_dir = job.run_dir
     try:
         setup = Setup(job, rank, world, device)
-        state = restore(job, setup.model_arch)
+        state, source = restore(job, setup.model_arch)
     except StopRun as stop:
         end_run(run_dir, rank, {"stop_reason": str(stop), "epoch": 0})
         return
     setup.load_state(state)
+    if rank == 0:
+        record_attempt(run_dir, setup.epoch + 1, source, verbose=not job.run.quiet)
     from convlens.tracking import open_tracker
     tracker = open_tracker(job, run_dir, rank)
+    tracker.log_history(setup.history, setup.class_names)
     try:
         for epoch in range(setup.epoch + 1, job.run.epochs + 1):
             metrics = setup.run_epoch(epoch)
@@ -117,6 +120,7 @@ class Setup:
         self.sched, self.per_step = build_scheduler(self.opt, job.schedule, job.optim.lr,
                                                     job.run.epochs, self.steps)
         self.epoch, self.history, self.best = 0, [], {"epoch": 0, "val_error": float("inf")}
+        self.optimizer_steps = 0  # counted, and checkpointed: a resume neither repeats nor skips any
 
     def load_state(self, state: dict | None) -> None:
         if state is None:
@@ -125,6 +129,7 @@ class Setup:
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.epoch, self.history, self.best = state["epoch"], state["history"], state["best"]
+        self.optimizer_steps = state["optimizer_steps"]
 
     def run_epoch(self, epoch: int) -> dict:
         start = time.perf_counter()
@@ -140,7 +145,7 @@ class Setup:
         return {"epoch": epoch, **train,
                 "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_error": 1 - val["accuracy"],
                 "val_per_class_accuracy": val["per_class_accuracy"],
-                "epoch_seconds": seconds, "steps": epoch * self.steps}
+                "epoch_seconds": seconds, "steps": self.optimizer_steps}
 
     def train_epoch(self, epoch: int) -> dict:
         job, model, opt = self.job, self.model, self.opt
@@ -170,6 +175,7 @@ class Setup:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            self.optimizer_steps += 1
             if self.per_step:
                 self.sched.step()
             with torch.no_grad():
@@ -189,7 +195,8 @@ class Setup:
         return {"model": strip_prefix(self.raw_model.state_dict()), "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(), "epoch": epoch, "arch": self.model_arch,
                 "task": self.job.run.task, "classes": self.class_names,
-                "config": self.job.model_dump(mode="json"), "history": self.history, "best": self.best}
+                "config": self.job.model_dump(mode="json"), "history": self.history, "best": self.best,
+                "optimizer_steps": self.optimizer_steps}
 
 
 def nonfinite_stop(epoch: int, global_step: int, steps: int) -> dict:
@@ -236,20 +243,35 @@ def write_metrics(run_dir: Path, history: list[dict]) -> None:
     ckpt.write_atomic(run_dir / "metrics.jsonl", text.encode())
 
 
-def restore(job: TrainJob, arch: dict) -> dict | None:
-    """The state to resume from: Ray's latest checkpoint, verified, or the fallback policy."""
+def restore(job: TrainJob, arch: dict) -> tuple[dict | None, Path | None]:
+    """The state to resume from and its folder: Ray's latest checkpoint, verified, or the
+    fallback policy; (None, None) to start from scratch."""
     latest = ray.train.get_checkpoint()
     if latest is None:
-        return None
+        return None, None
     path = Path(latest.path)
     try:
-        return ckpt.load_checkpoint(path, expect_arch=arch)
+        return ckpt.load_checkpoint(path, expect_arch=arch), path
     except ckpt.CheckpointError as err:
         if "architecture" in str(err) or job.run.on_corrupt_checkpoint == "stop":
             raise StopRun(f"cannot resume: {err}") from None
         older = ckpt.latest_verified(path.parent, below=ckpt.checkpoint_epoch(path))
         print(f"[convlens] warning: {err}; resuming from {older or 'scratch'} instead", flush=True)
-        return ckpt.load_checkpoint(older, expect_arch=arch) if older else None
+        return (ckpt.load_checkpoint(older, expect_arch=arch), older) if older else (None, None)
+
+
+def record_attempt(run_dir: Path, start_epoch: int, source: Path | None, verbose: bool) -> None:
+    """attempts.jsonl: a line per start of the run (first, retry, rerun, requeue) with the epoch
+    it starts at and the checkpoint it resumed from."""
+    path = run_dir / "attempts.jsonl"
+    done = path.read_text() if path.is_file() else ""
+    entry = {"attempt": done.count("\n") + 1, "start_epoch": start_epoch,
+             "resumed_from": source.name if source else None, "time": time.time()}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt.write_atomic(path, (done + json.dumps(entry) + "\n").encode())
+    if verbose and start_epoch > 1:
+        print(f"[convlens] {run_dir.name}: attempt {entry['attempt']} resumes at epoch {start_epoch} "
+              f"from {source.name if source else 'scratch'}", flush=True)
 
 
 def strip_prefix(state: dict) -> dict:
@@ -287,5 +309,17 @@ def inject_kill(job, rank, epoch, step):
     markers.mkdir(parents=True, exist_ok=True)
     fired = len(list(markers.glob("kill-*")))
     if fired < job.faults.kill_times:
+        wait_registered(job.run_dir, epoch - 1)
         (markers / f"kill-{fired}").touch()
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def wait_registered(run_dir: Path, epoch: int, timeout: float = 60.0) -> None:
+    """Until Ray Train has registered epoch's checkpoint. Its controller collects reports when it
+    polls the workers (every 2 s), and a worker dying before that poll takes the last report
+    with it: the injected kill waits, so the fault hits the same point on every machine."""
+    deadline = time.monotonic() + timeout
+    while epoch > 0 and time.monotonic() < deadline:
+        if any(ckpt.checkpoint_epoch(p) >= epoch for p in ckpt.registered_checkpoints(run_dir)):
+            return
+        time.sleep(0.1)

@@ -66,8 +66,11 @@ def train(job: TrainJob, trainer_kwargs: dict | None = None) -> dict:
 # environment so Ray never stores it.
 FORWARDED_ENV = ("WANDB_MODE", "WANDB_BASE_URL", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_DIR")
 # Ray Train's print patch sends a worker's print both to stdout and to its logger, and the
-# driver shows both: every epoch line twice. Plain stdout is enough.
-WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+# driver shows both: every epoch line twice. Plain stdout is enough. WANDB_SERVICE empty: each
+# worker starts its own W&B service, which dies with it; a service inherited from the process
+# that started Ray would keep a killed worker's run open, and the retry's init would fail
+# with "run ID ... is in use".
+WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "WANDB_SERVICE": ""}
 
 
 def fit(job: TrainJob, **run_config_extra):
@@ -75,8 +78,8 @@ def fit(job: TrainJob, **run_config_extra):
     import os
     import ray.train
     runtime_env = run_config_extra.pop("worker_runtime_env", {})
-    env = {**WORKER_ENV, **{k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
-           **runtime_env.get("env_vars", {})}
+    env = {**{k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
+           **runtime_env.get("env_vars", {}), **WORKER_ENV}
     run_config_extra["worker_runtime_env"] = {**runtime_env, "env_vars": env}
     from ray.train.torch import TorchConfig, TorchTrainer
     from convlens.training.loop import train_worker
