@@ -5,11 +5,13 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
-from convlens.checkpoint import CheckpointError, load_checkpoint, load_model_weights, save_checkpoint, verify
+from convlens.checkpoint import (CheckpointError, checkpoint_epoch, latest_verified, load_checkpoint,
+                                 load_model_weights, save_checkpoint, verify)
 from convlens.models import ResNet
 
 
@@ -66,6 +68,7 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
 def test_disk_full_leaves_previous_checkpoint_intact(tmp_path):
     _, folder = saved(tmp_path)
     before = (folder / "state.pt").read_bytes()
+    target = tmp_path / "ck2"
     script = f"""
 import resource, signal, torch
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -73,10 +76,51 @@ resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 from convlens.checkpoint import save_checkpoint
 from convlens.models import ResNet
 m = ResNet([2, 2], 32, in_chans=1, num_classes=10)
-save_checkpoint({{"model": m.state_dict(), "arch": m.arch}}, {str(folder)!r})
+save_checkpoint({{"model": m.state_dict(), "arch": m.arch}}, {str(target)!r})
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode != 0 and "File too large" in proc.stderr
+    assert not target.exists() and not list(tmp_path.glob(".*tmp-*"))
     assert (folder / "state.pt").read_bytes() == before
-    assert not [p for p in folder.iterdir() if ".tmp-" in p.name]
     verify(folder)
+
+
+SAVE_FOREVER = """
+import sys, torch
+from convlens.checkpoint import save_checkpoint
+from convlens.models import ResNet
+root, model = sys.argv[1], ResNet([2, 2], 64, in_chans=1, num_classes=10)
+for epoch in range(1, 1000):
+    for t in model.state_dict().values():
+        if t.is_floating_point():
+            t.fill_(epoch)
+    save_checkpoint({"model": model.state_dict(), "epoch": epoch}, f"{root}/checkpoint_epoch{epoch:04d}",
+                    {"epoch": epoch})
+    print(epoch, flush=True)
+"""
+
+
+def test_kill_during_save_leaves_old_or_new_complete_checkpoint(tmp_path):
+    """SIGKILL a process that saves checkpoint after checkpoint (several MB each), at random
+    moments: every folder under a checkpoint name verifies and holds its own epoch's weights,
+    and the newest is never older than the last save that returned."""
+    import random
+    rng, mid_save = random.Random(0), 0
+    for trial in range(6):
+        root = tmp_path / f"run{trial}"
+        root.mkdir()
+        proc = subprocess.Popen([sys.executable, "-c", SAVE_FOREVER, str(root)], stdout=subprocess.PIPE, text=True)
+        for _ in range(rng.randint(1, 3)):
+            proc.stdout.readline()
+        time.sleep(rng.uniform(0, 0.05))
+        proc.kill()
+        last_done = max([0, *map(int, proc.communicate()[0].split() or [0])])
+        for folder in root.glob("checkpoint_epoch*"):
+            state = load_checkpoint(folder)
+            epoch = checkpoint_epoch(folder)
+            assert state["epoch"] == epoch and all(t.eq(epoch).all() for t in state["model"].values()
+                                                   if t.is_floating_point())
+        newest = latest_verified(root)
+        assert newest is not None and checkpoint_epoch(newest) >= last_done
+        mid_save += bool(list(root.glob(".*.tmp-*")))
+    assert mid_save >= 1, "no kill landed inside a save: the test showed nothing"

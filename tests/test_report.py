@@ -65,7 +65,8 @@ def trained(tiny_job, ray_cluster):
 def test_report_is_one_offline_page_with_every_figure(trained, tmp_path, capsys):
     from convlens.report import write_report
     runs_root, sup_dir = trained
-    analysis = analysis_dir(tmp_path / "analysis", str(sup_dir / "best_epoch0002"))
+    from convlens.checkpoint import best_checkpoint
+    analysis = analysis_dir(tmp_path / "analysis", str(best_checkpoint(sup_dir)))
     sweep = sweep_dir(tmp_path / "sweep")
     out = write_report([runs_root, analysis, sweep], out=tmp_path / "report" / "report.html")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import tiny_spec
+from conftest import assert_nothing_lost, committed_epochs, read_attempts, tiny_spec
 from convlens.config import ConfigError, TrainJob, load_job
 
 LIB = str(Path(__file__).resolve().parents[1] / "lib")
@@ -115,20 +115,25 @@ def sweep_cli(spec: Path, *args: str) -> subprocess.Popen:
 
 
 def test_killed_sweep_resumes_keeping_finished_trials(ray_cluster, tmp_path, cache_dir):
-    path = write_sweep(tmp_path, cache_dir, "resume", {"optim.lr": {"grid": [0.1, 0.05, 0.02]}},
+    """The sweep driver SIGKILLed while one trial has finished and the next is mid-run (held in
+    epoch 2, after its epoch 1 is committed): --resume reruns no finished trial, resumes the
+    interrupted one at epoch 2 from its own checkpoint, runs the last, and loses nothing."""
+    path = write_sweep(tmp_path, cache_dir, "resume", {"faults.hold_at": {"grid": [None, "0:2:1", None]}},
                        max_concurrent=1, scheduler={"name": "none"})
     job = load_job(path, [], "sweep")
     trials_dir = job.sweep_dir / "trials"
     driver = sweep_cli(path)
     deadline = time.time() + 150
-    while not list(trials_dir.glob("*/summary.json")) and time.time() < deadline and driver.poll() is None:
-        time.sleep(0.5)
-    done = list(trials_dir.glob("*/summary.json"))
-    assert done, driver.communicate()[0][-3000:] if driver.poll() is not None else "no trial finished"
+    while not list(trials_dir.glob("*/.faults/hold-0")) and time.time() < deadline and driver.poll() is None:
+        time.sleep(0.2)
+    held = [p.parents[1] for p in trials_dir.glob("*/.faults/hold-0")]
+    assert held, driver.communicate()[0][-3000:] if driver.poll() is not None else "no trial held"
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
+    held = held[0]
     finished = {p.parent.name: (p.stat().st_mtime_ns, (p.parent / "metrics.jsonl").stat().st_mtime_ns)
                 for p in trials_dir.glob("*/summary.json")}
+    assert finished and held.name not in finished and committed_epochs(held) == [1]
     assert not (job.sweep_dir / "trials.csv").exists()
 
     again = sweep_cli(path, "--resume")
@@ -139,6 +144,8 @@ def test_killed_sweep_resumes_keeping_finished_trials(ray_cluster, tmp_path, cac
     for name, (summary_mtime, metrics_mtime) in finished.items():
         assert (trials_dir / name / "summary.json").stat().st_mtime_ns == summary_mtime
         assert (trials_dir / name / "metrics.jsonl").stat().st_mtime_ns == metrics_mtime
+        assert len(read_attempts(trials_dir / name)) == 1
+    assert_nothing_lost(held, FAST["epochs"], FAST["steps_per_epoch"], [1, 2])
 
 
 def test_sample_trials_grid_product_and_seeded_draws(tmp_path, cache_dir):

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -55,16 +56,36 @@ def sha256(data: bytes) -> str:
 
 
 def save_checkpoint(state: dict, folder: Path, meta: dict | None = None) -> Path:
-    """Write `state` to folder/state.pt, then the manifest (with `meta`) last."""
+    """Write a new checkpoint folder: state.pt, then the manifest (with `meta`), each fsynced,
+    in a hidden temp folder beside it that is then renamed to `folder` in one step. A folder
+    is written once, so a kill or a full disk mid-save leaves nothing under the final name
+    and every older checkpoint as it was."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    data = buf.getvalue()
-    write_atomic(folder / STATE, data)
-    manifest = {"format": FORMAT, "files": {STATE: sha256(data)}, **(meta or {})}
-    write_atomic(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
+    if folder.exists():
+        raise FileExistsError(f"{folder}: exists; a checkpoint folder is written once")
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        data = buf.getvalue()
+        write_atomic(tmp / STATE, data)
+        manifest = {"format": FORMAT, "files": {STATE: sha256(data)}, **(meta or {})}
+        write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
+        os.rename(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(folder.parent)
     return folder
+
+
+def remove_unfinished_saves(folder: Path) -> None:
+    """Delete the temp folders that killed saves left in `folder`."""
+    for tmp in Path(folder).glob(".*.tmp-*"):
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_manifest(folder: Path) -> dict:
@@ -120,7 +141,7 @@ def load_model_weights(model: torch.nn.Module, folder: Path) -> dict:
 
 
 def checkpoint_epoch(folder: Path) -> int:
-    """The epoch in a checkpoint folder's name (checkpoint_epochNNNN_<id>, best_epochNNNN)."""
+    """The epoch in a checkpoint folder's name (checkpoint_epochNNNN_<id>, best_epochNNNN_<id>)."""
     m = re.search(r"epoch(\d+)", Path(folder).name)
     return int(m.group(1)) if m else -1
 
@@ -153,7 +174,8 @@ def latest_verified(run_dir: Path, below: int | None = None) -> Path | None:
 def best_checkpoint(run_dir: Path) -> Path | None:
     """The run's best checkpoint by validation error (newest verified best_epoch* folder)."""
     run_dir = Path(run_dir)
-    return first_verified(sorted(run_dir.glob("best_epoch*"), key=checkpoint_epoch, reverse=True))
+    found = sorted(run_dir.glob("best_epoch*"), key=lambda p: (checkpoint_epoch(p), p.stat().st_mtime))
+    return first_verified(reversed(found))
 
 
 def first_verified(folders) -> Path | None:

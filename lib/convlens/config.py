@@ -107,6 +107,8 @@ class FaultConfig(Strict):
     nan_at: str | None = Field(None, pattern=r"^\d+:\d+:\d+$")  # make that rank's loss NaN there
     kill_at: str | None = Field(None, pattern=r"^\d+:\d+:\d+$")  # SIGKILL that worker there
     kill_times: int = Field(1, ge=0)  # how many attempts the kill fires in (markers in the run dir)
+    hold_at: str | None = Field(None, pattern=r"^\d+:\d+:\d+$")  # that worker sleeps there, once
+    hold_seconds: float = Field(60.0, gt=0)  # (a test acts meanwhile: kills the driver, say)
 
 
 class TrainJob(Strict):

@@ -157,7 +157,7 @@ class Setup:
         lr = opt.param_groups[0]["lr"]
         t0 = time.perf_counter()
         for step in range(self.steps):
-            inject_kill(job, self.rank, epoch, step)
+            inject_faults(job, self.rank, epoch, step)
             pos = slice(step * B + self.rank * b, step * B + (self.rank + 1) * b)
             idx = plan.order[pos].to(self.device)
             x = augment(self.train_x[idx], plan.shifts[pos], plan.flips[pos], job.data.crop_padding,
@@ -222,19 +222,21 @@ def report_epoch(setup: Setup, metrics: dict, rank: int) -> None:
     if setup.best["epoch"] == epoch:
         save_best(state, meta, run_dir, epoch)
     with tempfile.TemporaryDirectory(prefix="convlens-ckpt-") as tmp:
-        ckpt.save_checkpoint(state, Path(tmp), meta)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+        folder = ckpt.save_checkpoint(state, Path(tmp) / "checkpoint", meta)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
                          # unique per attempt: a redone epoch must not reuse a folder Ray tracks
                          checkpoint_dir_name=f"checkpoint_epoch{epoch:04d}_{uuid.uuid4().hex[:6]}")
     write_metrics(run_dir, setup.history)
 
 
 def save_best(state: dict, meta: dict, run_dir: Path, epoch: int) -> None:
-    """New best_epochNNNN/ first, then remove the older ones (a kill in between leaves two)."""
-    ckpt.save_checkpoint(state, run_dir / f"best_epoch{epoch:04d}", meta)
+    """A new best_epochNNNN_<id>/ first, then remove the older ones (a kill in between leaves
+    two; the newest verified one counts). Unique per save: a redone epoch writes a new folder."""
+    new = ckpt.save_checkpoint(state, run_dir / f"best_epoch{epoch:04d}_{uuid.uuid4().hex[:6]}", meta)
     for old in run_dir.glob("best_epoch*"):
-        if ckpt.checkpoint_epoch(old) != epoch:
+        if old != new:
             shutil.rmtree(old, ignore_errors=True)
+    ckpt.remove_unfinished_saves(run_dir)
 
 
 def write_metrics(run_dir: Path, history: list[dict]) -> None:
@@ -302,16 +304,24 @@ def inject_nan(job, rank, epoch, step, loss):
     return loss
 
 
-def inject_kill(job, rank, epoch, step):
-    if parse_at(job.faults.kill_at) != (rank, epoch, step):
-        return
-    markers = job.run_dir / ".faults"
-    markers.mkdir(parents=True, exist_ok=True)
-    fired = len(list(markers.glob("kill-*")))
-    if fired < job.faults.kill_times:
+def inject_faults(job, rank, epoch, step):
+    """The test faults due at this rank, epoch and step: hold (sleep) or SIGKILL this worker.
+    Each waits until the previous epoch is registered, so it hits the same point on every
+    machine; markers in <run>/.faults count how often each has fired."""
+    faults = job.faults
+    for name, at, times in (("hold", faults.hold_at, 1), ("kill", faults.kill_at, faults.kill_times)):
+        if parse_at(at) != (rank, epoch, step):
+            continue
+        markers = job.run_dir / ".faults"
+        markers.mkdir(parents=True, exist_ok=True)
+        fired = len(list(markers.glob(f"{name}-*")))
+        if fired >= times:
+            continue
         wait_registered(job.run_dir, epoch - 1)
-        (markers / f"kill-{fired}").touch()
-        os.kill(os.getpid(), signal.SIGKILL)
+        (markers / f"{name}-{fired}").touch()
+        if name == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(faults.hold_seconds)
 
 
 def wait_registered(run_dir: Path, epoch: int, timeout: float = 60.0) -> None:
