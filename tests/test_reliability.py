@@ -89,3 +89,53 @@ def test_driver_sigkill_then_rerun_resumes(ray_cluster, tmp_path, cache_dir):
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "already finished" in again.stdout
     assert len(read_attempts(run_dir)) == 2
+
+
+BAD_INPUTS = {  # case -> (overrides, what the one-line error must say); {tmp}: the test's folder
+    "lr zero": (["optim.lr=0"], "optim.lr = 0"),
+    "lr negative": (["optim.lr=-0.1"], "optim.lr = -0.1"),
+    "batch size zero": (["data.batch_size=0"], "data.batch_size = 0"),
+    "batch not divisible": (["run.workers=3"], "data.batch_size = 64: not divisible across run.workers = 3"),
+    "unknown architecture": (["model.block=resnext"], "model.block = 'resnext'"),
+    "more workers than the cluster": (["run.workers=64"], "needs 64 CPUs, but the Ray cluster has 4"),
+    "missing dataset path": (["data.path={tmp}/nope"], "data.path = '{tmp}/nope': does not exist"),
+    "empty dataset path": (["data.path={tmp}/empty"], "data.path = '{tmp}/empty': is empty"),
+    "dataset path is a file": (["data.path={tmp}/file.txt"], "not a directory"),
+    "truncated IDX file": (["data.path={tmp}/truncated"], "truncated"),
+    "label out of range": (["data.path={tmp}/labels"], "out of range"),
+    "corrupt image": (["data.dataset=image_folder", "data.path={tmp}/images", "data.image_size=16",
+                       "data.batch_size=8"], "{tmp}/images/dog/broken.png"),
+    "smaller than one batch": (["data.train_subset=40"], "fewer than one batch"),
+}
+
+
+def bad_data(tmp):
+    """The broken datasets BAD_INPUTS points at, in their real formats."""
+    import gzip
+    from PIL import Image
+    from test_data import make_idx_dataset
+    (tmp / "empty").mkdir()
+    (tmp / "file.txt").write_text("not a dataset")
+    make_idx_dataset(tmp / "labels", label_max=12)
+    images = make_idx_dataset(tmp / "truncated") / "train-images-idx3-ubyte.gz"
+    images.write_bytes(gzip.compress(gzip.decompress(images.read_bytes())[:-100]))
+    for cls in ("cat", "dog"):
+        (tmp / "images" / cls).mkdir(parents=True)
+        for i in range(20):
+            Image.new("RGB", (20, 20), (i * 10, 10, 200)).save(tmp / "images" / cls / f"{i}.png")
+    (tmp / "images" / "dog" / "broken.png").write_bytes(b"not a png")
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_fails_in_the_driver_naming_it(case, ray_cluster, tmp_path, cache_dir, capsys):
+    """Each bad value or dataset: `convlens train` exits 2 before any worker starts, with one
+    message that names the field or file, and leaves no run directory."""
+    from convlens.cli import main
+    bad_data(tmp_path)
+    overrides, message = BAD_INPUTS[case]
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump(tiny_spec(tmp_path / "runs", cache_dir, "bad")))
+    code = main(["train", str(spec), *(o.format(tmp=tmp_path) for o in overrides)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("convlens: error:") and message.format(tmp=tmp_path) in err, err
+    assert "Traceback" not in err and not (tmp_path / "runs").exists()

@@ -5,8 +5,6 @@ import os
 import pytest
 
 from conftest import assert_nothing_lost, committed_epochs, read_attempts, steps_per_epoch
-from convlens.config import ConfigError
-from convlens.data import DataError
 from convlens.training.outputs import read_metrics
 from convlens.training.run import RunStopped, train
 
@@ -77,32 +75,3 @@ def test_nan_on_one_rank_stops_all_ranks_cleanly(ray_cluster, tiny_job):
     assert len(read_attempts(job.run_dir)) == 1  # no retry replayed the NaN
     stopped = json.loads((job.run_dir / "stopped.json").read_text())
     assert stopped["epoch"] == 2 and stopped["step"] == 4
-
-
-@pytest.mark.parametrize("change, error, match", [
-    (dict(data={"path": "/nonexistent/fmnist"}), ConfigError, "data.path"),
-    (dict(data={"train_subset": 40, "batch_size": 64}), DataError, "fewer than one batch"),
-    (dict(run={"workers": 64}), ConfigError, "needs 64 CPUs"),
-])
-def test_driver_checks_fail_before_any_run_dir(ray_cluster, tiny_job, change, error, match):
-    job = tiny_job("bad", **change)
-    with pytest.raises(error, match=match):
-        train(job)
-    assert not job.run_dir.exists()
-
-
-def test_bad_image_folders_fail_in_the_driver(ray_cluster, tiny_job, tmp_path):
-    from PIL import Image
-    root = tmp_path / "imgs"
-    for cls in ("cat", "dog"):
-        (root / cls).mkdir(parents=True)
-        for i in range(40):
-            Image.new("RGB", (20, 20), (i * 5, 10, 200)).save(root / cls / f"{i}.png")
-    (root / "dog" / "broken.png").write_bytes(b"not a png")
-    (tmp_path / "empty").mkdir()
-    for path, match in ((root, r"broken\.png"), (tmp_path / "empty", "empty")):
-        job = tiny_job("folder", data={"dataset": "image_folder", "path": str(path), "image_size": 16,
-                                       "train_subset": None, "test_subset": None, "batch_size": 8})
-        with pytest.raises((DataError, ConfigError), match=match):
-            train(job)
-        assert not job.run_dir.exists()
