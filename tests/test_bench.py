@@ -1,11 +1,15 @@
-"""The benchmark runs at smoke size and reports all three throughputs (figures are not asserted)."""
+"""The benchmark runs at smoke size, on real and on CIFAR-shaped data, and reports all three
+throughputs (figures are not asserted)."""
+import pytest
+
 from convlens.bench import BenchJob, run_bench
 from convlens.config import DataConfig
-from tests.conftest import FMNIST
+from conftest import FMNIST
 
 
-def test_bench_smoke(cache_dir, tmp_path):
-    job = BenchJob(data=DataConfig(path=str(FMNIST), train_subset=512, cache_dir=cache_dir),
+@pytest.mark.parametrize("synthetic", [None, [3, 32, 32]])
+def test_bench_smoke(cache_dir, tmp_path, synthetic):
+    job = BenchJob(data=DataConfig(path=str(FMNIST), train_subset=512, cache_dir=cache_dir), synthetic=synthetic,
                    batch_size=32, steps=2, warmup=1, loader_workers=0, out=str(tmp_path / "bench.json"))
     result = run_bench(job)
     for key in ("model_only", "convlens", "dataloader_pil", "speedup_vs_baseline"):

@@ -4,7 +4,8 @@
 (b) baseline: torchvision Dataset of PIL images + transforms (RandomCrop, RandomHorizontalFlip,
     ToTensor, Normalize) through a DataLoader with worker processes.
 (c) the pure model step on a fixed batch, to express pipeline overhead.
-Same model, batch size and number of steps for all three. Prints figures; asserts nothing.
+Same model (and memory format), batch size and number of steps for all three. Prints figures;
+asserts nothing.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from convlens.config import DataConfig, ModelConfig, Strict
-from convlens.data import load_dataset
+from convlens.data import ImageData, load_dataset
 from convlens.data.augment import augment, epoch_plan
 from convlens.models import build_model
 
@@ -32,11 +33,17 @@ class BenchJob(Strict):
     warmup: int = Field(5, ge=0)
     loader_workers: int = Field(2, ge=0)  # baseline DataLoader processes
     threads: int = Field(2, gt=0)  # torch intra-op threads for the model
+    channels_last: bool = True  # the model's memory format, as run.channels_last in training (all three)
+    # [C, H, W]: random uint8 images of this shape (data.train_subset of them, 10 classes) instead
+    # of data.path; [3, 32, 32] is CIFAR-10's shape, for where CIFAR-10 cannot be downloaded.
+    synthetic: list[int] | None = Field(None, min_length=3, max_length=3)
     out: str | None = None  # also write the figures as JSON here
 
 
-def step_fn(model, opt):
+def step_fn(model, opt, channels_last: bool):
     def step(x, y):
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -111,9 +118,20 @@ def fixed_batches(data, job, mean, std):
         yield x, y
 
 
+def synthetic_data(shape: list[int], n: int) -> ImageData:
+    """Random uint8 images: throughput does not depend on what the pixels show."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, 10, (n,), generator=g)
+    return ImageData(x, y, x[:1], y[:1], [str(c) for c in range(10)])
+
+
 def run_bench(job: BenchJob) -> dict:
     torch.set_num_threads(job.threads)
-    data = load_dataset(job.data, verbose=True)
+    data = (synthetic_data(job.synthetic, job.data.train_subset or 8192) if job.synthetic
+            else load_dataset(job.data, verbose=True))
+    print(f"[bench] {len(data.train_y)} images of {list(data.train_x.shape[1:])}, batch {job.batch_size}, "
+          f"model {job.model.layers} x {job.model.width}, {job.threads} threads", flush=True)
     mean_l, std_l = data.mean_std()
     mean, std = torch.tensor(mean_l).view(1, -1, 1, 1), torch.tensor(std_l).view(1, -1, 1, 1)
     sources = {"model_only": fixed_batches(data, job, mean, std),
@@ -123,7 +141,9 @@ def run_bench(job: BenchJob) -> dict:
     for name in sources:
         torch.manual_seed(0)
         model = build_model(job.model, data.in_chans, data.num_classes)
-        steps[name] = step_fn(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
+        if job.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        steps[name] = step_fn(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), job.channels_last)
     # Rounds interleave the three, and each keeps its best round: on a shared machine the
     # noise only ever slows a round down.
     rounds = {name: [] for name in sources}

@@ -92,7 +92,7 @@ class RunSection(Strict):
     cpus_per_worker: float = Field(1.0, gt=0)
     use_gpu: bool = False
     bf16: bool = True  # autocast on GPU only
-    channels_last: bool = True  # GPU only
+    channels_last: bool = True  # NHWC activations: faster convolutions on GPU and on CPU
     compile: bool = False  # torch.compile the model (GPU)
     keep_last: int = Field(2, gt=0)  # checkpoints kept besides the best
     max_failures: int = Field(1, ge=0)  # worker-group restarts before the run fails

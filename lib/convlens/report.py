@@ -171,9 +171,16 @@ def table(columns: list[str], rows: list[list], bars: int | None = None) -> str:
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
+def duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
 def as_number(v) -> float | int | None:
     if isinstance(v, bool):
         return None
+    if isinstance(v, int):
+        return v
     if isinstance(v, str) and v.strip().lstrip("-").isdigit():
         return int(v)
     try:
@@ -260,7 +267,7 @@ def run_section(run: dict) -> str:
              f"<b>{fmt(s.get('best_val_accuracy'))}</b> at epoch {esc(s.get('best_epoch'))} of "
              f"{esc(s.get('epochs'))}; that checkpoint scores <b>{fmt(s.get('test_accuracy'))}</b> on the test "
              f"set (test loss {fmt(s.get('test_loss', float('nan')))}); wall time "
-             f"{fmt(float(s.get('wall_seconds', 0)))} s.</p>",
+             f"{duration(float(s.get('wall_seconds', 0)))}.</p>",
              "<h3>Setup</h3>", table(["", "value"], setup_rows(run["config"], s))]
     if run["config"]:
         parts.append("<details><summary>Full config.yaml</summary><pre>"
@@ -303,18 +310,25 @@ def sweep_section(folder: Path) -> str:
     cols, rows = read_csv(folder / "trials.csv")
     parts = [f"<h2 id='{anchor(folder)}'>Sweep {esc(folder.name)}</h2>",
              f"<p>{len(rows)} trials from <code>{esc(folder)}</code>. Each row is one training run with the "
-             f"sampled hyper-parameters and its final score.</p>", table(cols, rows)]
+             f"sampled hyper-parameters and its final score.</p>", trials_table(cols, rows)]
     best = best_row(cols, rows)
     if best:
         metric, row = best
         parts += [f"<h3>Best configuration (by {esc(metric)})</h3>",
                   table(["parameter", "value"], [[c, v] for c, v in zip(cols, row)])]
-    for name in ("best.json", "best_config.json", "best.yaml", "best_config.yaml"):
+    for name in ("best_job.yaml", "best.json", "best_config.json", "best.yaml", "best_config.yaml"):
         if (folder / name).is_file():
             parts.append(f"<details><summary>{esc(name)}</summary><pre>{esc((folder / name).read_text())}"
                          "</pre></details>")
     parts += [img(p, p.stem.replace("_", " ")) for p in sorted(folder.glob("*.png"))]
     return "".join(parts)
+
+
+def trials_table(cols: list[str], rows: list[list[str]]) -> str:
+    """trials.csv without its paths, the sampled values under their own field names."""
+    keep = [i for i, c in enumerate(cols) if c not in ("run", "run_dir", "best")
+            and (c != "stop_reason" or any(r[i] for r in rows))]
+    return table([cols[i].removeprefix("config/") for i in keep], [[r[i] for i in keep] for r in rows])
 
 
 def method_key(method: str) -> str:

@@ -526,12 +526,14 @@ def read_curve(run_dir: Path) -> tuple[list[int], list[float]]:
 def plot_curves(curves: dict[str, tuple[list, list]], best: str | None, path: Path, title: str) -> None:
     from convlens.training import outputs  # noqa: F401  (selects the Agg backend)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for tid, (epochs, acc) in curves.items():
         if epochs:
             ax.plot(epochs, acc, marker="o", lw=2.5 if tid == best else 1.0,
                     alpha=1.0 if tid == best else 0.6, label=tid + (" (best)" if tid == best else ""))
     ax.set(xlabel="epoch", ylabel="validation accuracy", title=f"sweep {title}: validation accuracy")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     if curves:
         ax.legend(fontsize=7, ncol=2)

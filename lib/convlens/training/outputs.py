@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -27,6 +28,7 @@ def plot_curves(history: list[dict], out: Path, title: str) -> list[Path]:
         ax.plot(epochs, [h[f"train_{metric}"] for h in history], "o-", label="train")
         ax.plot(epochs, [h[f"val_{metric}"] for h in history], "s-", label="validation")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric)
         ax.set_title(f"{title}: {metric}")
         ax.grid(alpha=0.3)
