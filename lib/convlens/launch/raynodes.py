@@ -5,6 +5,10 @@ every node's raylet is alive, runs the job as a driver and then writes a done-fi
 other ranks start a worker, wait for that file and stop their worker. Processes are stopped
 by the PIDs we started (never `ray stop`, which stops every Ray on the machine), and Slurm
 cleans up anything left when the step ends.
+
+These are the steps of `ray symmetric-run`, which is not used as is: it refuses to start on a
+node where any Ray is running and ends with `ray stop`, so on a shared node it would fail or
+stop another job's Ray. Here every job gets its own ports and temp dir (ray_port, temp_dir).
 """
 from __future__ import annotations
 
