@@ -11,6 +11,8 @@ FMNIST = Path("/usr/share/datasets/fashion-mnist")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Ray Train polls its workers every 2 s by default; each run ends, and each report lands, at a poll.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
 @pytest.fixture(scope="session")
