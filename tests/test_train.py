@@ -75,3 +75,19 @@ def test_nan_on_one_rank_stops_all_ranks_cleanly(ray_cluster, tiny_job):
     assert len(read_attempts(job.run_dir)) == 1  # no retry replayed the NaN
     stopped = json.loads((job.run_dir / "stopped.json").read_text())
     assert stopped["epoch"] == 2 and stopped["step"] == 4
+
+
+def test_nonfinite_check_finds_the_first_bad_step_one_check_later_or_at_epoch_end():
+    """The GPU never waits on a check: a NaN is reported at the next check (or at once at the
+    epoch's last step), always with the first bad step."""
+    import torch
+    from convlens.training.loop import NonFiniteWatch
+    watch, found = NonFiniteWatch(torch.device("cpu")), []
+    for step in range(75):
+        watch.note(torch.tensor(float("nan") if step in (30, 40) else 1.0), step)
+        if (step + 1) % 25 == 0:
+            found.append(watch.check(final=False))
+    assert found == [None, None, 30]
+    final = NonFiniteWatch(torch.device("cpu"))
+    final.note(torch.tensor(float("inf")), 7)
+    assert final.check(final=True) == 7

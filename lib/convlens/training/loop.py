@@ -34,7 +34,7 @@ from convlens.training.optim import build_optimizer, build_scheduler
 from convlens.training.syncbn import convert_to_global_bn
 
 NO_STEP = 2 ** 62
-CHECK_EVERY = 25  # steps between non-finite-loss checks (each costs a host sync on GPU)
+CHECK_EVERY = 25  # steps between non-finite-loss checks
 
 
 class StopRun(Exception):
@@ -163,7 +163,7 @@ class Setup:
         order, shifts, flips = (t.to(self.device) for t in (plan.order, plan.shifts, plan.flips))
         B, b = job.data.batch_size, self.local_batch
         sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss sum, correct, count
-        bad_step = torch.full((1,), NO_STEP, device=self.device, dtype=torch.int64)
+        watch = NonFiniteWatch(self.device)
         lr = opt.param_groups[0]["lr"]
         t0 = time.perf_counter()
         for step in range(self.steps):
@@ -178,9 +178,7 @@ class Setup:
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=job.optim.label_smoothing)
             loss = inject_nan(job, self.rank, epoch, step, loss)
-            global_step = (epoch - 1) * self.steps + step
-            bad_step = torch.where(~torch.isfinite(loss.detach()) & (bad_step == NO_STEP),
-                                   torch.full_like(bad_step, global_step), bad_step)
+            watch.note(loss, (epoch - 1) * self.steps + step)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -192,8 +190,8 @@ class Setup:
                 sums[1] += (logits.argmax(1) == y).sum()
                 sums[2] += len(y)
             if (step + 1) % CHECK_EVERY == 0 or step + 1 == self.steps:
-                first_bad = int(all_reduce_(bad_step.clone(), op=torch.distributed.ReduceOp.MIN))
-                if first_bad != NO_STEP:
+                first_bad = watch.check(final=step + 1 == self.steps)
+                if first_bad is not None:
                     return nonfinite_stop(epoch, first_bad, self.steps)
         all_reduce_(sums)
         seconds = time.perf_counter() - t0
@@ -206,6 +204,41 @@ class Setup:
                 "task": self.job.run.task, "classes": self.class_names,
                 "config": self.job.model_dump(mode="json"), "history": self.history, "best": self.best,
                 "optimizer_steps": self.optimizer_steps}
+
+
+class NonFiniteWatch:
+    """The first global step whose loss was NaN or Inf on any rank, found without stalling the GPU.
+
+    A check all-reduces the step on the device and copies it to pinned host memory without
+    waiting; the result is read at the next check, when that copy is long done, or at once
+    when `final`. Every rank reads the same results at the same steps, so all stop together.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.first_bad = torch.full((1,), NO_STEP, device=device, dtype=torch.int64)
+        self.pending = None  # (host tensor, cuda event) of the last check
+
+    def note(self, loss: torch.Tensor, global_step: int) -> None:
+        bad = ~torch.isfinite(loss.detach()) & (self.first_bad == NO_STEP)
+        self.first_bad = torch.where(bad, torch.full_like(self.first_bad, global_step), self.first_bad)
+
+    def check(self, final: bool) -> int | None:
+        previous = self.pending
+        reduced = all_reduce_(self.first_bad.clone(), op=torch.distributed.ReduceOp.MIN)
+        host = torch.empty(1, dtype=torch.int64, pin_memory=self.cuda)
+        host.copy_(reduced, non_blocking=True)
+        event = torch.cuda.Event() if self.cuda else None
+        if event is not None:
+            event.record()
+        self.pending = (host, event)
+        ready = self.pending if final else previous
+        if ready is None:
+            return None
+        host, event = ready
+        if event is not None:
+            event.synchronize()
+        return None if int(host) == NO_STEP else int(host)
 
 
 def nonfinite_stop(epoch: int, global_step: int, steps: int) -> dict:
