@@ -15,3 +15,10 @@ def test_bench_smoke(cache_dir, tmp_path, synthetic):
     for key in ("model_only", "convlens", "dataloader_pil", "speedup_vs_baseline"):
         assert result[key] > 0
     assert (tmp_path / "bench.json").is_file()
+
+
+def test_analysis_bench_smoke():
+    from convlens.analysis.bench import main
+    rows = main(["--images", "8", "--width", "8", "--methods", "cam", "knn", "embeddings"])
+    assert [r["method"] for r in rows] == ["cam", "knn", "embeddings"]
+    assert all(r["images_per_second"] > 0 and r["draw_s"] > 0 for r in rows)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -95,12 +96,11 @@ def convlens_batches(data, job, mean, std):
     epoch = 0
     while True:
         epoch += 1
-        plan = epoch_plan(len(data.train_y), pad, True, 0, epoch)
-        order, shifts, flips = (t.to(device) for t in (plan.order, plan.shifts, plan.flips))
-        for start in range(0, len(order) - job.batch_size + 1, job.batch_size):
+        plan = epoch_plan(len(data.train_y), pad, True, 0, epoch).to(device)
+        for start in range(0, len(plan.order) - job.batch_size + 1, job.batch_size):
             sl = slice(start, start + job.batch_size)
-            idx = order[sl]
-            yield augment(train_x[idx], shifts[sl], flips[sl], pad, mean, std), train_y[idx]
+            idx = plan.order[sl]
+            yield augment(train_x[idx], plan.shifts[sl], plan.flips[sl], pad, mean, std), train_y[idx]
 
 
 class PILDataset(torch.utils.data.Dataset):
@@ -199,5 +199,5 @@ def run_bench(job: BenchJob) -> dict:
         print(f"[bench] convlens / baseline = {results['speedup_vs_baseline']:.2f}x", flush=True)
     if job.out:
         from convlens.checkpoint import write_atomic
-        write_atomic(__import__("pathlib").Path(job.out), json.dumps(results, indent=2).encode())
+        write_atomic(Path(job.out), json.dumps(results, indent=2).encode())
     return results

@@ -16,6 +16,11 @@ class EpochPlan:
     shifts: torch.Tensor  # (N, 2) crop offsets in [0, 2*pad]
     flips: torch.Tensor  # (N,) bool
 
+    def to(self, device) -> "EpochPlan":
+        """The whole epoch's plan in one copy: a host-to-device copy per step would make the
+        CPU wait for the GPU."""
+        return EpochPlan(self.order.to(device), self.shifts.to(device), self.flips.to(device))
+
 
 def epoch_plan(n: int, pad: int, flip: bool, seed: int, epoch: int) -> EpochPlan:
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)

@@ -158,9 +158,8 @@ class Setup:
     def train_epoch(self, epoch: int) -> dict:
         job, model, opt = self.job, self.model, self.opt
         model.train()
-        plan = epoch_plan(len(self.train_y), job.data.crop_padding, job.data.flip, job.run.seed, epoch)
-        # One copy per epoch: a host-to-device copy per step would make the CPU wait for the GPU.
-        order, shifts, flips = (t.to(self.device) for t in (plan.order, plan.shifts, plan.flips))
+        plan = epoch_plan(len(self.train_y), job.data.crop_padding, job.data.flip, job.run.seed,
+                          epoch).to(self.device)
         B, b = job.data.batch_size, self.local_batch
         sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss sum, correct, count
         watch = NonFiniteWatch(self.device)
@@ -169,8 +168,9 @@ class Setup:
         for step in range(self.steps):
             inject_faults(job, self.rank, epoch, step)
             pos = slice(step * B + self.rank * b, step * B + (self.rank + 1) * b)
-            idx = order[pos]
-            x = augment(self.train_x[idx], shifts[pos], flips[pos], job.data.crop_padding, self.mean, self.std)
+            idx = plan.order[pos]
+            x = augment(self.train_x[idx], plan.shifts[pos], plan.flips[pos], job.data.crop_padding,
+                        self.mean, self.std)
             x, y = tasks.prepare(job.run.task, x, self.train_y[idx])
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
