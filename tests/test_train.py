@@ -4,22 +4,26 @@ import os
 
 import pytest
 
-from conftest import assert_nothing_lost, committed_epochs, read_attempts, steps_per_epoch
+from conftest import (assert_nothing_lost, committed_epochs, read_attempts, reordering_tolerance,
+                      steps_per_epoch)
 from convlens.training.outputs import read_metrics
 from convlens.training.run import RunStopped, train
 
 
 def test_two_workers_match_one_worker(ray_cluster, tiny_job):
-    """Same seed and global batch: sharding + gradient averaging + SyncBN reproduce 1 worker."""
+    """Same seed and global batch: sharding + gradient averaging + SyncBN reproduce 1 worker,
+    up to float32 reordering amplified by training (conftest.reordering_tolerance)."""
     common = dict(model={"layers": [1, 1], "width": 8, "sync_bn": True}, optim={"lr": 0.01},
                   data={"batch_size": 64, "train_subset": 768})
     one = tiny_job("one", run={"workers": 1, "epochs": 3}, **common)
     two = tiny_job("two", run={"workers": 2, "epochs": 3}, **common)
     s1, s2 = train(one), train(two)
     m1, m2 = read_metrics(one.run_dir), read_metrics(two.run_dir)
+    assert len(m1) == len(m2) == 3
     for a, b in zip(m1, m2):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
-        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+        tol = reordering_tolerance(a["epoch"])
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=tol), a["epoch"]
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=tol), a["epoch"]
     assert s1["test_accuracy"] == pytest.approx(s2["test_accuracy"], abs=1 / 256)
     assert (one.run_dir / "loss.png").stat().st_size > 1000 and (one.run_dir / "per_class.csv").is_file()
     summary = json.loads((one.run_dir / "summary.json").read_text())

@@ -104,8 +104,8 @@ class Setup:
         self.channels_last = job.run.channels_last  # faster on CPU too (about 25% for slim ResNets)
         model = build_model(job.model, data.in_chans, self.num_out)
         self.model_arch = model.arch
-        if job.model.sync_bn and world > 1:
-            model = (torch.nn.SyncBatchNorm.convert_sync_batchnorm(model) if self.gpu
+        if job.model.sync_bn:  # on one CPU worker too: the same arithmetic as N workers
+            model = (torch.nn.SyncBatchNorm.convert_sync_batchnorm(model) if self.gpu and world > 1
                      else convert_to_global_bn(model))
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
