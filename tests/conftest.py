@@ -51,7 +51,8 @@ def tiny_spec(root: Path, cache_dir: str, name: str = "tiny", **sections) -> dic
 @pytest.fixture
 def tiny_job(tmp_path, cache_dir):
     """Factory: tiny_job(name=..., run={...}, data={...}) -> validated TrainJob."""
-    from convlens.config import TrainJob, validate
+    from convlens.specs.base import validate
+    from convlens.specs.train import TrainJob
 
     def make(name="tiny", **sections):
         return validate(TrainJob, tiny_spec(tmp_path / "runs", cache_dir, name, **sections))
@@ -62,7 +63,8 @@ def tiny_job(tmp_path, cache_dir):
 def uninterrupted(ray_cluster, tmp_path_factory, cache_dir):
     """Factory: the run directory of an uninterrupted tiny run with these sections, trained
     once per session: the reference a faulted run of the same seed must end equal to."""
-    from convlens.config import TrainJob, validate
+    from convlens.specs.base import validate
+    from convlens.specs.train import TrainJob
     from convlens.training.run import train
     done = {}
 
@@ -80,6 +82,21 @@ def uninterrupted(ray_cluster, tmp_path_factory, cache_dir):
 def read_attempts(run_dir: Path) -> list[dict]:
     """attempts.jsonl: where each start of a run (first, retry, rerun, requeue) began."""
     return [json.loads(line) for line in (Path(run_dir) / "attempts.jsonl").read_text().splitlines()]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    from convlens.rundir import RunDir
+    return RunDir(run_dir).read_metrics()
+
+
+def inject(monkeypatch, *faults: dict) -> str:
+    """Plan test faults (convlens.faults) for the runs this test starts (each fault names its run,
+    so a reference run trained meanwhile stays clean): the driver forwards CONVLENS_FAULTS to its
+    Ray workers, Tune trials and analysis tasks. Returns the value."""
+    from convlens.faults import ENV
+    value = json.dumps(list(faults))
+    monkeypatch.setenv(ENV, value)
+    return value
 
 
 def committed_epochs(run_dir: Path) -> list[int]:
@@ -103,7 +120,6 @@ def assert_nothing_lost(run_dir: Path, epochs: int, steps_per_epoch: int, start_
     (start_epochs, one per attempt), and, where given, the weights of an uninterrupted run
     (equal, or within atol)."""
     import torch
-    from convlens.training.outputs import read_metrics
     history = read_metrics(run_dir)
     assert [m["epoch"] for m in history] == list(range(1, epochs + 1))
     assert history[-1]["steps"] == epochs * steps_per_epoch

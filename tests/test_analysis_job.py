@@ -10,16 +10,18 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from convlens.analysis.job import AnalyzeJob, analyze
+from convlens.analysis.job import analyze
+from convlens.specs.analyze import AnalyzeJob
 from convlens.analysis.registry import names
-from conftest import tiny_spec
+from conftest import inject, tiny_spec
 from convlens.checkpoint import verify
-from convlens.config import ConfigError, validate
+from convlens.errors import ConfigError
+from convlens.specs.base import validate
 
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory, cache_dir, ray_cluster):
-    from convlens.config import TrainJob
+    from convlens.specs.train import TrainJob
     from convlens.training.run import train
     root = tmp_path_factory.mktemp("runs")
     jobs = [validate(TrainJob, tiny_spec(root, cache_dir, "sup")),
@@ -66,12 +68,13 @@ def test_analyze_two_runs_two_epochs_all_methods(two_runs, tmp_path):
         analyze(missing)
 
 
-def test_killed_analysis_task_is_retried_and_writes_each_output_once(two_runs, tmp_path):
+def test_killed_analysis_task_is_retried_and_writes_each_output_once(two_runs, tmp_path, monkeypatch):
     sup = two_runs[0]
+    inject(monkeypatch, {"kind": "kill_method", "method": "gradcam"})
     before = file_hashes(sup)
     job = validate(AnalyzeJob, {
         "name": "k", "out": str(tmp_path / "analysis"), "runs": [str(sup)], "epochs": [2], "quiet": True,
-        "methods": ["gradcam", "filters"], "faults": {"kill_method": "gradcam"},
+        "methods": ["gradcam", "filters"],
         "options": {"num_images": 32, "num_train": 64}})
     out = analyze(job)
     folder = next((out / "sup").glob("checkpoint_epoch0002*"))
@@ -87,8 +90,8 @@ def test_killed_analysis_task_is_retried_and_writes_each_output_once(two_runs, t
     assert file_hashes(sup) == before  # analysis never writes into a run
     for ckpt in sup.glob("checkpoint_epoch*"):
         verify(ckpt)
-    with pytest.raises(ConfigError, match="faults.kill_method: unknown 'gradcamm'"):
-        validate(AnalyzeJob, {"runs": ["x"], "faults": {"kill_method": "gradcamm"}})
+    with pytest.raises(ConfigError, match="faults: unknown field"):  # test hooks are not part of a spec
+        validate(AnalyzeJob, {"runs": ["x"], "faults": {"kill_method": "gradcam"}})
 
 
 def test_analysis_figures_and_tables_reach_the_runs_wandb(two_runs, tmp_path, monkeypatch):
@@ -111,6 +114,7 @@ def test_analysis_figures_and_tables_reach_the_runs_wandb(two_runs, tmp_path, mo
     assert {"analysis/knn", "analysis/embeddings"} <= tables
 
 
-def test_unknown_method_is_refused():
-    with pytest.raises(ConfigError, match="unknown \\['gradcamm'\\]"):
-        validate(AnalyzeJob, {"runs": ["x"], "methods": ["gradcamm"]})
+def test_unknown_method_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="unknown \\['gradcamm'\\]"):  # before any work starts
+        analyze(validate(AnalyzeJob, {"runs": ["x"], "methods": ["gradcamm"], "out": str(tmp_path / "a")}))
+    assert not (tmp_path / "a").exists()

@@ -2,8 +2,9 @@
 throughputs (figures are not asserted)."""
 import pytest
 
-from convlens.bench import BenchJob, run_bench
-from convlens.config import DataConfig
+from convlens.bench.pipeline import run_bench
+from convlens.specs.bench import BenchJob
+from convlens.specs.train import DataConfig
 from conftest import FMNIST
 
 
@@ -18,7 +19,7 @@ def test_bench_smoke(cache_dir, tmp_path, synthetic):
 
 
 def test_analysis_bench_smoke():
-    from convlens.analysis.bench import main
+    from convlens.bench.analysis import main
     rows = main(["--images", "8", "--width", "8", "--methods", "cam", "knn", "embeddings"])
     assert [r["method"] for r in rows] == ["cam", "knn", "embeddings"]
     assert all(r["images_per_second"] > 0 and r["draw_s"] > 0 for r in rows)

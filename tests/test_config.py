@@ -2,7 +2,10 @@
 import pytest
 import yaml
 
-from convlens.config import ConfigError, TrainJob, load_job, parse_overrides, validate
+from convlens.errors import ConfigError
+from convlens.specs.base import parse_overrides, validate
+from convlens.specs.load import load_job
+from convlens.specs.train import TrainJob
 from tests.conftest import tiny_spec
 
 
@@ -51,9 +54,13 @@ def test_kind_mismatch(tmp_path):
         load_job(write(tmp_path, spec), [], kind="sweep")
 
 
-def test_shipped_train_specs_validate():
+def test_shipped_specs_validate():
+    """Every job and sweep spec the project ships loads as the kind it declares."""
     from pathlib import Path
-    for path in Path("jobs").glob("*.yaml"):
+    from convlens.specs.load import KINDS
+    repo = Path(__file__).resolve().parents[1]
+    paths = sorted([*(repo / "jobs").glob("*.yaml"), *(repo / "sweeps").glob("*.yaml")])
+    assert len(paths) >= 10
+    for path in paths:
         kind = yaml.safe_load(path.read_text()).get("kind", "train")
-        if kind == "train":
-            assert isinstance(load_job(path), TrainJob)
+        assert isinstance(load_job(path), KINDS[kind]), path

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from convlens.config import DataConfig
-from convlens.data import DataError, load_dataset, split_indices
+from convlens.specs.train import DataConfig
+from convlens.data.images import split_indices
+from convlens.data.load import load_dataset
+from convlens.errors import DataError
 from convlens.data.augment import crop, epoch_plan
 
 

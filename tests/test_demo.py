@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from convlens.config import load_job
+from convlens.specs.load import load_job
 from convlens.demo import run_demo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +35,8 @@ def test_demo_end_to_end_at_reduced_size(ray_cluster, tmp_path, cache_dir):
 
 
 def test_demo_refuses_analysis_epochs_that_training_deletes(monkeypatch, tmp_path):
-    from convlens.config import ConfigError, load_job
+    from convlens.errors import ConfigError
+    from convlens.specs.load import load_job
     from convlens.demo import run_demo
     monkeypatch.chdir(REPO)
     job = load_job(REPO / "jobs/demo.yaml", [f"root={tmp_path}"], "demo")

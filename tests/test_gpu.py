@@ -15,7 +15,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @pytest.fixture(scope="module")
 def gpu_run(tmp_path_factory, cache_dir, ray_cluster):
-    from convlens.config import TrainJob, validate
+    from convlens.specs.base import validate
+    from convlens.specs.train import TrainJob
     from convlens.training.run import train
     job = validate(TrainJob, tiny_spec(
         tmp_path_factory.mktemp("runs"), cache_dir, "gpu",
@@ -37,7 +38,7 @@ def test_training_on_the_gpu_uses_nccl_bf16_channels_last_and_compile(gpu_run):
 def test_a_gpu_checkpoint_evaluates_the_same_on_the_cpu(gpu_run):
     """Weights are saved in float32 without DDP/compile prefixes: a CPU-only user can load them."""
     from convlens.checkpoint import best_checkpoint, load_model_weights
-    from convlens.data import load_dataset
+    from convlens.data.load import load_dataset
     from convlens.models import build_model
     from convlens.training.evaluate import evaluate
     job, summary = gpu_run
@@ -53,7 +54,8 @@ def test_a_gpu_checkpoint_evaluates_the_same_on_the_cpu(gpu_run):
 
 def test_rotation_network_trains_on_the_gpu(tmp_path, cache_dir, ray_cluster):
     """Four rotations per image in one bf16 batch on the GPU; chance is 0.25."""
-    from convlens.config import TrainJob, validate
+    from convlens.specs.base import validate
+    from convlens.specs.train import TrainJob
     from convlens.training.run import train
     job = validate(TrainJob, tiny_spec(
         tmp_path / "runs", cache_dir, "gpu_rot", run={"use_gpu": True, "task": "rotation", "epochs": 3},
@@ -66,9 +68,10 @@ def test_rotation_network_trains_on_the_gpu(tmp_path, cache_dir, ray_cluster):
 
 
 def test_analysis_tasks_share_the_gpu(gpu_run, tmp_path):
-    from convlens.analysis.job import AnalyzeJob, analyze
+    from convlens.analysis.job import analyze
+    from convlens.specs.analyze import AnalyzeJob
     from convlens.analysis.registry import names
-    from convlens.config import validate
+    from convlens.specs.base import validate
     job, _ = gpu_run
     spec = {"name": "gpu", "out": str(tmp_path / "analysis"), "runs": [str(job.run_dir)], "epochs": ["best"],
             "gpus_per_task": 0.25, "quiet": True,
@@ -79,8 +82,9 @@ def test_analysis_tasks_share_the_gpu(gpu_run, tmp_path):
 
 
 def test_gpu_benchmark_runs(cache_dir, tmp_path):
-    from convlens.bench import BenchJob, run_bench
-    from convlens.config import DataConfig
+    from convlens.bench.pipeline import run_bench
+    from convlens.specs.bench import BenchJob
+    from convlens.specs.train import DataConfig
     job = BenchJob(data=DataConfig(path=str(FMNIST), train_subset=1024, cache_dir=cache_dir), device="cuda",
                    batch_size=128, steps=3, warmup=1, loader_workers=2)
     result = run_bench(job)

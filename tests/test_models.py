@@ -3,7 +3,7 @@ import pytest
 import torch
 import torchvision
 
-from convlens.config import ModelConfig
+from convlens.specs.train import ModelConfig
 from convlens.models import ResNet, build_model
 
 

@@ -10,19 +10,21 @@ import pytest
 import yaml
 
 from convlens import checkpoint as ckpt
-from convlens.training.outputs import read_metrics
-from convlens.training.run import RunStopped, train
-from conftest import assert_nothing_lost, committed_epochs, read_attempts, steps_per_epoch, tiny_spec
+from convlens.errors import RunStopped
+from convlens.training.run import train
+from conftest import (assert_nothing_lost, committed_epochs, inject, read_attempts, read_metrics, steps_per_epoch,
+                      tiny_spec)
 
 
 def epochs_of(run_dir):
     return [m["epoch"] for m in read_metrics(run_dir)]
 
 
-def test_retries_exhausted_gives_clear_error_and_checkpoints_still_load(ray_cluster, tiny_job):
-    from ray.train import TrainingFailedError
-    job = tiny_job("exhausted", run={"epochs": 3, "max_failures": 1}, faults={"kill_at": "0:2:1", "kill_times": 5})
-    with pytest.raises(TrainingFailedError, match="(?i)worker"):
+def test_retries_exhausted_gives_clear_error_and_checkpoints_still_load(ray_cluster, tiny_job, monkeypatch):
+    from convlens.errors import JobFailed
+    job = tiny_job("exhausted", run={"epochs": 3, "max_failures": 1})
+    inject(monkeypatch, {"kind": "kill", "run": "exhausted", "at": "0:2:1", "times": 5})
+    with pytest.raises(JobFailed, match="(?i)worker"):
         train(job)
     assert len(list((job.run_dir / ".faults").glob("kill-*"))) == 2  # max_failures + 1 attempts
     assert [a["start_epoch"] for a in read_attempts(job.run_dir)] == [1, 2]
@@ -30,11 +32,12 @@ def test_retries_exhausted_gives_clear_error_and_checkpoints_still_load(ray_clus
     assert ckpt.load_checkpoint(ckpt.latest_verified(job.run_dir))["epoch"] == 1
 
 
-def test_corrupt_latest_checkpoint_falls_back_or_stops(ray_cluster, tiny_job, uninterrupted):
-    crashed = tiny_job("corrupt", run={"epochs": 3, "max_failures": 0, "keep_last": 3},
-                       faults={"kill_at": "0:3:1"})
+def test_corrupt_latest_checkpoint_falls_back_or_stops(ray_cluster, tiny_job, uninterrupted, monkeypatch):
+    crashed = tiny_job("corrupt", run={"epochs": 3, "max_failures": 0, "keep_last": 3})
+    inject(monkeypatch, {"kind": "kill", "run": "corrupt", "at": "0:3:1"})
     with pytest.raises(Exception):
         train(crashed)
+    monkeypatch.delenv("CONVLENS_FAULTS")
     snapshot = json.loads((crashed.run_dir / "checkpoint_manager_snapshot.json").read_text())
     latest = crashed.run_dir / snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
     data = (latest / "state.pt").read_bytes()

@@ -129,8 +129,9 @@ def test_two_node_script_and_multinode_bootstrap(cluster, setup, tmp_path):
     """Two nodes cannot run here: check the batch script and Ray commands for nodes=2, then run
     the head+workers bootstrap path for real on one node."""
     from convlens.launch import raynodes
-    from convlens.launch.profile import load_profile
-    from convlens.launch.slurm import sbatch_script, submit
+    from convlens.specs.cluster import load_profile
+    from convlens.launch.sbatch import sbatch_script
+    from convlens.launch.slurm import submit
     profile, spec, runs = setup
     gpu = yaml.safe_load((REPO / "slurm/example_gpu_cluster.yaml").read_text())
     gpu.update(log_dir=str(tmp_path / "gpu_logs"))
@@ -168,7 +169,7 @@ def array_sweep(tmp_path: Path, spec, **fields) -> Path:
 
 def test_array_refuses_asha_and_other_kinds(setup, tmp_path):
     from convlens.cli import main
-    from convlens.config import ConfigError
+    from convlens.errors import ConfigError
     from convlens.launch.slurm import submit
     profile, spec, runs = setup
     path = array_sweep(tmp_path, spec, scheduler={"name": "asha"})
@@ -182,7 +183,8 @@ def test_array_refuses_asha_and_other_kinds(setup, tmp_path):
 
 def test_array_sweep_runs_one_task_per_trial(cluster, setup, tmp_path, capsys):
     from convlens.cli import main
-    from convlens.config import TrainJob, load_job
+    from convlens.specs.load import load_job
+    from convlens.specs.train import TrainJob
     from convlens.launch.slurm import submit
     profile, spec, runs = setup
     path = array_sweep(tmp_path, spec)

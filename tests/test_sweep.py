@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import assert_nothing_lost, committed_epochs, read_attempts, tiny_spec
-from convlens.config import ConfigError, TrainJob, load_job
+from conftest import assert_nothing_lost, committed_epochs, inject, read_attempts, tiny_spec
+from convlens.errors import ConfigError
+from convlens.specs.load import load_job
+from convlens.specs.train import TrainJob
 
 LIB = str(Path(__file__).resolve().parents[1] / "lib")
 FAST = {"epochs": 3, "steps_per_epoch": 5}
@@ -91,20 +93,22 @@ def test_asha_sweep_stops_weak_trials_and_writes_best_job(ray_cluster, tmp_path,
     assert wait_cpus_free(ray_cluster, 4) >= 4
 
 
-def test_nan_trial_does_not_stop_the_others(ray_cluster, tmp_path, cache_dir):
+def test_nan_trial_does_not_stop_the_others(ray_cluster, tmp_path, cache_dir, monkeypatch):
     from convlens.tuning import sweep
-    path = write_sweep(tmp_path, cache_dir, "nan", {"faults.nan_at": {"grid": [None, "0:1:2", "0:2:2"]}},
+    inject(monkeypatch, {"kind": "nan", "run": "*_00001", "at": "0:1:2"},
+           {"kind": "nan", "run": "*_00002", "at": "0:2:2"})
+    path = write_sweep(tmp_path, cache_dir, "nan", {"run.seed": {"grid": [0, 1, 2]}},
                        run={"epochs": 2}, scheduler={"name": "none"})
     job = load_job(path, [], "sweep")
     sweep(job)
-    trials = {r["config/faults.nan_at"]: r for r in read_trials(job.sweep_dir)}
-    assert trials["0:1:2"]["status"] == "stopped"
-    assert "non-finite loss at epoch 1" in trials["0:1:2"]["stop_reason"]
+    trials = {r["trial_id"][-5:]: r for r in read_trials(job.sweep_dir)}
+    assert trials["00001"]["status"] == "stopped"
+    assert "non-finite loss at epoch 1" in trials["00001"]["stop_reason"]
     # A NaN after a checkpoint exists still stops the trial (not finalized as if it completed).
-    assert trials["0:2:2"]["status"] == "stopped"
-    assert "non-finite loss at epoch 2" in trials["0:2:2"]["stop_reason"]
-    assert trials["0:1:2"]["best"] == trials["0:2:2"]["best"] == "False"
-    assert trials[""]["status"] == "completed" and trials[""]["best"] == "True"
+    assert trials["00002"]["status"] == "stopped"
+    assert "non-finite loss at epoch 2" in trials["00002"]["stop_reason"]
+    assert trials["00001"]["best"] == trials["00002"]["best"] == "False"
+    assert trials["00000"]["status"] == "completed" and trials["00000"]["best"] == "True"
 
 
 def sweep_cli(spec: Path, *args: str) -> subprocess.Popen:
@@ -114,11 +118,12 @@ def sweep_cli(spec: Path, *args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_killed_sweep_resumes_keeping_finished_trials(ray_cluster, tmp_path, cache_dir):
+def test_killed_sweep_resumes_keeping_finished_trials(ray_cluster, tmp_path, cache_dir, monkeypatch):
     """The sweep driver SIGKILLed while one trial has finished and the next is mid-run (held in
     epoch 2, after its epoch 1 is committed): --resume reruns no finished trial, resumes the
     interrupted one at epoch 2 from its own checkpoint, runs the last, and loses nothing."""
-    path = write_sweep(tmp_path, cache_dir, "resume", {"faults.hold_at": {"grid": [None, "0:2:1", None]}},
+    inject(monkeypatch, {"kind": "hold", "run": "*_00001", "at": "0:2:1"})
+    path = write_sweep(tmp_path, cache_dir, "resume", {"run.seed": {"grid": [0, 1, 2]}},
                        max_concurrent=1, scheduler={"name": "none"})
     job = load_job(path, [], "sweep")
     trials_dir = job.sweep_dir / "trials"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_spec
+from conftest import inject, tiny_spec
 from wandb_reader import read_runs, wait_finished
 
 LIB = str(Path(__file__).resolve().parents[1] / "lib")
@@ -114,8 +114,9 @@ def test_online_without_server_falls_back_offline_and_keeps_key_secret(tiny_job,
 
 
 def test_stopped_run_tells_wandb_why(tiny_job, ray_cluster, monkeypatch):
-    from convlens.training.run import RunStopped
-    job = tiny_job(name="nan-tracked", faults={"nan_at": "0:2:1"}, tracking={"mode": "offline"})
+    from convlens.errors import RunStopped
+    job = tiny_job(name="nan-tracked", tracking={"mode": "offline"})
+    inject(monkeypatch, {"kind": "nan", "run": "nan-tracked", "at": "0:2:1"})
     with pytest.raises(RunStopped):
         train_with_env(job, monkeypatch, {"WANDB_MODE": "offline"})
     run_id = (job.run_dir / "wandb_id.txt").read_text().strip()
@@ -127,7 +128,8 @@ def test_stopped_run_tells_wandb_why(tiny_job, ray_cluster, monkeypatch):
 
 EVERY_TRACKER_CALL = """
 import json, os, sys
-from convlens.config import TrainJob, validate
+from convlens.specs.base import validate
+from convlens.specs.train import TrainJob
 from convlens.tracking import open_tracker
 job = validate(TrainJob, json.loads(sys.argv[1]))
 metrics = {"epoch": 1, "train_loss": 1.0, "val_accuracy": 0.5, "val_per_class_accuracy": [0.5]}

@@ -4,10 +4,10 @@ import os
 
 import pytest
 
-from conftest import (assert_nothing_lost, committed_epochs, read_attempts, reordering_tolerance,
-                      steps_per_epoch)
-from convlens.training.outputs import read_metrics
-from convlens.training.run import RunStopped, train
+from conftest import (assert_nothing_lost, committed_epochs, inject, read_attempts, read_metrics,
+                      reordering_tolerance, steps_per_epoch)
+from convlens.errors import RunStopped
+from convlens.training.run import train
 
 
 def test_two_workers_match_one_worker(ray_cluster, tiny_job):
@@ -30,13 +30,15 @@ def test_two_workers_match_one_worker(ray_cluster, tiny_job):
     assert 0 <= summary["test_accuracy"] <= 1 and summary["best_epoch"] in (1, 2, 3)
 
 
-def test_resume_after_kill_continues_at_next_epoch(ray_cluster, tiny_job, uninterrupted):
+def test_resume_after_kill_continues_at_next_epoch(ray_cluster, tiny_job, uninterrupted, monkeypatch):
     """A worker SIGKILLed in epoch 2 with no retries left: rerunning the spec resumes at epoch 2
     and ends where an uninterrupted run of the same seed ends; a third run does no work."""
-    from ray.train import TrainingFailedError
-    killed = tiny_job("killed", run={"epochs": 3, "max_failures": 0}, faults={"kill_at": "0:2:3"})
-    with pytest.raises(TrainingFailedError):
+    from convlens.errors import JobFailed
+    killed = tiny_job("killed", run={"epochs": 3, "max_failures": 0})
+    inject(monkeypatch, {"kind": "kill", "run": "killed", "at": "0:2:3"})
+    with pytest.raises(JobFailed):
         train(killed)
+    monkeypatch.delenv("CONVLENS_FAULTS")
     assert committed_epochs(killed.run_dir) == [1]
     resumed = tiny_job("killed", run={"epochs": 3, "max_failures": 0})
     train(resumed)
@@ -59,8 +61,8 @@ def test_worker_killed_mid_epoch_is_retried(ray_cluster, tiny_job, uninterrupted
     wandb.setup()
     env = {"WANDB_MODE": "offline", "WANDB_SERVICE": os.environ["WANDB_SERVICE"]}
     two = {"workers": 2, "epochs": 3}
-    job = tiny_job("retry", run={**two, "max_failures": 1}, faults={"kill_at": "1:2:5"},
-                   tracking={"mode": "offline"})
+    job = tiny_job("retry", run={**two, "max_failures": 1}, tracking={"mode": "offline"})
+    inject(monkeypatch, {"kind": "kill", "run": "retry", "at": "1:2:5"})
     train(job, trainer_kwargs={"worker_runtime_env": {"env_vars": env}})
     assert len(list((job.run_dir / ".faults").glob("kill-*"))) == 1
     assert_nothing_lost(job.run_dir, 3, steps_per_epoch(job), [1, 2], reference=uninterrupted(run=two),
@@ -71,8 +73,9 @@ def test_worker_killed_mid_epoch_is_retried(ray_cluster, tiny_job, uninterrupted
     assert {row["_step"] for row in log.history if "val/accuracy" in row} == {1, 2, 3}
 
 
-def test_nan_on_one_rank_stops_all_ranks_cleanly(ray_cluster, tiny_job):
-    job = tiny_job("nan", run={"workers": 2, "epochs": 3, "max_failures": 2}, faults={"nan_at": "1:2:4"})
+def test_nan_on_one_rank_stops_all_ranks_cleanly(ray_cluster, tiny_job, monkeypatch):
+    job = tiny_job("nan", run={"workers": 2, "epochs": 3, "max_failures": 2})
+    inject(monkeypatch, {"kind": "nan", "run": "nan", "at": "1:2:4"})
     with pytest.raises(RunStopped, match="epoch 2, step 4"):
         train(job)
     assert [m["epoch"] for m in read_metrics(job.run_dir)] == [1]
@@ -85,7 +88,7 @@ def test_nonfinite_check_finds_the_first_bad_step_one_check_later_or_at_epoch_en
     """The GPU never waits on a check: a NaN is reported at the next check (or at once at the
     epoch's last step), always with the first bad step."""
     import torch
-    from convlens.training.loop import NonFiniteWatch
+    from convlens.training.nonfinite import NonFiniteWatch
     watch, found = NonFiniteWatch(torch.device("cpu")), []
     for step in range(75):
         watch.note(torch.tensor(float("nan") if step in (30, 40) else 1.0), step)

@@ -11,44 +11,16 @@ import hashlib
 import io
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
-import torch
+from convlens.errors import CheckpointError
+from convlens.files import fsync_dir, write_atomic
+from convlens.rundir import RunDir
 
 FORMAT = "convlens-checkpoint/1"
 STATE = "state.pt"
 MANIFEST = "manifest.json"
-RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of what it registered
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is incomplete, corrupt, foreign or of another architecture."""
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over `path`."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def sha256(data: bytes) -> str:
@@ -60,6 +32,7 @@ def save_checkpoint(state: dict, folder: Path, meta: dict | None = None) -> Path
     in a hidden temp folder beside it that is then renamed to `folder` in one step. A folder
     is written once, so a kill or a full disk mid-save leaves nothing under the final name
     and every older checkpoint as it was."""
+    import torch
     folder = Path(folder)
     if folder.exists():
         raise FileExistsError(f"{folder}: exists; a checkpoint folder is written once")
@@ -119,6 +92,7 @@ def verify(folder: Path) -> dict:
 
 def load_checkpoint(folder: Path, expect_arch: dict | None = None, map_location="cpu") -> dict:
     """Verified, weights-only load; refuses another architecture naming both."""
+    import torch
     folder = Path(folder)
     verify(folder)
     path = folder / STATE
@@ -133,7 +107,7 @@ def load_checkpoint(folder: Path, expect_arch: dict | None = None, map_location=
     return state
 
 
-def load_model_weights(model: torch.nn.Module, folder: Path) -> dict:
+def load_model_weights(model, folder: Path) -> dict:
     """Load a checkpoint's weights into `model` strictly; returns the whole state."""
     state = load_checkpoint(folder, expect_arch=getattr(model, "arch", None))
     model.load_state_dict(state["model"], strict=True)
@@ -141,41 +115,7 @@ def load_model_weights(model: torch.nn.Module, folder: Path) -> dict:
 
 
 def checkpoint_epoch(folder: Path) -> int:
-    """The epoch in a checkpoint folder's name (checkpoint_epochNNNN_<id>, best_epochNNNN_<id>)."""
-    m = re.search(r"epoch(\d+)", Path(folder).name)
-    return int(m.group(1)) if m else -1
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """All `checkpoint_epoch*` folders of a run, oldest first (unverified)."""
-    run_dir = Path(run_dir)
-    found = [p for p in run_dir.glob("checkpoint_epoch*") if p.is_dir()]
-    return sorted(found, key=lambda p: (checkpoint_epoch(p), p.stat().st_mtime))
-
-
-def registered_checkpoints(run_dir: Path) -> list[Path]:
-    """The checkpoint folders Ray Train has registered for this run, oldest first: what a
-    restarted attempt can resume from (unverified; read from Ray's snapshot file)."""
-    run_dir = Path(run_dir)
-    try:
-        snapshot = json.loads((run_dir / RAY_SNAPSHOT).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return []
-    folders = [run_dir / r["checkpoint_dir_name"] for r in snapshot.get("checkpoint_results", [])]
-    return sorted(folders, key=checkpoint_epoch)
-
-
-def latest_verified(run_dir: Path, below: int | None = None) -> Path | None:
-    """The newest checkpoint that verifies (optionally with epoch < below)."""
-    folders = reversed(list_checkpoints(run_dir))
-    return first_verified(f for f in folders if below is None or checkpoint_epoch(f) < below)
-
-
-def best_checkpoint(run_dir: Path) -> Path | None:
-    """The run's best checkpoint by validation error (newest verified best_epoch* folder)."""
-    run_dir = Path(run_dir)
-    found = sorted(run_dir.glob("best_epoch*"), key=lambda p: (checkpoint_epoch(p), p.stat().st_mtime))
-    return first_verified(reversed(found))
+    return RunDir.epoch_of(folder)
 
 
 def first_verified(folders) -> Path | None:
@@ -187,3 +127,18 @@ def first_verified(folders) -> Path | None:
         except CheckpointError:
             continue
     return None
+
+
+def latest_verified(run_dir: Path, below: int | None = None) -> Path | None:
+    """The newest checkpoint of a run that verifies (optionally with epoch < below)."""
+    folders = reversed(RunDir(run_dir).checkpoints())
+    return first_verified(f for f in folders if below is None or checkpoint_epoch(f) < below)
+
+
+def best_checkpoint(run_dir: Path) -> Path | None:
+    """The run's best checkpoint by validation error (newest verified best_epoch* folder)."""
+    return first_verified(reversed(RunDir(run_dir).bests()))
+
+
+def registered_checkpoints(run_dir: Path) -> list[Path]:
+    return RunDir(run_dir).registered()

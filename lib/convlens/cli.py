@@ -4,26 +4,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from convlens.config import ConfigError, load_job
+from convlens.errors import ConvlensError
 
 
-def cmd_train(args):
-    from convlens.training.run import train
-    job = load_job(args.spec, args.overrides, "train")
-    return train(job)
-
-
-def cmd_sweep(args):
-    from convlens.tuning import collect_array, sweep
-    job = load_job(args.spec, args.overrides, "sweep")
-    if args.collect:
-        return collect_array(job)
-    return sweep(job, resume=args.resume)
-
-
-def cmd_analyze(args):
-    from convlens.analysis.job import analyze
-    return analyze(load_job(args.spec, args.overrides, "analyze"))
+def cmd_job(args):
+    from convlens.dispatch import run_job
+    return run_job(args.command, args.spec, args.overrides, resume=getattr(args, "resume", False),
+                   collect=getattr(args, "collect", False))
 
 
 def cmd_report(args):
@@ -31,21 +18,6 @@ def cmd_report(args):
     path = write_report(args.paths, out=args.out)
     print(f"[convlens] report written: {path}")
     return path
-
-
-def cmd_probe(args):
-    from convlens.probes import probe
-    return probe(load_job(args.spec, args.overrides, "probe"))
-
-
-def cmd_demo(args):
-    from convlens.demo import run_demo
-    return run_demo(load_job(args.spec, args.overrides, "demo"))
-
-
-def cmd_bench(args):
-    from convlens.bench import run_bench
-    return run_bench(load_job(args.spec, args.overrides, "bench"))
 
 
 def cmd_submit(args):
@@ -57,22 +29,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="convlens", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    def job(name, func, help_):
+    def job(name, help_):
         s = sub.add_parser(name, help=help_)
         s.add_argument("spec", help="job spec (YAML)")
         s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.05")
-        s.set_defaults(func=func)
+        s.set_defaults(func=cmd_job)
         return s
 
-    job("train", cmd_train, "train one network with Ray Train")
-    sw = job("sweep", cmd_sweep, "search training configs with Ray Tune").add_mutually_exclusive_group()
+    job("train", "train one network with Ray Train")
+    sw = job("sweep", "search training configs with Ray Tune").add_mutually_exclusive_group()
     sw.add_argument("--resume", action="store_true", help="continue an interrupted sweep, keeping finished trials")
     sw.add_argument("--collect", action="store_true",
                     help="write trials.csv, best_job.yaml and curves.png of a `submit --array` sweep")
-    job("analyze", cmd_analyze, "run analysis methods over checkpoints as Ray tasks")
-    job("probe", cmd_probe, "linear, MLP and kNN probes on frozen features of checkpoints")
-    job("demo", cmd_demo, "train both networks, sweep, analyze and write the report")
-    job("bench", cmd_bench, "measure training and analysis throughput")
+    job("analyze", "run analysis methods over checkpoints as Ray tasks")
+    job("probe", "linear, MLP and kNN probes on frozen features of checkpoints")
+    job("demo", "train both networks, sweep, analyze and write the report")
+    job("bench", "measure training and analysis throughput")
     r = sub.add_parser("report", help="write one self-contained HTML report")
     r.add_argument("paths", nargs="+", help="run, sweep or analysis directories")
     r.add_argument("--out", default=None, help="report file (default: next to the first path)")
@@ -90,12 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from convlens.errors import USER_ERRORS
     try:
         args.func(args)
-    except USER_ERRORS as err:
+    except ConvlensError as err:
         print(f"convlens: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
     except KeyboardInterrupt:
         print("convlens: interrupted", file=sys.stderr)
         return 130

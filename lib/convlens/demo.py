@@ -6,36 +6,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Literal
 
-from pydantic import Field
-
-from convlens.config import Strict, apply_overrides, load_job, read_yaml, validate
-
-
-class StepSpec(Strict):
-    spec: str  # a job spec file
-    overrides: dict[str, Any] = Field(default_factory=dict)  # dotted key -> value
-
-
-class DemoJob(Strict):
-    kind: Literal["demo"] = "demo"
-    root: str = "runs/demo"  # every step writes below here
-    supervised: StepSpec
-    rotation: StepSpec | None = None
-    probes: StepSpec | None = None
-    sweep: StepSpec | None = None
-    analysis: StepSpec | None = None
-    report: bool = True
-    quiet: bool = False
+from convlens.errors import ConfigError
+from convlens.specs.demo import DemoJob, StepSpec
+from convlens.specs.load import step_job as load_step
 
 
 def step_job(step: StepSpec, kind: str, extra: dict):
     """Load a step's spec with its overrides, then the pipeline's own (root, run names)."""
-    spec = apply_overrides(read_yaml(step.spec), {**step.overrides, **extra})
-    spec.setdefault("kind", kind)
-    from convlens.config import job_class
-    return validate(job_class(kind), spec, f"{kind} step {step.spec}")
+    return load_step(step.spec, kind, {**step.overrides, **extra})
 
 
 def banner(text: str) -> float:
@@ -85,7 +64,6 @@ def run_demo(job: DemoJob) -> Path:
 
 def check_epochs_kept(train_jobs: dict, epochs) -> None:
     """Fail now, not after training, if the analysis asks for an epoch Ray Train will delete."""
-    from convlens.config import ConfigError
     wanted = [e for e in ([epochs] if isinstance(epochs, str) else epochs) if isinstance(e, int)]
     for name, train_job in train_jobs.items():
         run = train_job.run

@@ -1,23 +1,33 @@
-"""The errors a user can cause and fix; the CLI prints them as one clear message."""
-from convlens.checkpoint import CheckpointError
-from convlens.config import ConfigError
-from convlens.data import DataError
+"""The errors convlens reports to a user: one family, each with the exit code the CLI uses.
+
+Exit codes: 2 for a bad spec, override, path or dataset (fix the input and rerun); 1 for a job
+that ran and failed (a NaN stop, retries exhausted, a refused checkpoint, a failed Slurm job).
+This module imports nothing, so every layer can raise these.
+"""
 
 
-def _run_stopped():
-    from convlens.training.run import RunStopped
-    return RunStopped
+class ConvlensError(Exception):
+    """Base of every error convlens explains in one message."""
+    exit_code = 1
 
 
-def _training_failed():
-    from ray.train import TrainingFailedError
-    return TrainingFailedError
+class ConfigError(ConvlensError, ValueError):
+    """A spec or override is invalid; the message names the field and the value."""
+    exit_code = 2
 
 
-def _job_failed():
-    from convlens.launch.slurm import JobFailed
-    return JobFailed
+class DataError(ConvlensError, ValueError):
+    """The dataset on disk is missing, malformed or unusable; the message names the path."""
+    exit_code = 2
 
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, FileNotFoundError, _run_stopped(), _training_failed(),
-               _job_failed())
+class CheckpointError(ConvlensError, ValueError):
+    """A checkpoint is incomplete, corrupt, foreign or of another architecture."""
+
+
+class RunStopped(ConvlensError, RuntimeError):
+    """A run ended early for a reason retrying cannot fix (NaN loss, bad checkpoint)."""
+
+
+class JobFailed(ConvlensError, RuntimeError):
+    """A job ran and failed: its retries ran out, or its Slurm job ended without a result."""

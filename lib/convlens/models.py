@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from convlens.errors import ConfigError
+
 
 class BasicBlock(nn.Module):
     expansion = 1
@@ -131,11 +133,11 @@ def load_torchvision_weights(model: ResNet, path: str) -> None:
     """Load a torchvision-style state_dict; a classifier of another size is left fresh."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"model.pretrained = {str(path)!r}: no such file")
+        raise ConfigError(f"model.pretrained = {str(path)!r}: no such file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"model.pretrained = {str(path)!r}: not a readable state_dict ({err})") from None
+        raise ConfigError(f"model.pretrained = {str(path)!r}: not a readable state_dict ({err})") from None
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     own = model.state_dict()
     if state.get("fc.weight") is not None and state["fc.weight"].shape != own["fc.weight"].shape:
@@ -145,7 +147,7 @@ def load_torchvision_weights(model: ResNet, path: str) -> None:
     wrong = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
              for k, v in state.items() if k in own and v.shape != own[k].shape]
     if missing or unexpected or wrong:
-        raise ValueError(f"model.pretrained = {str(path)!r} does not fit this architecture "
+        raise ConfigError(f"model.pretrained = {str(path)!r} does not fit this architecture "
                          f"{model.arch}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
                          f"shape mismatches {wrong[:5]}")
     own.update(state)

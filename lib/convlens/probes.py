@@ -8,29 +8,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
 from convlens import checkpoint as ckpt
-from convlens.config import DataConfig, Strict
-from convlens.data import ImageData, load_dataset
 from convlens.data.augment import normalize
+from convlens.data.images import ImageData
+from convlens.errors import CheckpointError
+from convlens.files import write_atomic
 from convlens.models import ResNet
-
-
-class ProbeJob(Strict):
-    kind: Literal["probe"] = "probe"
-    runs: list[str]  # run directories; each one's best checkpoint is probed
-    stages: list[int] = Field(default_factory=lambda: [2, 3])  # 1-based stages to read
-    pool: int = Field(2, ge=1)  # adaptive average pool to pool x pool before flattening
-    knn_k: int = Field(20, gt=0)
-    knn_temperature: float = Field(0.07, gt=0)
-    probe_epochs: int = Field(15, gt=0)
-    max_train: int | None = Field(20000, gt=0)  # training images used to fit the probes
-    seed: int = 0
+from convlens.restore import load_model_and_data
+from convlens.rundir import RunDir
+from convlens.specs.probe import ProbeJob
 
 
 @torch.no_grad()
@@ -106,18 +95,16 @@ def probe_run(run_dir: Path, job: ProbeJob) -> dict:
     run_dir = Path(run_dir)
     folder = ckpt.best_checkpoint(run_dir)
     if folder is None:
-        raise ckpt.CheckpointError(f"{run_dir}: no verified best_epoch* checkpoint to probe")
-    state = ckpt.load_checkpoint(folder)
-    model = ResNet(**state["arch"])
-    model.load_state_dict(state["model"], strict=True)
+        raise CheckpointError(f"{run_dir}: no verified best_epoch* checkpoint to probe")
+    loaded = load_model_and_data(folder)
+    model = loaded.model
     for p in model.parameters():
         p.requires_grad_(False)
-    data = load_dataset(DataConfig(**state["config"]["data"]))
-    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in data.mean_std())
     stages = [s for s in job.stages if 1 <= s <= len(model.stage_names)]
-    results = {"run": run_dir.name, "task": state["task"], "checkpoint": str(folder),
-               "stages": {str(s): evaluate_stage(model, data, s, job, mean, std) for s in stages}}
-    ckpt.write_atomic(run_dir / "probes.json", json.dumps(results, indent=2).encode())
+    results = {"run": run_dir.name, "task": loaded.task, "checkpoint": str(folder),
+               "stages": {str(s): evaluate_stage(model, loaded.data, s, job, loaded.mean, loaded.std)
+                          for s in stages}}
+    write_atomic(RunDir(run_dir) / RunDir.PROBES, json.dumps(results, indent=2).encode())
     return results
 
 

@@ -1,15 +1,23 @@
-"""Connecting to Ray, and checking a request fits the cluster before anyone waits on it."""
+"""Connecting to Ray, checking a request fits the cluster, and the environment jobs forward."""
 from __future__ import annotations
 
 import os
 
-import ray
+from convlens.errors import ConfigError
 
-from convlens.config import ConfigError
+# Settings from the user's shell that every Ray worker, Tune trial and analysis task must see;
+# the API key stays in the cluster's own environment so Ray never stores it.
+FORWARDED_ENV = ("WANDB_MODE", "WANDB_BASE_URL", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_DIR",
+                 "CONVLENS_FAULTS")
+
+
+def forwarded_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
 
 
 def ensure_ray(quiet: bool = False) -> None:
     """Join RAY_ADDRESS (or a running session) if given; else start a local one-node Ray."""
+    import ray
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
@@ -23,6 +31,7 @@ def ensure_ray(quiet: bool = False) -> None:
 
 def check_fits(workers: int, cpus_per_worker: float, use_gpu: bool, what: str = "run") -> None:
     """Fail now if the cluster can never schedule this many workers (Ray would wait forever)."""
+    import ray
     total = ray.cluster_resources()
     need_cpu = workers * cpus_per_worker
     if need_cpu > total.get("CPU", 0):

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from convlens.errors import ConfigError
+
 SKIP_DIRS = ("checkpoint_epoch", "best_epoch", "wandb", ".")
 
 METHODS = {  # method key -> (title, one-line explanation)
@@ -75,10 +77,10 @@ def write_report(paths, out=None) -> Path:
     paths = [Path(p).expanduser() for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     for p in paths:
         if not p.is_dir():
-            raise FileNotFoundError(f"report: {p} is not a folder")
+            raise ConfigError(f"report: {p} is not a folder")
     found = discover(paths)
     if not any(found.values()):
-        raise FileNotFoundError(f"report: no run (summary.json), sweep (trials.csv) or analysis "
+        raise ConfigError(f"report: no run (summary.json), sweep (trials.csv) or analysis "
                                 f"(index.json) folder under {', '.join(map(str, paths))}")
     out = Path(out) if out else paths[0] / "report.html"
     print(f"[convlens] report: {len(found['runs'])} run(s), {len(found['sweeps'])} sweep(s), "

@@ -24,7 +24,8 @@ def tracking_mode(cfg) -> str:
 
 
 def open_tracker(job, run_dir: Path, rank: int = 0, **kwargs):
-    if rank != 0 or tracking_mode(job.tracking) == "disabled":
+    mode = tracking_mode(job.tracking)
+    if rank != 0 or mode == "disabled":
         return NullTracker()
-    from convlens.wandb_tracker import WandbTracker
-    return WandbTracker(job, Path(run_dir), **kwargs)
+    from convlens.wandb_tracker import WandbTracker  # only now: a disabled run never imports wandb
+    return WandbTracker(job, Path(run_dir), mode, **kwargs)

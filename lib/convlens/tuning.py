@@ -24,164 +24,22 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import ray.tune
 import yaml
-from pydantic import Field, model_validator
 
-from convlens.config import (RUN_NAME, ConfigError, Strict, TrainJob, apply_overrides, read_yaml,
-                             validate)
+from convlens.errors import ConfigError, RunStopped
+from convlens.files import read_json as read_json_file
+from convlens.raycluster import forwarded_env
+from convlens.rundir import RunDir, SweepDir
+from convlens.specs.base import apply_overrides, validate
+from convlens.specs.sweep import SweepJob, base_spec
+from convlens.specs.train import TrainJob
 
-DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 STOPPED_VAL_ERROR = 1.0  # what a NaN / stopped trial reports, so it is never the best
+ARRAY_INDEX = SweepDir.ARRAY_INDEX
 
 
-# ---------------------------------------------------------------- spec
-
-class SchedulerConfig(Strict):
-    name: Literal["asha", "none"] = "asha"
-    grace_period: int = Field(1, gt=0)  # epochs every trial gets before ASHA may stop it
-    reduction_factor: int = Field(2, gt=1)  # keep 1/reduction_factor of the trials at each rung
-    metric: Literal["val_error"] = "val_error"
-    mode: Literal["min"] = "min"
-
-
-class TrialResources(Strict):
-    """Overrides the base spec's run.workers / cpus_per_worker / use_gpu when set."""
-    workers: int | None = Field(None, gt=0)
-    cpus_per_worker: float | None = Field(None, gt=0)
-    use_gpu: bool | None = None
-    trial_cpus: float = Field(0.5, gt=0)  # the trial function itself (its Train workers come on top)
-
-
-class SweepJob(Strict):
-    kind: Literal["sweep"] = "sweep"
-    name: str = Field("sweep", pattern=RUN_NAME)
-    root: str = "runs"  # sweep directory is <root>/<name>
-    base: str  # a train spec YAML
-    base_overrides: dict[str, Any] = Field(default_factory=dict)  # dotted keys (or nested sections)
-    # dotted TrainJob field -> {choice: [...]} | {grid: [...]} | {uniform|loguniform|randint: [lo, hi]}
-    space: dict[str, Any] = Field(default_factory=dict)
-    search: Literal["random", "grid"] = "random"  # grid: every entry is a grid (choice counts as one)
-    num_samples: int = Field(4, gt=0)  # random: trials; grid: repeats of the whole grid
-    max_concurrent: int = Field(2, gt=0)  # capped further so the trials' Train workers fit
-    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
-    resources: TrialResources = Field(default_factory=TrialResources)
-    tracking_group: str | None = None  # W&B group of every trial; default: the sweep name
-    seed: int = 0  # draws of sample_trials (submit --array); Tune's own search is not seeded
-
-    @model_validator(mode="after")
-    def _check(self):
-        self.base_overrides = flatten(self.base_overrides)
-        self.space = flatten_space(self.space)
-        if not self.space:
-            raise ValueError("space: empty; name at least one dotted TrainJob field to search")
-        for key, dist in self.space.items():
-            check_distribution(key, dist, self.search)
-        base_spec(self)  # base exists and validates with its overrides
-        for key, dist in self.space.items():
-            for value in candidate_values(dist):
-                try_value(self, key, value)
-        return self
-
-    @property
-    def sweep_dir(self) -> Path:
-        return Path(self.root).expanduser().resolve() / self.name
-
-    @property
-    def trials_dir(self) -> Path:  # one run directory per trial
-        return self.sweep_dir / "trials"
-
-    @property
-    def group(self) -> str:
-        return self.tracking_group or self.name
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """{'run': {'epochs': 2}, 'optim.lr': 0.1} -> {'run.epochs': 2, 'optim.lr': 0.1}."""
-    out = {}
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, path + "."))
-        else:
-            out[path] = value
-    return out
-
-
-def flatten_space(tree: dict, prefix: str = "") -> dict[str, dict]:
-    """Like flatten, but stops at the {distribution: args} leaves."""
-    out = {}
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and not (set(value) & set(DISTRIBUTIONS)):
-            out.update(flatten_space(value, path + "."))
-        else:
-            out[path] = value
-    return out
-
-
-def check_distribution(key: str, dist: Any, search: str) -> None:
-    if not isinstance(dist, dict) or len(dist) != 1 or next(iter(dist)) not in DISTRIBUTIONS:
-        raise ValueError(f"space.{key} = {dist!r}: expected one of {{{'|'.join(DISTRIBUTIONS)}: ...}}")
-    name, args = next(iter(dist.items()))
-    if not isinstance(args, list) or not args:
-        raise ValueError(f"space.{key}.{name} = {args!r}: expected a non-empty list")
-    if name in ("uniform", "loguniform", "randint"):
-        if search == "grid":
-            raise ValueError(f"space.{key}: {name} cannot be enumerated; search: grid needs choice or grid")
-        if len(args) != 2 or not all(isinstance(a, (int, float)) for a in args) or not args[0] < args[1]:
-            raise ValueError(f"space.{key}.{name} = {args!r}: expected [lo, hi] with lo < hi")
-        if name == "loguniform" and args[0] <= 0:
-            raise ValueError(f"space.{key}.loguniform = {args!r}: lo must be > 0")
-
-
-def candidate_values(dist: dict) -> list:
-    """Values worth validating: every listed value, or both ends of a range."""
-    name, args = next(iter(dist.items()))
-    if name == "randint":
-        return [args[0], args[1] - 1]  # hi is exclusive
-    return list(args)
-
-
-def base_spec(job: SweepJob) -> dict:
-    """The base train spec with base_overrides applied and sweep-wide settings, validated."""
-    path = Path(job.base).expanduser()
-    if not path.is_file():
-        raise ValueError(f"base = {job.base!r}: train spec not found")
-    spec = read_yaml(path)
-    if spec.setdefault("kind", "train") != "train":
-        raise ValueError(f"base = {job.base!r}: kind = {spec['kind']!r}, expected a train spec")
-    spec = apply_overrides(spec, dict(job.base_overrides))
-    res = job.resources
-    spec = apply_overrides(spec, {f"run.{k}": v for k, v in
-                                  (("workers", res.workers), ("cpus_per_worker", res.cpus_per_worker),
-                                   ("use_gpu", res.use_gpu)) if v is not None})
-    spec = apply_overrides(spec, {"tracking.group": job.group})
-    check_train(spec, f"base {job.base} with base_overrides")
-    return spec
-
-
-def try_value(job: SweepJob, key: str, value: Any) -> None:
-    if not has_field(TrainJob, key):
-        raise ValueError(f"space.{key}: no such TrainJob field")
-    spec = apply_overrides(base_spec(job), {key: value})
-    check_train(spec, f"space.{key} = {value!r}")
-
-
-def has_field(model, dotted: str) -> bool:
-    for part in dotted.split("."):
-        fields = getattr(model, "model_fields", {})
-        if part not in fields:
-            return False
-        model = fields[part].annotation
-    return True
-
-
-def check_train(spec: dict, source: str) -> TrainJob:
-    try:
-        return validate(TrainJob, spec, source)
-    except ConfigError as err:
-        raise ValueError(str(err)) from None
+def trials_dir(job: SweepJob) -> Path:
+    return SweepDir(job.sweep_dir).trials_dir
 
 
 # ---------------------------------------------------------------- one trial
@@ -214,17 +72,20 @@ def make_report_callback():
     return EpochsToTune()
 
 
-def run_trial(config: dict, spec: dict, sweep: str, trials_dir: str) -> None:
-    """Tune trial function: train this trial's job, reporting each epoch to Tune."""
+def run_trial(config: dict, spec: dict, sweep: str, trials_dir: str, env: dict) -> None:
+    """Tune trial function: train this trial's job, reporting each epoch to Tune. env: the
+    sweep driver's forwarded environment (a trial actor has the Ray cluster's)."""
+    import os
     import ray.tune
-    from convlens.training.run import RunStopped, train
+    os.environ.update(env)
+    from convlens.training.run import train
     trial_id = ray.tune.get_context().get_trial_id()
     job = trial_job(spec, config, sweep, trials_dir, trial_id)
     summary, stop = None, None
     try:
         summary = train(job, trainer_kwargs={"callbacks": [make_report_callback()]})
     except RunStopped:  # the training loop recorded the reason (NaN loss, bad checkpoint)
-        stop = read_json(job.run_dir / "stopped.json")["stop_reason"]
+        stop = RunDir(job.run_dir).read_stopped()["stop_reason"]
     if stop is not None:
         ray.tune.report({"trial_id": trial_id, "stop_reason": stop, "val_error": STOPPED_VAL_ERROR,
                          "epoch": job.run.epochs})
@@ -237,21 +98,16 @@ def run_trial(config: dict, spec: dict, sweep: str, trials_dir: str) -> None:
 
 # ---------------------------------------------------------------- the sweep
 
-def is_grid(name: str, search: str) -> bool:
-    return name == "grid" or (search == "grid" and name == "choice")
-
-
-def param_space(space: dict[str, dict], search: str) -> dict:
+def param_space(space: dict, search: str) -> dict:
     from ray import tune
     out = {}
     for key, dist in space.items():
-        name, args = next(iter(dist.items()))
-        if is_grid(name, search):
-            out[key] = tune.grid_search(list(args))
-        elif name == "choice":
-            out[key] = tune.choice(list(args))
+        if dist.is_grid(search):
+            out[key] = tune.grid_search(list(dist.args))
+        elif dist.kind == "choice":
+            out[key] = tune.choice(list(dist.args))
         else:
-            out[key] = getattr(tune, name)(*args)
+            out[key] = getattr(tune, dist.kind)(*dist.args)
     return out
 
 
@@ -277,7 +133,7 @@ def build_tuner(job: SweepJob, spec: dict, resume: bool):
     train = validate(TrainJob, spec)
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(run_trial, spec=spec, sweep=job.name,
-                                 trials_dir=str(job.trials_dir)),
+                                 trials_dir=str(trials_dir(job)), env=forwarded_env()),
         {"cpu": job.resources.trial_cpus})
     if resume:
         return ray.tune.Tuner.restore(str(job.sweep_dir), trainable=trainable, resume_unfinished=True,
@@ -317,7 +173,7 @@ def sweep(job: SweepJob, resume: bool = False) -> list[dict]:
     train = validate(TrainJob, spec)
     ensure_ray(quiet=train.run.quiet)
     check_fits(train.run.workers, train.run.cpus_per_worker, train.run.use_gpu, "run")
-    state = job.sweep_dir / "tuner.pkl"
+    state = job.sweep_dir / SweepDir.TUNER
     if resume and not state.is_file():
         raise ConfigError(f"--resume: no sweep to resume in {job.sweep_dir}")
     if not resume and state.is_file():
@@ -340,8 +196,8 @@ def sample_trials(job: SweepJob) -> list[dict]:
     grid entries (choice too, with search: grid) form a cartesian product, repeated num_samples
     times; every other entry is drawn afresh for each trial."""
     rng = random.Random(job.seed)
-    dists = {key: next(iter(dist.items())) for key, dist in job.space.items()}
-    grid = {key: args for key, (name, args) in dists.items() if is_grid(name, job.search)}
+    dists = {key: (dist.kind, dist.args) for key, dist in job.space.items()}
+    grid = {key: args for key, (name, args) in dists.items() if job.space[key].is_grid(job.search)}
     trials = []
     for _ in range(job.num_samples):
         for values in itertools.product(*grid.values()):
@@ -364,11 +220,11 @@ def draw(rng: random.Random, name: str, args: list):
 def start_array(job: SweepJob) -> dict[str, TrainJob]:
     """Sample the trials, record them in <sweep_dir>/array.json; returns {trial id: its TrainJob}."""
     index = job.sweep_dir / ARRAY_INDEX
-    if index.is_file() or (job.sweep_dir / "tuner.pkl").is_file():
+    if index.is_file() or (job.sweep_dir / SweepDir.TUNER).is_file():
         raise ConfigError(f"sweep {job.name} already exists in {job.sweep_dir}: choose another name")
     spec = absolute_paths(base_spec(job))
     trials = {f"{i:05d}": sampled for i, sampled in enumerate(sample_trials(job))}
-    jobs = {tid: trial_job(spec, sampled, job.name, str(job.trials_dir), tid) for tid, sampled in trials.items()}
+    jobs = {tid: trial_job(spec, sampled, job.name, str(trials_dir(job)), tid) for tid, sampled in trials.items()}
     job.sweep_dir.mkdir(parents=True, exist_ok=True)
     index.write_text(json.dumps({"sweep": job.name, "trials": trials}, indent=1))
     return jobs
@@ -420,15 +276,12 @@ def collect_rows(job: SweepJob, results) -> list[dict]:
 
 def run_row(job: SweepJob, tid: str, sampled: dict, error) -> dict:
     """One trial's row, read from its run directory (metrics.jsonl, summary.json, stopped.json)."""
-    from convlens.training import outputs
-    run_dir = job.trials_dir / f"{job.name}_trial_{tid}"
-    return trial_row(tid, run_dir, sampled, outputs.read_metrics(run_dir), read_json(run_dir / "summary.json"),
-                     read_json(run_dir / "stopped.json"), error)
+    run = SweepDir(job.sweep_dir).trial_run(job.name, tid)
+    return trial_row(tid, run.path, sampled, run.read_metrics(), run.read_summary(), run.read_stopped(), error)
 
 
 def read_json(path: Path) -> dict | None:
-    from convlens.training import outputs
-    return outputs.read_json(path) if path.is_file() else None
+    return read_json_file(path)
 
 
 def trial_row(tid, run_dir, sampled, history, summary, stopped, error) -> dict:
@@ -461,7 +314,7 @@ def rank_rows(rows: list[dict]) -> list[dict]:
 
 
 def write_outputs(job: SweepJob, spec: dict, rows: list[dict]) -> None:
-    write_csv(job.sweep_dir / "trials.csv", rows)
+    write_csv(job.sweep_dir / SweepDir.TRIALS, rows)
     print(format_table(rows, list(job.space)), flush=True)
     best = rows[0] if rows and rows[0]["best"] else None
     if best is not None:
@@ -471,7 +324,7 @@ def write_outputs(job: SweepJob, spec: dict, rows: list[dict]) -> None:
     else:
         print("[convlens] no trial completed; no best_job.yaml written", flush=True)
     curves = {row["trial_id"]: read_curve(Path(row["run_dir"])) for row in rows}
-    plot_curves(curves, best["trial_id"] if best else None, job.sweep_dir / "curves.png", job.name)
+    plot_curves(curves, best["trial_id"] if best else None, job.sweep_dir / SweepDir.CURVES, job.name)
     print(f"[convlens] sweep outputs in {job.sweep_dir}", flush=True)
 
 
@@ -510,7 +363,7 @@ def write_best_job(job: SweepJob, spec: dict, best: dict) -> Path:
     spec = apply_overrides(copy.deepcopy(spec), sampled)
     spec = apply_overrides(spec, {"run.name": f"{job.name}_best", "run.root": str(job.sweep_dir.parent)})
     validate(TrainJob, spec, "best_job.yaml")
-    path = job.sweep_dir / "best_job.yaml"
+    path = job.sweep_dir / SweepDir.BEST_JOB
     header = (f"# Best trial {best['trial_id']} of sweep {job.name}: val acc {best['best_val_accuracy']:.4f}, "
               f"test acc {best['test_accuracy']:.4f}\n")
     path.write_text(header + yaml.safe_dump(spec, sort_keys=False))
@@ -518,13 +371,13 @@ def write_best_job(job: SweepJob, spec: dict, best: dict) -> Path:
 
 
 def read_curve(run_dir: Path) -> tuple[list[int], list[float]]:
-    from convlens.training import outputs
-    history = outputs.read_metrics(run_dir)
+    history = RunDir(run_dir).read_metrics()
     return [h["epoch"] for h in history], [h["val_accuracy"] for h in history]
 
 
 def plot_curves(curves: dict[str, tuple[list, list]], best: str | None, path: Path, title: str) -> None:
-    from convlens.training import outputs  # noqa: F401  (selects the Agg backend)
+    import matplotlib
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
     fig, ax = plt.subplots(figsize=(7, 4.5))

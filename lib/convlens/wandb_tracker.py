@@ -13,17 +13,15 @@ import secrets
 import string
 from pathlib import Path
 
-from convlens.tracking import tracking_mode
-
-ID_FILE = "wandb_id.txt"
+from convlens.files import write_atomic
+from convlens.rundir import RunDir
 
 
 def run_id(run_dir: Path) -> str:
     """The W&B run id of this run directory, created once and reused on every reopen."""
-    path = Path(run_dir) / ID_FILE
+    path = Path(run_dir) / RunDir.WANDB_ID
     if path.is_file():
         return path.read_text().strip()
-    from convlens.checkpoint import write_atomic
     rid = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, (rid + "\n").encode())
@@ -42,7 +40,7 @@ def epoch_row(metrics: dict) -> dict:
 class WandbTracker:
     """Tracker interface of convlens.tracking, backed by a wandb Run."""
 
-    def __init__(self, job, run_dir: Path, **init_kwargs):
+    def __init__(self, job, run_dir: Path, mode: str, **init_kwargs):
         import wandb
         self.wandb, self.job, self.run_dir = wandb, job, Path(run_dir)
         self.exit_code = 0
@@ -53,8 +51,8 @@ class WandbTracker:
                     name=job.run.name, id=run_id(self.run_dir), resume="allow",
                     dir=str(wandb_dir), config=job.model_dump(mode="json"),
                     job_type=job.run.task, **init_kwargs)
-        self.mode = tracking_mode(cfg)
-        self.run = self._init(args, self.mode)
+        self.mode = mode
+        self.run = self._init(args, mode)
 
     def _init(self, args: dict, mode: str):
         wandb = self.wandb
@@ -99,7 +97,7 @@ class WandbTracker:
             self.run.summary.update({f"test/accuracy/{k}": v for k, v in per_class.items()})
             self.log_table("test/per_class_accuracy", ["class", "test_accuracy"],
                            [[k, float(v)] for k, v in per_class.items()])
-        curves = [(self.run_dir / f"{m}.png", m) for m in ("loss", "accuracy")]
+        curves = [(self.run_dir / name, name.removesuffix(".png")) for name in RunDir.CURVES]
         self.log_images([(str(p), c) for p, c in curves if p.is_file()], key="curves")
         if self.job.tracking.log_checkpoints:
             self.log_checkpoints(summary)
@@ -113,9 +111,8 @@ class WandbTracker:
 
     def log_checkpoints(self, summary: dict) -> None:
         """The best and the last checkpoint folders as `model` artifacts."""
-        from convlens import checkpoint as ckpt
         folders = {"best": summary.get("best_checkpoint")}
-        last = ckpt.list_checkpoints(self.run_dir)
+        last = RunDir(self.run_dir).checkpoints()
         if last:
             folders["last"] = str(last[-1])
         for alias, folder in folders.items():

@@ -12,23 +12,9 @@ import torch
 from torch import nn
 
 from convlens.data.augment import normalize
+from convlens.restore import load_model_and_data
+from convlens.specs.analyze import AnalyzeOptions
 from convlens.training import tasks
-
-
-@dataclass
-class Options:
-    """Per-method knobs (AnalyzeJob.options), plain values so Ray can ship them."""
-    num_images: int = 128  # test images each method looks at
-    num_train: int = 1024  # train images indexed for kNN retrieval
-    layer: str | None = None  # stage for CAM / Grad-CAM / deconv (default: the last stage)
-    channel: int | None = None  # deconv channel (default: the most active one)
-    topk: int = 6  # deconv top-activating images; 2 correct + 2 wrong per class for CAMs
-    inversion_steps: int = 50
-    tv_weight: float = 1e-3
-    tsne_points: int = 300
-    knn_k: int = 10
-    batch_size: int = 256
-    seed: int = 0
 
 
 @dataclass
@@ -41,7 +27,7 @@ class Context:
     labels: torch.Tensor  # (N,) int64 true classes
     mean: torch.Tensor  # (1, C, 1, 1)
     std: torch.Tensor
-    opts: Options
+    opts: AnalyzeOptions
     device: torch.device = torch.device("cpu")
     train_images: torch.Tensor | None = None  # (M, C, H, W) uint8, for kNN
     train_labels: torch.Tensor | None = None
@@ -124,24 +110,14 @@ def seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def build_context(folder: Path, opts: Options, device: str = "cpu", title: str = "") -> Context:
+def build_context(folder: Path, opts: AnalyzeOptions, device: str = "cpu", title: str = "") -> Context:
     """Model and test images for one checkpoint, rebuilt from what the checkpoint recorded."""
-    from convlens.checkpoint import load_checkpoint, load_model_weights, read_manifest
-    from convlens.config import DataConfig
-    from convlens.data import load_dataset
-    from convlens.models import ResNet
-
-    arch = read_manifest(folder).get("arch") or load_checkpoint(folder)["arch"]
-    model = ResNet(**arch)
-    state = load_model_weights(model, folder)  # verified load, strict, same architecture
-    model.eval().to(device)
-    data = load_dataset(DataConfig(**state["config"]["data"]))
-    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in data.mean_std())
+    loaded = load_model_and_data(folder)  # verified load, strict, same architecture
+    data = loaded.data
     g = seeded(opts.seed)
     test = torch.randperm(len(data.test_y), generator=g)[:opts.num_images].sort().values
     train = torch.randperm(len(data.train_y), generator=g)[:opts.num_train].sort().values
-    return Context(model=model, task=state.get("task", "supervised"), classes=list(data.classes),
-                   head_classes=list(state.get("classes") or data.classes),
-                   images=data.test_x[test], labels=data.test_y[test], mean=mean, std=std, opts=opts,
-                   device=torch.device(device), train_images=data.train_x[train],
-                   train_labels=data.train_y[train], title=title)
+    return Context(model=loaded.model.to(device), task=loaded.task, classes=list(data.classes),
+                   head_classes=loaded.head_classes, images=data.test_x[test], labels=data.test_y[test],
+                   mean=loaded.mean, std=loaded.std, opts=opts, device=torch.device(device),
+                   train_images=data.train_x[train], train_labels=data.train_y[train], title=title)

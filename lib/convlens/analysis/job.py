@@ -7,71 +7,26 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import signal
 import time
 from pathlib import Path
-from typing import Literal
 
-from pydantic import Field, model_validator
-
+from convlens import faults
 from convlens.analysis import base
-from convlens.checkpoint import (CheckpointError, best_checkpoint, checkpoint_epoch, list_checkpoints,
-                                 verify, write_atomic)
-from convlens.config import ConfigError, Strict
-
-EpochChoice = int | Literal["best", "last"]
-
-
-class AnalyzeOptions(Strict):
-    num_images: int = Field(128, gt=0)  # test images each method looks at
-    num_train: int = Field(1024, gt=0)  # train images indexed for kNN
-    layer: str | None = None  # stage for Grad-CAM / guided / deconv, e.g. "layer3" (default: last)
-    channel: int | None = Field(None, ge=0)  # deconv channel (default: most active)
-    topk: int = Field(6, gt=0)  # deconv top-activating images
-    inversion_steps: int = Field(50, gt=0)  # Adam steps per stage, from noise
-    tv_weight: float = Field(1e-3, ge=0)  # total-variation prior weight
-    tsne_points: int = Field(300, gt=5)
-    knn_k: int = Field(10, gt=0)
-    batch_size: int = Field(256, gt=0)
+from convlens.checkpoint import best_checkpoint, checkpoint_epoch, verify
+from convlens.errors import CheckpointError, ConfigError
+from convlens.files import write_atomic
+from convlens.raycluster import ensure_ray, forwarded_env
+from convlens.rundir import AnalysisDir, RunDir
+from convlens.specs.analyze import AnalyzeJob, AnalyzeOptions
 
 
-class AnalyzeFaults(Strict):
-    """Fault injection for the reliability tests."""
-    kill_method: str | None = None  # SIGKILL the task running this method once, after its first PNG
-
-
-class AnalyzeJob(Strict):
-    kind: Literal["analyze"] = "analyze"
-    name: str = Field("analysis", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    out: str | None = None  # default runs/analysis/<name>
-    runs: list[str] = Field(default_factory=list)  # run directories
-    epochs: list[EpochChoice] | Literal["all", "best", "last"] = "last"  # which checkpoints of each run
-    checkpoints: list[str] = Field(default_factory=list)  # explicit checkpoint folders, besides runs
-    methods: list[str] | None = None  # default: every registered method
-    options: AnalyzeOptions = Field(default_factory=AnalyzeOptions)
-    seed: int = 0  # picks the test / train images
-    cpus_per_task: float = Field(1.0, gt=0)
-    gpus_per_task: float = Field(0.0, ge=0)  # fractional GPUs share one device
-    compare: list[tuple[str, str]] | Literal["all", "none"] = "all"  # run pairs, by run name
-    quiet: bool = False
-    faults: AnalyzeFaults = Field(default_factory=AnalyzeFaults)
-
-    @model_validator(mode="after")
-    def _checks(self):
-        from convlens.analysis.registry import names
-        if not self.runs and not self.checkpoints:
-            raise ValueError("runs and checkpoints are both empty: nothing to analyze")
-        unknown = sorted(set(self.methods or []) - set(names()))
-        if unknown:
-            raise ValueError(f"methods: unknown {unknown}; known: {names()}")
-        if self.faults.kill_method not in (None, *names()):
-            raise ValueError(f"faults.kill_method: unknown {self.faults.kill_method!r}; known: {names()}")
-        return self
-
-    @property
-    def out_dir(self) -> Path:
-        return Path(self.out or f"runs/analysis/{self.name}").expanduser().resolve()
+def check_methods(job: AnalyzeJob) -> list[str]:
+    """The methods to run, each known to the registry; unknown names fail naming the field."""
+    from convlens.analysis.registry import names
+    unknown = sorted(set(job.methods or []) - set(names()))
+    if unknown:
+        raise ConfigError(f"methods: unknown {unknown}; known: {names()}")
+    return job.methods or names()
 
 
 # ------------------------------------------------------------ which checkpoints
@@ -79,7 +34,7 @@ class AnalyzeJob(Strict):
 def run_epochs(run_dir: Path) -> dict[int, Path]:
     """epoch -> folder over checkpoint_epoch* and best_epoch* (the former preferred)."""
     found = {checkpoint_epoch(p): p for p in sorted(Path(run_dir).glob("best_epoch*")) if p.is_dir()}
-    found.update({checkpoint_epoch(p): p for p in list_checkpoints(run_dir)})
+    found.update({checkpoint_epoch(p): p for p in RunDir(run_dir).checkpoints()})
     return dict(sorted(found.items()))
 
 
@@ -127,27 +82,17 @@ def targets(job: AnalyzeJob) -> list[tuple[str, int, Path]]:
 
 # ------------------------------------------------------------ the Ray task
 
-def analyze_one(folder: str, methods: list[str], opts: dict, out_dir: str, meta: dict, device: str,
-                kill_method: str | None = None) -> list[dict]:
+def analyze_one(folder: str, methods: list[str], opts: AnalyzeOptions, out_dir: str, meta: dict,
+                device: str) -> list[dict]:
     """Methods on one checkpoint (the driver sends one per task, so a failure and its retry
     stay with that method); returns their index entries."""
     from convlens.analysis.runner import run_method
-    ctx = base.build_context(Path(folder), base.Options(**opts), device,
-                             title=f"{meta['run']} / epoch {meta['epoch']}")
+    ctx = base.build_context(Path(folder), opts, device, title=f"{meta['run']} / epoch {meta['epoch']}")
     entries = []
     for name in methods:
-        hook = kill_once(Path(out_dir) / f".killed-{name}") if name == kill_method else None
-        entries += run_method(ctx, name, Path(out_dir), meta, after_file=hook)
+        entries += run_method(ctx, name, Path(out_dir), meta,
+                              after_file=lambda _path, name=name: faults.after_file(Path(out_dir), name))
     return entries
-
-
-def kill_once(marker: Path):
-    """An after-file hook that SIGKILLs this worker the first time (the marker remembers)."""
-    def hook(_written: Path) -> None:
-        if not marker.exists():
-            marker.write_text(str(os.getpid()))
-            os.kill(os.getpid(), signal.SIGKILL)
-    return hook
 
 
 def analyze(job: AnalyzeJob) -> Path:
@@ -155,29 +100,27 @@ def analyze(job: AnalyzeJob) -> Path:
     import ray
 
     from convlens.analysis import compare
-    from convlens.analysis.registry import names
-    from convlens.raycluster import ensure_ray
 
     t0 = time.time()
+    methods = check_methods(job)
     chosen = targets(job)
-    methods = job.methods or names()
     out = job.out_dir
     out.mkdir(parents=True, exist_ok=True)
     ensure_ray(quiet=job.quiet)
     device = "cuda" if job.gpus_per_task > 0 else "cpu"
-    task = ray.remote(num_cpus=job.cpus_per_task, num_gpus=job.gpus_per_task, max_retries=2)(analyze_one)
-    opts = {**job.options.model_dump(), "seed": job.seed}
+    task = ray.remote(num_cpus=job.cpus_per_task, num_gpus=job.gpus_per_task, max_retries=2,
+                      runtime_env={"env_vars": forwarded_env()})(analyze_one)
+    opts = job.options
     refs = []
     for (run, epoch, folder), method in itertools.product(chosen, methods):
         meta = {"run": run, "epoch": epoch, "checkpoint": str(folder)}
-        refs.append(task.remote(str(folder), [method], opts, str(out / run / folder.name), meta, device,
-                                job.faults.kill_method))
+        refs.append(task.remote(str(folder), [method], opts, str(out / run / folder.name), meta, device))
     entries = gather(refs, job.quiet)
     entries += compare.write_pages(entries, out, job.compare, methods)
     index = {"name": job.name, "runs": sorted({r for r, _, _ in chosen}), "methods": methods,
              "checkpoints": [str(f) for _, _, f in chosen], "seconds": round(time.time() - t0, 1),
              "files": [{**e, "file": str(Path(e["file"]).relative_to(out))} for e in entries]}
-    write_atomic(out / "index.json", json.dumps(index, indent=1).encode())
+    write_atomic(AnalysisDir(out) / AnalysisDir.INDEX, json.dumps(index, indent=1).encode())
     log_to_wandb(entries)
     if not job.quiet:
         print(f"[convlens] analysis {job.name}: {len(entries)} files from {len(chosen)} checkpoints x "
@@ -200,13 +143,14 @@ def gather(refs: list, quiet: bool) -> list[dict]:
 def log_to_wandb(entries: list[dict]) -> None:
     """Each analysed run's figures (captioned images) and kNN / embedding numbers (tables) go
     to that run's own W&B run, with the tracking settings of its config.yaml."""
-    from convlens.config import TrainJob, read_yaml, validate
+    from convlens.specs.base import read_yaml, validate
+    from convlens.specs.train import TrainJob
     from convlens.tracking import open_tracker
     runs: dict[Path, list[dict]] = {}
     for entry in entries:
         runs.setdefault(Path(entry["checkpoint"]).parent, []).append(entry)
     for run_dir, items in runs.items():
-        config = run_dir / "config.yaml"
+        config = run_dir / RunDir.CONFIG
         if not config.is_file():  # an explicit checkpoint outside a run directory
             continue
         try:

@@ -12,7 +12,7 @@ import numpy as np
 
 from convlens.analysis import plots
 from convlens.analysis.registry import load_all
-from convlens.checkpoint import write_atomic
+from convlens.files import write_atomic
 
 
 def scalars(result: dict) -> dict:

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from convlens.data.core import DataError, ImageData
+from convlens.data.images import ImageData
+from convlens.errors import DataError
 
 FOLDER = "cifar-10-batches-py"
 TRAIN = [f"data_batch_{i}" for i in range(1, 6)]

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from convlens.data.core import DataError, ImageData
+from convlens.data.images import ImageData
+from convlens.errors import DataError
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]

@@ -1,1 +1,1 @@
-"""Launching jobs on clusters: cluster profiles (profile.py), Slurm via submitit (slurm.py), Ray across nodes (raynodes.py)."""
+"""Launching jobs on clusters: the batch script (sbatch.py), Slurm via submitit (slurm.py), Ray across nodes (raynodes.py)."""

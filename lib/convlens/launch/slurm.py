@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -23,15 +24,14 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
-from convlens.config import ConfigError, load_job, validate
-from convlens.launch.profile import ClusterProfile, load_profile, sbatch_parameters
+from convlens.errors import ConfigError, ConvlensError, JobFailed
+from convlens.launch.sbatch import make_executor
+from convlens.specs.base import validate
+from convlens.specs.cluster import ClusterProfile, load_profile
+from convlens.specs.load import load_job
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
             "DEADLINE", "PREEMPTED"}
-
-
-class JobFailed(RuntimeError):
-    """The Slurm job ended without a successful result; the message has its state and log tail."""
 
 
 class SlurmJob:
@@ -47,18 +47,29 @@ class SlurmJob:
         resume = ["--resume"] if self.kind == "sweep" and restarted else []
         return [self.kind, self.spec_path, *resume]
 
+    def run(self, restarted: bool) -> int:
+        """The job itself, as `convlens <kind> <spec>` would run it; 0 or a failure."""
+        from convlens.dispatch import run_job
+        try:
+            run_job(self.kind, self.spec_path, resume=self.kind == "sweep" and restarted)
+        except ConvlensError as err:
+            print(f"convlens: error: {err}", file=sys.stderr, flush=True)
+            return err.exit_code
+        return 0
+
     def __call__(self) -> int:
         import submitit
         env = submitit.JobEnvironment()
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
-        argv = self.argv(restarted=restarts > 0 or self.attempt > 0)
+        restarted = restarts > 0 or self.attempt > 0
+        argv = self.argv(restarted)
         print(f"[convlens] slurm job {env.job_id} rank {env.global_rank}/{env.num_tasks} on {env.hostname}: "
               f"restart {restarts}, attempt {self.attempt}, convlens {' '.join(argv)}", flush=True)
         if not self.multinode:
-            return check_status(argv, run_single_node(argv, self.cpus, self.gpus))
-        return check_status(argv, self.run_multinode(env, argv, restarts))
+            return check_status(argv, run_single_node(lambda: self.run(restarted), self.cpus, self.gpus))
+        return check_status(argv, self.run_multinode(env, restarted, restarts))
 
-    def run_multinode(self, env, argv: list[str], restarts: int) -> int:
+    def run_multinode(self, env, restarted: bool, restarts: int) -> int:
         import socket
         from convlens.launch import raynodes
         head_ip = socket.gethostbyname(env.hostnames[0])
@@ -70,7 +81,7 @@ class SlurmJob:
             return 0
         try:
             with raynodes.head_node(head_ip, port, self.nodes, self.cpus, self.gpus):
-                return run_cli(argv)
+                return self.run(restarted)
         finally:
             done.touch()
 
@@ -82,13 +93,8 @@ class SlurmJob:
         return submitit.helpers.DelayedSubmission(self)
 
 
-def run_cli(argv: list[str]) -> int:
-    from convlens.cli import main
-    return main(argv)
-
-
-def run_single_node(argv: list[str], cpus: int, gpus: int) -> int:
-    """A private Ray sized to this allocation (not to the whole machine), then the CLI."""
+def run_single_node(job, cpus: int, gpus: int) -> int:
+    """A private Ray sized to this allocation (not to the whole machine), then the job."""
     import ray
     os.environ.pop("RAY_ADDRESS", None)  # never join a cluster inherited from the submitter
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
@@ -96,7 +102,7 @@ def run_single_node(argv: list[str], cpus: int, gpus: int) -> int:
     # address="local": a new instance even if a `ray start` on this node left its address behind
     ray.init(address="local", num_cpus=cpus, num_gpus=gpus)
     try:
-        return run_cli(argv)
+        return job()
     finally:
         ray.shutdown()
 
@@ -141,31 +147,6 @@ def write_spec(job: BaseModel, profile: ClusterProfile, label: str) -> Path:
     path = folder / f"{label}-{datetime.now():%Y%m%d-%H%M%S-%f}.yaml"
     path.write_text(yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False))
     return path
-
-
-def make_executor(profile: ClusterProfile, job_name: str, multinode: bool = False):
-    import submitit
-    executor = submitit.SlurmExecutor(folder=profile.folder, max_num_timeout=20)
-    params = sbatch_parameters(profile, job_name)
-    # The job runs in a fresh process on another machine: same python (submitit's default,
-    # sys.executable) and the same import path as this submitter.
-    # WANDB_SERVICE: a W&B service the submitter's process runs must not be reused by the job
-    # (it may be on another machine, and outlives a requeued attempt's half-open run).
-    params["setup"] = [*pythonpath_lines(), f"export CONVLENS_SLURM_FOLDER={profile.folder.parent}/$SLURM_JOB_ID",
-                       "unset WANDB_SERVICE", *ray_auth_lines(multinode), *params["setup"]]
-    executor.update_parameters(**params)
-    return executor
-
-
-def ray_auth_lines(multinode: bool) -> list[str]:
-    # Ray reads its auth mode at import: set it before any Python starts, the same on every node.
-    return ['export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"'] if multinode else []
-
-
-def pythonpath_lines() -> list[str]:
-    import shlex
-    path = os.environ.get("PYTHONPATH")
-    return [f"export PYTHONPATH={shlex.quote(path)}"] if path else []
 
 
 def submit(cluster_yaml, kind: str, spec, overrides=(), wait: bool = False, array: bool = False,
@@ -284,8 +265,3 @@ def log_tail(sjob, lines: int = 30) -> str:
     return f"--- last lines of {path}:\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-
-def sbatch_script(profile: ClusterProfile, label: str) -> str:
-    """The batch script submit() would queue for this profile (to inspect without a cluster)."""
-    executor = make_executor(profile, f"convlens-{label}", profile.nodes > 1)
-    return executor._make_submission_file_text(executor._submitit_command_str, uid="preview")

@@ -5,14 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from convlens.data.augment import normalize
+from convlens.training.dist import all_reduce_
 from convlens.training import tasks
-
-
-def all_reduce_(t: torch.Tensor, op=None) -> torch.Tensor:
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
-    return t
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
 """Images per second of every analysis method, on a random tiny ResNet.
 
-python -m convlens.analysis.bench [--images 128] [--width 16] [--methods cam gradcam] [--device cuda]
+python -m convlens.bench.analysis [--images 128] [--width 16] [--methods cam gradcam] [--device cuda]
 Times `compute` only (drawing is reported separately): the numbers say how the maths scales.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 
 from convlens.analysis import base
 from convlens.analysis.registry import load_all
+from convlens.specs.analyze import AnalyzeOptions
 from convlens.models import ResNet
 
 
@@ -25,7 +26,7 @@ def context(images: int, width: int, device: str = "cpu", size: int = 28) -> bas
         head_classes=[f"c{i}" for i in range(10)],
         images=torch.randint(0, 256, (images, 1, size, size), generator=g, dtype=torch.uint8),
         labels=torch.arange(images) % 10, mean=torch.full((1, 1, 1, 1), 0.3), std=torch.full((1, 1, 1, 1), 0.35),
-        opts=base.Options(num_images=images, num_train=1024, tsne_points=min(images, 300)),
+        opts=AnalyzeOptions(num_images=images, num_train=1024, tsne_points=min(images, 300)),
         train_images=torch.randint(0, 256, (1024, 1, size, size), generator=g, dtype=torch.uint8),
         train_labels=torch.arange(1024) % 10, title="bench", device=torch.device(device))
 

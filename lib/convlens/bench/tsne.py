@@ -1,6 +1,6 @@
 """scikit-learn's t-SNE vs openTSNE on the same penultimate features of a real checkpoint.
 
-python -m convlens.analysis.tsne_bench CHECKPOINT_FOLDER [--points 2000 5000 10000] [--threads 2]
+python -m convlens.bench.tsne CHECKPOINT_FOLDER [--points 2000 5000 10000] [--threads 2]
 Prints seconds and trustworthiness (on a 2,000-point sample) for each, at the same number of
 iterations. openTSNE is optional (`pip install openTSNE`). On the 2-core development machine
 scikit-learn was faster up to 5k points and openTSNE about 10% faster at 10k, with the same
@@ -16,6 +16,7 @@ import numpy as np
 from sklearn.manifold import TSNE, trustworthiness
 
 from convlens.analysis import base
+from convlens.specs.analyze import AnalyzeOptions
 
 
 ITERATIONS = 500  # in all, 250 of them early exaggeration (scikit-learn's split of max_iter)
@@ -42,7 +43,7 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     most = max(args.points)
-    ctx = base.build_context(Path(args.checkpoint), base.Options(num_images=most), "cpu")
+    ctx = base.build_context(Path(args.checkpoint), AnalyzeOptions(num_images=most), "cpu")
     all_feats = base.features(ctx, ctx.images[:most]).astype(np.float32)
     impls = {"scikit-learn": sklearn_tsne, "openTSNE": open_tsne}
     for n in args.points:

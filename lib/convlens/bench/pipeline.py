@@ -10,53 +10,32 @@ asserts nothing.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
-from typing import Literal
 
 import torch
-import torch.nn.functional as F
-from pydantic import Field
 
-from convlens.config import DataConfig, ModelConfig, Strict
-from convlens.data import ImageData, load_dataset
-from convlens.data.augment import augment, epoch_plan
-from convlens.models import build_model
-
-
-class BenchJob(Strict):
-    kind: Literal["bench"] = "bench"
-    data: DataConfig = Field(default_factory=lambda: DataConfig(train_subset=8192))
-    model: ModelConfig = Field(default_factory=lambda: ModelConfig(layers=[1, 1, 1], width=16))
-    batch_size: int = Field(128, gt=0)
-    steps: int = Field(40, gt=0)  # per round
-    rounds: int = Field(3, gt=0)
-    warmup: int = Field(5, ge=0)
-    loader_workers: int = Field(2, ge=0)  # baseline DataLoader processes
-    threads: int = Field(2, gt=0)  # torch intra-op threads for the model
-    channels_last: bool = True  # the model's memory format, as run.channels_last in training (all three)
-    device: Literal["cpu", "cuda"] = "cpu"  # cuda: model, in-memory dataset and augmentation on the GPU
-    bf16: bool = True  # autocast, as run.bf16 in training (cuda only)
-    compile: bool = False  # torch.compile the model, as run.compile in training
-    sources: list[Literal["model_only", "convlens", "dataloader_pil"]] = Field(
-        default_factory=lambda: ["model_only", "convlens", "dataloader_pil"], min_length=1)
-    # [C, H, W]: random uint8 images of this shape (data.train_subset of them, 10 classes) instead
-    # of data.path; [3, 32, 32] is CIFAR-10's shape, for where CIFAR-10 cannot be downloaded.
-    synthetic: list[int] | None = Field(None, min_length=3, max_length=3)
-    out: str | None = None  # also write the figures as JSON here
+from convlens.data.images import ImageData
+from convlens.data.load import load_dataset
+from convlens.errors import ConfigError
+from convlens.files import write_atomic
+from convlens.specs.bench import BenchJob
+from convlens.specs.train import TrainJob
+from convlens.training.trainer import Trainer
 
 
-def step_fn(model, opt, channels_last: bool, device: torch.device, amp: bool):
-    def step(x, y):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = F.cross_entropy(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return step
+def trainer_for(job: BenchJob, data: ImageData, device: torch.device, root: str) -> Trainer:
+    """The Trainer a `convlens train` worker builds for this model, batch and device: the bench
+    times its `step` and `batches`, the training step itself (nothing is written under root)."""
+    train = TrainJob.model_validate({
+        "run": {"root": root, "name": "bench", "epochs": 10_000, "channels_last": job.channels_last,
+                "bf16": job.bf16, "compile": job.compile, "use_gpu": job.device == "cuda"},
+        "data": {**job.data.model_dump(), "batch_size": job.batch_size, "val_fraction": 0.0},
+        "model": job.model.model_dump(), "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
+        "schedule": {"name": "constant"}})
+    torch.manual_seed(0)
+    return Trainer(train, data, device=device)
 
 
 def sync(device: torch.device) -> None:
@@ -89,18 +68,12 @@ def batch_ms(batches, n: int, device: torch.device) -> float:
     return (time.perf_counter() - t0) / n * 1000
 
 
-def convlens_batches(data, job, mean, std):
+def convlens_batches(trainer: Trainer):
     """As training does it: the uint8 dataset on the model's device, augmented there per batch."""
-    pad, device = job.data.crop_padding, mean.device
-    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     epoch = 0
     while True:
         epoch += 1
-        plan = epoch_plan(len(data.train_y), pad, True, 0, epoch).to(device)
-        for start in range(0, len(plan.order) - job.batch_size + 1, job.batch_size):
-            sl = slice(start, start + job.batch_size)
-            idx = plan.order[sl]
-            yield augment(train_x[idx], plan.shifts[sl], plan.flips[sl], pad, mean, std), train_y[idx]
+        yield from trainer.batches(epoch)
 
 
 class PILDataset(torch.utils.data.Dataset):
@@ -117,8 +90,9 @@ class PILDataset(torch.utils.data.Dataset):
         return self.transform(self.images[i]), self.labels[i]
 
 
-def baseline_batches(data, job, mean, std):
+def baseline_batches(data, job, trainer: Trainer):
     from torchvision import transforms as T
+    mean, std = data.mean_std()
     size = data.train_x.shape[-1]
     tf = T.Compose([T.RandomCrop(size, padding=job.data.crop_padding), T.RandomHorizontalFlip(),
                     T.ToTensor(), T.Normalize(mean, std)])
@@ -127,13 +101,13 @@ def baseline_batches(data, job, mean, std):
                                          pin_memory=job.device == "cuda",
                                          persistent_workers=job.loader_workers > 0)
     while True:
-        yield from loader
+        for x, y in loader:
+            yield trainer.inputs(x.to(trainer.device, non_blocking=True), y.to(trainer.device, non_blocking=True))
 
 
-def fixed_batches(data, job, mean, std):
-    x = augment(data.train_x[:job.batch_size].to(mean.device), torch.zeros(job.batch_size, 2, dtype=torch.long),
-                torch.zeros(job.batch_size, dtype=torch.bool), 0, mean, std)
-    y = data.train_y[:job.batch_size].to(mean.device)
+def fixed_batches(trainer: Trainer):
+    """One batch over and over: the pure model step."""
+    x, y = next(trainer.batches(1))
     while True:
         yield x, y
 
@@ -149,7 +123,7 @@ def synthetic_data(shape: list[int], n: int) -> ImageData:
 def run_bench(job: BenchJob) -> dict:
     torch.set_num_threads(job.threads)
     if job.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: 'cuda' but torch sees no CUDA GPU here; use device=cpu")
+        raise ConfigError("device = 'cuda': torch sees no CUDA GPU here; use device=cpu")
     device = torch.device(job.device)
     amp = job.device == "cuda" and job.bf16
     data = (synthetic_data(job.synthetic, job.data.train_subset or 8192) if job.synthetic
@@ -159,23 +133,11 @@ def run_bench(job: BenchJob) -> dict:
           f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
           f"{', bf16' if amp else ''}{', channels_last' if job.channels_last else ''}"
           f"{', compiled' if job.compile else ''}", flush=True)
-    mean_l, std_l = data.mean_std()
-    mean = torch.tensor(mean_l, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(std_l, device=device).view(1, -1, 1, 1)
-    make = {"model_only": lambda: fixed_batches(data, job, mean, std),
-            "convlens": lambda: convlens_batches(data, job, mean, std),
-            "dataloader_pil": lambda: baseline_batches(data, job, mean_l, std_l)}
-    sources = {name: make[name]() for name in make if name in job.sources}
-    steps = {}
-    for name in sources:
-        torch.manual_seed(0)
-        model = build_model(job.model, data.in_chans, data.num_classes).to(device)
-        if job.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        if job.compile:
-            model = torch.compile(model)
-        steps[name] = step_fn(model, opt, job.channels_last, device, amp)
+    trainers = {name: trainer_for(job, data, device, tempfile.gettempdir()) for name in job.sources}
+    make = {"model_only": lambda t: fixed_batches(t), "convlens": lambda t: convlens_batches(t),
+            "dataloader_pil": lambda t: baseline_batches(data, job, t)}
+    sources = {name: make[name](trainers[name]) for name in make if name in job.sources}
+    steps = {name: trainers[name].step for name in sources}
     # Rounds interleave the three, and each keeps its best round: on a shared machine the
     # noise only ever slows a round down.
     rounds = {name: [] for name in sources}
@@ -198,6 +160,5 @@ def run_bench(job: BenchJob) -> dict:
         results["speedup_vs_baseline"] = results["convlens"] / results["dataloader_pil"]
         print(f"[bench] convlens / baseline = {results['speedup_vs_baseline']:.2f}x", flush=True)
     if job.out:
-        from convlens.checkpoint import write_atomic
         write_atomic(Path(job.out), json.dumps(results, indent=2).encode())
     return results

@@ -1,6 +1,6 @@
 """How training cost scales: 2 Ray workers vs 1, dataset size, model width. Prints a table.
 
-python -m convlens.bench_scaling [SPEC] [--epochs 2] [--root runs/bench_scaling]
+python -m convlens.bench.scaling [SPEC] [--epochs 2] [--root runs/bench_scaling]
 
 Each row is a real `convlens train` of SPEC (default jobs/fmnist_resnet.yaml) with a few
 overrides; images/second is the last epoch's (the first pays for process and graph start-up).
@@ -12,7 +12,8 @@ import shutil
 import time
 from pathlib import Path
 
-from convlens.config import load_job
+from convlens.rundir import RunDir
+from convlens.specs.load import load_job
 
 # (label, overrides): the first row is the reference the others are divided by
 ROWS = [
@@ -27,7 +28,6 @@ ROWS = [
 
 
 def measure(spec: str, overrides: dict, epochs: int, root: Path, name: str) -> dict:
-    from convlens.training.outputs import read_metrics
     from convlens.training.run import train
     base = {"data.train_subset": 10000, "data.test_subset": 1000, "run.epochs": epochs,
             "schedule.name": "constant", "run.quiet": True, "run.root": str(root), "run.name": name}
@@ -35,7 +35,7 @@ def measure(spec: str, overrides: dict, epochs: int, root: Path, name: str) -> d
     shutil.rmtree(job.run_dir, ignore_errors=True)
     start = time.time()
     train(job)
-    last = read_metrics(job.run_dir)[-1]
+    last = RunDir(job.run_dir).read_metrics()[-1]
     return {"images_per_second": last["images_per_second"], "epoch_seconds": last["epoch_seconds"],
             "wall_seconds": time.time() - start}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from convlens.config import Strict, read_yaml, validate
+from convlens.specs.base import Strict, read_yaml, validate
 
 
 class ClusterProfile(Strict):
@@ -36,24 +36,3 @@ class ClusterProfile(Strict):
 
 def load_profile(path: str | Path) -> ClusterProfile:
     return validate(ClusterProfile, read_yaml(path), f"cluster profile {path}")
-
-
-def sbatch_parameters(profile: ClusterProfile, job_name: str) -> dict:
-    """submitit.SlurmExecutor parameters for one allocation of profile.nodes nodes."""
-    params = {
-        "job_name": job_name,
-        "time": profile.time_minutes,
-        "nodes": profile.nodes,
-        "ntasks_per_node": 1,
-        "cpus_per_task": profile.cpus_per_task,
-        "signal_delay_s": profile.signal_delay_s,
-        "array_parallelism": profile.array_parallelism,
-        "setup": list(profile.setup),
-        "additional_parameters": dict(profile.sbatch_extra),
-    }
-    optional = {"partition": profile.partition, "account": profile.account, "qos": profile.qos,
-                "constraint": profile.constraint,
-                "gpus_per_node": profile.gpus_per_node or None,
-                "mem": f"{int(profile.mem_gb * 1024)}M" if profile.mem_gb else None}
-    params.update({k: v for k, v in optional.items() if v is not None})
-    return params

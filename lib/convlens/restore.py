@@ -1,0 +1,46 @@
+"""A trained network and its data, rebuilt from what a checkpoint recorded.
+
+Every reader of checkpoints (the test evaluation, analysis tasks, probes) goes through
+`load_model_and_data`: verified, weights-only, strict about the architecture.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from convlens.checkpoint import load_checkpoint
+from convlens.data.images import ImageData
+from convlens.data.load import load_dataset
+from convlens.models import ResNet
+from convlens.specs.train import DataConfig
+
+
+@dataclass
+class Loaded:
+    model: ResNet  # eval mode, on `device`
+    data: ImageData  # the dataset the run trained on (its subsets too)
+    mean: torch.Tensor  # (1, C, 1, 1) on `device`
+    std: torch.Tensor
+    state: dict  # the checkpoint's whole state (epoch, config, history, ...)
+    task: str  # "supervised" | "rotation"
+    head_classes: list[str]  # what the head predicts: classes, or rotations
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+
+def load_model_and_data(folder: Path, device="cpu", data: ImageData | None = None) -> Loaded:
+    """The checkpoint's network (eval mode) and data; `data` skips reloading a dataset the
+    caller already holds."""
+    state = load_checkpoint(Path(folder))
+    model = ResNet(**state["arch"])
+    model.load_state_dict(state["model"], strict=True)
+    model.eval().to(device)
+    if data is None:
+        data = load_dataset(DataConfig(**state["config"]["data"]))
+    mean, std = data.norm_stats(device)
+    return Loaded(model=model, data=data, mean=mean, std=std, state=state,
+                  task=state.get("task", "supervised"), head_classes=list(state.get("classes") or data.classes))

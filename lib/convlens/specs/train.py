@@ -1,0 +1,111 @@
+"""The train job: run, data, model, optimizer, schedule and tracking sections."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from convlens.specs.base import RUN_NAME, Strict
+
+
+class DataConfig(Strict):
+    dataset: Literal["fashion_mnist", "cifar10", "image_folder"] = "fashion_mnist"
+    # Folder with the dataset files (IDX files, cifar-10-batches-py/, or class sub-folders).
+    path: str = "/usr/share/datasets/fashion-mnist"
+    download: bool = False  # cifar10 only: fetch with torchvision when missing
+    image_size: int = Field(32, gt=0)  # image_folder only: every image resized to this square
+    batch_size: int = Field(128, gt=0)  # global batch, split evenly across workers
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # held out from train, seeded
+    crop_padding: int = Field(4, ge=0)  # random crop after zero padding; 0 disables
+    flip: bool = True  # random horizontal flip
+    train_subset: int | None = Field(None, gt=0)  # use only N training images (smoke runs)
+    test_subset: int | None = Field(None, gt=0)
+    corrupt_images: Literal["fail", "skip"] = "fail"  # image_folder: unreadable files
+    cache_dir: str = "~/.cache/convlens"
+
+
+class ModelConfig(Strict):
+    block: Literal["basic", "bottleneck"] = "basic"
+    layers: list[int] = Field(default_factory=lambda: [2, 2, 2, 2])  # blocks per stage
+    width: int = Field(64, gt=0)  # channels of the first stage, doubled per stage
+    stem: Literal["cifar", "imagenet"] = "cifar"
+    sync_bn: bool = False  # batch norm over the global batch of all DDP workers
+    pretrained: str | None = None  # local torchvision-format state_dict (.pth)
+
+    @model_validator(mode="after")
+    def _layers(self):
+        if not 1 <= len(self.layers) <= 4 or any(n < 1 for n in self.layers):
+            raise ValueError(f"model.layers = {self.layers}: need 1 to 4 stages of >= 1 block each")
+        return self
+
+
+class OptimConfig(Strict):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)  # sgd only
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class ScheduleConfig(Strict):
+    name: Literal["multistep", "cosine", "onecycle", "constant"] = "multistep"
+    milestones: list[int] = Field(default_factory=list)  # epochs where lr *= gamma
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+
+
+class TrackingConfig(Strict):
+    mode: Literal["online", "offline", "disabled"] = "disabled"  # WANDB_MODE overrides
+    project: str = "convlens"
+    entity: str | None = None
+    group: str | None = None
+    dir: str | None = None  # where wandb writes; default: the run directory
+    init_timeout: float = Field(20.0, gt=0)  # seconds before online falls back to offline
+    log_checkpoints: bool = False  # upload best and final checkpoints as artifacts
+
+
+class RunSection(Strict):
+    name: str = Field("run", pattern=RUN_NAME)
+    root: str = "runs"  # run directory is <root>/<name>
+    task: Literal["supervised", "rotation"] = "supervised"
+    epochs: int = Field(10, gt=0)
+    seed: int = 0
+    workers: int = Field(1, gt=0)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = False
+    bf16: bool = True  # autocast on GPU only
+    channels_last: bool = True  # NHWC activations: faster convolutions on GPU and on CPU
+    compile: bool = False  # torch.compile the model (GPU)
+    keep_last: int = Field(2, gt=0)  # checkpoints kept besides the best
+    max_failures: int = Field(1, ge=0)  # worker-group restarts before the run fails
+    on_corrupt_checkpoint: Literal["fallback", "stop"] = "fallback"
+    steps_per_epoch: int | None = Field(None, gt=0)  # cap, for smoke runs
+    eval_batch_size: int = Field(512, gt=0)
+    quiet: bool = False
+
+
+class TrainJob(Strict):
+    kind: Literal["train"] = "train"
+    run: RunSection = Field(default_factory=RunSection)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        late = [m for m in self.schedule.milestones if m >= self.run.epochs]
+        if late:
+            raise ValueError(
+                f"schedule.milestones = {self.schedule.milestones}: {late} not before the last epoch "
+                f"(run.epochs = {self.run.epochs})")
+        if self.data.batch_size % self.run.workers:
+            raise ValueError(
+                f"data.batch_size = {self.data.batch_size}: not divisible across run.workers = {self.run.workers}")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.root).expanduser().resolve() / self.run.name

@@ -1,0 +1,101 @@
+"""The function each Ray Train worker runs, top to bottom.
+
+Rank 0 writes the checkpoint, the best copy and metrics.jsonl; every rank reports once per
+epoch in lockstep. Errors that would recur on retry (a NaN loss, a corrupt or foreign
+checkpoint) end the run through a final report carrying `stop_reason`, so no retries are
+spent on them.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import ray.train
+import ray.train.torch
+
+from convlens import checkpoint as ckpt
+from convlens.data.load import load_dataset
+from convlens.errors import RunStopped
+from convlens.rundir import RunDir
+from convlens.specs.train import TrainJob
+from convlens.tracking import open_tracker
+from convlens.training import resume
+from convlens.training.trainer import Trainer
+
+
+def train_worker(config: dict) -> None:
+    job = TrainJob.model_validate(config["job"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    run = RunDir(job.run_dir)
+    trainer = Trainer(job, load_dataset(job.data), rank, world, ray.train.torch.get_device(),
+                      wrap=ray.train.torch.prepare_model)
+    latest = ray.train.get_checkpoint()
+    try:
+        state, source = resume.restore(Path(latest.path) if latest else None, trainer.arch,
+                                       job.run.on_corrupt_checkpoint)
+    except RunStopped as stop:
+        end_run(run, rank, {"stop_reason": str(stop), "epoch": 0})
+        return
+    if state is not None:
+        trainer.load_state_dict(state)
+    if rank == 0:
+        resume.record_attempt(run, trainer.epoch + 1, source, trainer.hardware(), verbose=not job.run.quiet)
+    tracker = open_tracker(job, run.path, rank)
+    tracker.log_history(trainer.history, trainer.class_names)
+    try:
+        for epoch in range(trainer.epoch + 1, job.run.epochs + 1):
+            metrics = trainer.run_epoch(epoch)
+            if "stop_reason" in metrics:
+                end_run(run, rank, metrics)
+                tracker.stop(metrics["stop_reason"])
+                return
+            trainer.record(metrics)
+            report_epoch(trainer, metrics)
+            tracker.log_epoch(metrics, trainer.class_names)
+            print_epoch(job, rank, metrics)
+    finally:
+        tracker.finish()
+
+
+def end_run(run: RunDir, rank: int, metrics: dict) -> None:
+    """Stop without spending retries: rank 0 records why, then every rank reports once more."""
+    if rank == 0:
+        run.write_stopped(metrics)
+    ray.train.report(metrics)
+
+
+def report_epoch(trainer: Trainer, metrics: dict) -> None:
+    """Rank 0 saves the checkpoint (and the best copy) with its report; the others just report."""
+    if trainer.rank != 0:
+        ray.train.report(metrics)
+        return
+    epoch, run = metrics["epoch"], trainer.run
+    state = trainer.state_dict()
+    meta = {"epoch": epoch, "val_error": metrics["val_error"], "arch": trainer.arch}
+    if trainer.best["epoch"] == epoch:
+        save_best(state, meta, run, epoch)
+    with tempfile.TemporaryDirectory(prefix="convlens-ckpt-") as tmp:
+        folder = ckpt.save_checkpoint(state, Path(tmp) / "checkpoint", meta)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
+                         checkpoint_dir_name=RunDir.folder_name(RunDir.CHECKPOINT, epoch))
+    run.write_metrics(trainer.history)
+
+
+def save_best(state: dict, meta: dict, run: RunDir, epoch: int) -> None:
+    """A new best_epochNNNN_<id>/ first, then remove the older ones (a kill in between leaves
+    two; the newest verified one counts)."""
+    new = ckpt.save_checkpoint(state, run / RunDir.folder_name(RunDir.BEST, epoch), meta)
+    for old in run.bests():
+        if old != new:
+            shutil.rmtree(old, ignore_errors=True)
+    ckpt.remove_unfinished_saves(run.path)
+
+
+def print_epoch(job: TrainJob, rank: int, m: dict) -> None:
+    if rank == 0 and not job.run.quiet:
+        print(f"[convlens] {job.run.name} epoch {m['epoch']}/{job.run.epochs}: "
+              f"train loss {m['train_loss']:.4f} acc {m['train_accuracy']:.4f} | "
+              f"val loss {m['val_loss']:.4f} acc {m['val_accuracy']:.4f} | "
+              f"lr {m['lr']:.4g} | {m['images_per_second']:.0f} img/s", flush=True)
