@@ -26,6 +26,11 @@ def write(tmp_path, spec):
     ("optim.lrr=0.1", ["optim.lrr", "unknown field"]),
     ("run.name=../escape", ["run.name"]),
     ("model.layers=[1,1,1,1,1]", ["model.layers"]),
+    ("model.freeze=[layer3]", ["model.freeze", "layer3", "2 stages"]),
+    ("model.freeze=[head]", ["model.freeze", "head"]),
+    ("data.random_resized_crop={scale: [0.5, 1]}", ["data.crop_padding = 4", "random_resized_crop"]),
+    ("data.random_resized_crop={scale: [0.5, 2]}", ["scale", "<= 1"]),
+    ("data.color_jitter={brightness: 1.5}", ["data.color_jitter.brightness", "1.5"]),
 ])
 def test_bad_values_name_the_field(tmp_path, override, names):
     spec = tiny_spec(tmp_path, str(tmp_path), run={"workers": 2})

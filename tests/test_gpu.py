@@ -46,8 +46,9 @@ def test_a_gpu_checkpoint_evaluates_the_same_on_the_cpu(gpu_run):
     model = build_model(job.model, data.in_chans, data.num_classes)
     load_model_weights(model, best_checkpoint(job.run_dir))
     assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in model.parameters())
-    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in data.mean_std())
-    cpu = evaluate(model, data.test_x, data.test_y, "supervised", data.num_classes, mean, std, 256,
+    from convlens.data.augment import Augment
+    prepare = Augment(job.data, *data.norm_stats()).eval
+    cpu = evaluate(model, data.test_x, data.test_y, "supervised", data.num_classes, prepare, 256,
                    torch.device("cpu"))
     assert cpu["accuracy"] == pytest.approx(summary["test_accuracy"], abs=0.01)
 

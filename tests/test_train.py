@@ -98,3 +98,29 @@ def test_nonfinite_check_finds_the_first_bad_step_one_check_later_or_at_epoch_en
     final = NonFiniteWatch(torch.device("cpu"))
     final.note(torch.tensor(float("inf")), 7)
     assert final.check(final=True) == 7
+
+
+def test_frozen_parts_stay_bit_identical(ray_cluster, tiny_job, tmp_path):
+    """Fine-tuning a pretrained network (of another class count: the head is replaced) with the
+    stem and layer1 frozen: their weights and batch-norm statistics leave training bit-identical
+    to the file, while the rest learns."""
+    import torch
+    from conftest import final_weights
+    from convlens.models import ResNet
+    torch.manual_seed(5)
+    source = ResNet([1, 1], 8, in_chans=1, num_classes=4)
+    for m in source.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 2.0)
+    path = tmp_path / "pretrained.pth"
+    torch.save(source.state_dict(), path)
+    job = tiny_job("frozen", model={"layers": [1, 1], "width": 8, "pretrained": str(path),
+                                    "freeze": ["stem", "layer1"]})
+    train(job)
+    final, start = final_weights(job.run_dir), source.state_dict()
+    frozen = [k for k in final if k.startswith(("conv1.", "bn1.", "layer1."))]
+    assert len(frozen) == 18 and all(torch.equal(final[k], start[k]) for k in frozen)
+    assert any("running_var" in k for k in frozen)
+    assert not torch.equal(final["layer2.0.conv1.weight"], start["layer2.0.conv1.weight"])
+    assert not torch.equal(final["layer2.0.bn1.running_mean"], start["layer2.0.bn1.running_mean"])
+    assert final["fc.weight"].shape == (10, 16)

@@ -83,6 +83,7 @@ class ResNet(nn.Module):
             self.maxpool = nn.MaxPool2d(3, 2, 1)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
+        self.frozen: list[str] = []  # parts kept fixed (freeze), by name
         in_ch = width
         self.stage_names = []
         for i, n_blocks in enumerate(layers):
@@ -102,6 +103,26 @@ class ResNet(nn.Module):
 
     def stages(self) -> list[nn.Module]:
         return [getattr(self, n) for n in self.stage_names]
+
+    def part(self, name: str) -> list[nn.Module]:
+        """The modules of a named part: "stem" (conv1, bn1) or a stage ("layer1", ...)."""
+        return [self.conv1, self.bn1] if name == "stem" else [getattr(self, name)]
+
+    def freeze(self, parts: list[str]) -> None:
+        """Keep these parts fixed: no gradients, and their batch norms in eval mode (running
+        statistics used, never updated) whatever train() is called with."""
+        self.frozen = list(parts)
+        for name in parts:
+            for module in self.part(name):
+                module.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for name in self.frozen:
+            for module in self.part(name):
+                module.train(False)
+        return self
 
     def forward_stem(self, x):
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from convlens.checkpoint import load_checkpoint
+from convlens.data.augment import Augment
 from convlens.data.images import ImageData
 from convlens.data.load import load_dataset
 from convlens.models import ResNet
@@ -26,10 +27,15 @@ class Loaded:
     state: dict  # the checkpoint's whole state (epoch, config, history, ...)
     task: str  # "supervised" | "rotation"
     head_classes: list[str]  # what the head predicts: classes, or rotations
+    augment: Augment  # the run's data pipeline; .eval is what the network saw in evaluation
 
     @property
     def device(self) -> torch.device:
         return self.mean.device
+
+    def prepare(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        """uint8 images (on the device) -> the network's input, as in the run's evaluation."""
+        return self.augment.eval(x_uint8)
 
 
 def load_model_and_data(folder: Path, device="cpu", data: ImageData | None = None) -> Loaded:
@@ -39,8 +45,10 @@ def load_model_and_data(folder: Path, device="cpu", data: ImageData | None = Non
     model = ResNet(**state["arch"])
     model.load_state_dict(state["model"], strict=True)
     model.eval().to(device)
+    cfg = DataConfig(**state["config"]["data"])
     if data is None:
-        data = load_dataset(DataConfig(**state["config"]["data"]))
+        data = load_dataset(cfg)
     mean, std = data.norm_stats(device)
     return Loaded(model=model, data=data, mean=mean, std=std, state=state,
-                  task=state.get("task", "supervised"), head_classes=list(state.get("classes") or data.classes))
+                  task=state.get("task", "supervised"), head_classes=list(state.get("classes") or data.classes),
+                  augment=Augment(cfg, mean, std))

@@ -9,6 +9,26 @@ from pydantic import Field, model_validator
 from convlens.specs.base import RUN_NAME, Strict
 
 
+class RandomResizedCrop(Strict):
+    """A random box of the image resampled to the output size (replaces data.crop_padding)."""
+    scale: tuple[float, float] = (0.35, 1.0)  # area fraction of the image
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect ratio, drawn log-uniform
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        for name, (lo, hi), top in (("scale", self.scale, 1.0), ("ratio", self.ratio, None)):
+            if not 0 < lo <= hi or (top and hi > top):
+                raise ValueError(f"{name} = {[lo, hi]}: need 0 < lo <= hi{' <= 1' if top else ''}")
+        return self
+
+
+class ColorJitter(Strict):
+    """Per-image factors drawn from [1 - x, 1 + x], applied in this order (as torchvision)."""
+    brightness: float = Field(0.4, ge=0, lt=1)
+    contrast: float = Field(0.4, ge=0, lt=1)
+    saturation: float = Field(0.4, ge=0, lt=1)  # no effect on one-channel images
+
+
 class DataConfig(Strict):
     dataset: Literal["fashion_mnist", "cifar10", "image_folder"] = "fashion_mnist"
     # Folder with the dataset files (IDX files, cifar-10-batches-py/, or class sub-folders).
@@ -19,10 +39,20 @@ class DataConfig(Strict):
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # held out from train, seeded
     crop_padding: int = Field(4, ge=0)  # random crop after zero padding; 0 disables
     flip: bool = True  # random horizontal flip
+    resize: int | None = Field(None, gt=0)  # every batch resized on the device to this square (e.g. 224)
+    random_resized_crop: RandomResizedCrop | None = None
+    color_jitter: ColorJitter | None = None
     train_subset: int | None = Field(None, gt=0)  # use only N training images (smoke runs)
     test_subset: int | None = Field(None, gt=0)
     corrupt_images: Literal["fail", "skip"] = "fail"  # image_folder: unreadable files
     cache_dir: str = "~/.cache/convlens"
+
+    @model_validator(mode="after")
+    def _one_crop(self):
+        if self.random_resized_crop is not None and self.crop_padding:
+            raise ValueError(f"data.crop_padding = {self.crop_padding}: set it to 0 with "
+                             f"data.random_resized_crop, which replaces the crop")
+        return self
 
 
 class ModelConfig(Strict):
@@ -32,11 +62,16 @@ class ModelConfig(Strict):
     stem: Literal["cifar", "imagenet"] = "cifar"
     sync_bn: bool = False  # batch norm over the global batch of all DDP workers
     pretrained: str | None = None  # local torchvision-format state_dict (.pth)
+    # Parts kept fixed while training (fine-tuning): weights and batch-norm statistics.
+    freeze: list[Literal["stem", "layer1", "layer2", "layer3", "layer4"]] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _layers(self):
         if not 1 <= len(self.layers) <= 4 or any(n < 1 for n in self.layers):
             raise ValueError(f"model.layers = {self.layers}: need 1 to 4 stages of >= 1 block each")
+        missing = [p for p in self.freeze if p != "stem" and int(p[-1]) > len(self.layers)]
+        if missing:
+            raise ValueError(f"model.freeze = {self.freeze}: {missing} not in a model of {len(self.layers)} stages")
         return self
 
 

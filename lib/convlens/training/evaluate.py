@@ -4,24 +4,24 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from convlens.data.augment import normalize
-from convlens.training.dist import all_reduce_
 from convlens.training import tasks
+from convlens.training.dist import all_reduce_
 
 
 @torch.no_grad()
-def evaluate(model, images, labels, task: str, num_out: int, mean, std, batch_size: int,
+def evaluate(model, images, labels, task: str, num_out: int, prepare, batch_size: int,
              device, amp: bool = False, channels_last: bool = False) -> dict:
     """Sum of loss, correct and per-class counts over this shard, all-reduced across workers.
 
-    images: (N, C, H, W) uint8 on any device; labels (N,) int64.
+    images: (N, C, H, W) uint8 on any device; labels (N,) int64; prepare: uint8 batch on the
+    device -> the model's input (Augment.eval: resize and normalize).
     Returns {"loss", "accuracy", "per_class_accuracy" (list), "count"}.
     """
     model.eval()
     sums = torch.zeros(2, device=device, dtype=torch.float64)  # loss sum, count
     confusion = torch.zeros(num_out * num_out, device=device, dtype=torch.float64)
     for start in range(0, len(labels), batch_size):
-        x = normalize(images[start:start + batch_size].to(device, non_blocking=True), mean, std)
+        x = prepare(images[start:start + batch_size].to(device, non_blocking=True))
         y = labels[start:start + batch_size].to(device, non_blocking=True)
         x, y = tasks.prepare(task, x, y)
         if channels_last:

@@ -128,4 +128,4 @@ def test_checkpoint(folder, data: ImageData, job: TrainJob) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     loaded = load_model_and_data(folder, device, data=data)
     return evaluate(loaded.model, data.test_x, data.test_y, job.run.task, loaded.model.arch["num_classes"],
-                    loaded.mean, loaded.std, job.run.eval_batch_size, device)
+                    loaded.prepare, job.run.eval_batch_size, device)

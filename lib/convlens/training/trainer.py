@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from convlens import faults
-from convlens.data.augment import augment, epoch_plan
+from convlens.data.augment import Augment
 from convlens.data.images import ImageData, split_indices
 from convlens.models import build_model
 from convlens.rundir import RunDir
@@ -39,7 +39,7 @@ class Trainer:
         self.train_x, self.train_y = data.train_x[train_idx].to(device), data.train_y[train_idx].to(device)
         self.val_x = data.train_x[val_idx][rank::world].to(device)  # each rank evaluates its shard
         self.val_y = data.train_y[val_idx][rank::world].to(device)
-        self.mean, self.std = data.norm_stats(device)
+        self.augment = Augment(job.data, *data.norm_stats(device))
         self.class_names = tasks.class_names(job.run.task, data.classes)
         self.num_out = tasks.num_outputs(job.run.task, data.num_classes)
         self.gpu = device.type == "cuda"
@@ -50,7 +50,8 @@ class Trainer:
         self.model = wrap(torch.compile(self.raw_model) if job.run.compile else self.raw_model)
         self.local_batch = job.data.batch_size // world
         self.steps = min(len(self.train_y) // job.data.batch_size, job.run.steps_per_epoch or 2 ** 62)
-        self.opt = build_optimizer(self.model.parameters(), job.optim, fused=self.gpu)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = build_optimizer(trainable, job.optim, fused=self.gpu)
         self.sched, self.per_step = build_scheduler(self.opt, job.schedule, job.optim.lr, job.run.epochs, self.steps)
         self.epoch, self.history, self.best = 0, [], {"epoch": 0, "val_error": float("inf")}
         self.optimizer_steps = 0  # counted, and checkpointed: a resume neither repeats nor skips any
@@ -61,6 +62,7 @@ class Trainer:
         if self.job.model.sync_bn:  # on one CPU worker too: the same arithmetic as N workers
             model = (torch.nn.SyncBatchNorm.convert_sync_batchnorm(model) if self.gpu and self.world > 1
                      else convert_to_global_bn(model))
+        model.freeze(self.job.model.freeze)  # after the conversion, which makes new batch norms
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         return model.to(self.device)
@@ -75,16 +77,12 @@ class Trainer:
     # ---- one step
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's (inputs, targets) for each step of `epoch`: its slice of each global batch."""
-        job = self.job
-        plan = epoch_plan(len(self.train_y), job.data.crop_padding, job.data.flip, job.run.seed,
-                          epoch).to(self.device)
-        B, b = job.data.batch_size, self.local_batch
+        plan = self.augment.plan(len(self.train_y), self.job.run.seed, epoch).to(self.device)
+        B, b = self.job.data.batch_size, self.local_batch
         for step in range(self.steps):
             pos = slice(step * B + self.rank * b, step * B + (self.rank + 1) * b)
             idx = plan.order[pos]
-            x = augment(self.train_x[idx], plan.shifts[pos], plan.flips[pos], job.data.crop_padding,
-                        self.mean, self.std)
-            yield self.inputs(x, self.train_y[idx])
+            yield self.inputs(self.augment.train(self.train_x[idx], plan, pos), self.train_y[idx])
 
     def inputs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A normalized batch as the model takes it: the task's inputs and targets, memory format."""
@@ -116,7 +114,7 @@ class Trainer:
             return train
         if not self.per_step:
             self.sched.step()
-        val = evaluate(self.model, self.val_x, self.val_y, self.job.run.task, self.num_out, self.mean, self.std,
+        val = evaluate(self.model, self.val_x, self.val_y, self.job.run.task, self.num_out, self.augment.eval,
                        self.job.run.eval_batch_size, self.device, self.amp, self.channels_last)
         return {"epoch": epoch, **train,
                 "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_error": 1 - val["accuracy"],
