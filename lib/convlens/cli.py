@@ -1,16 +1,63 @@
-"""The `convlens` command: one subcommand per job kind, each a spec file plus dotted overrides."""
+"""The `convlens` command: one subcommand per job kind, each a spec file plus dotted overrides.
+
+Exit status: 0 success; 1 the job ran and failed (a NaN stop, retries exhausted, a refused
+checkpoint, a failed Slurm job); 2 a bad spec, override, path or command line.
+"""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import textwrap
+import traceback
 
 from convlens.errors import ConvlensError
+
+COMMANDS = {  # name -> (one-line help, description, example)
+    "train": ("train one network with Ray Train",
+              "Train (or resume, by run.name) one ResNet with Ray Train: run.workers DDP workers on CPUs or "
+              "GPUs, a checkpoint per epoch, the best by validation error, and the test accuracy of the best at "
+              "the end, all in <run.root>/<run.name>/.",
+              "convlens train jobs/fmnist_resnet.yaml optim.lr=0.05 run.epochs=3"),
+    "sweep": ("search training configs with Ray Tune",
+              "Search the space of a sweep spec with Ray Tune, every trial a full Ray Train run; ASHA stops weak "
+              "trials early. Writes trials.csv, best_job.yaml (a ready train spec) and curves.png.",
+              "convlens sweep sweeps/fmnist_small.yaml num_samples=8"),
+    "analyze": ("run analysis methods over checkpoints as Ray tasks",
+                "Look inside checkpoints: filters, feature maps, deconvnet, CAM, Grad-CAM, guided backprop, "
+                "embeddings, kNN and more, one Ray task per checkpoint and method; writes PNGs, JSON numbers "
+                "and index.json.",
+                "convlens analyze jobs/analyze_demo.yaml 'runs=[runs/demo/supervised]' epochs=last"),
+    "probe": ("linear, MLP and kNN probes on frozen features of checkpoints",
+              "Fit linear and MLP probes and a kNN classifier on frozen features of each run's best "
+              "checkpoint, stage by stage, and print the table (probes.json in each run).",
+              "convlens probe jobs/probe.yaml 'runs=[runs/demo/supervised,runs/demo/rotation]'"),
+    "demo": ("train both networks, sweep, analyze and write the report",
+             "The whole pipeline: the supervised and the rotation network, their probes, a small sweep, "
+             "the analysis and one HTML report.",
+             "convlens demo jobs/demo.yaml root=runs/my_demo"),
+    "bench": ("measure training input-pipeline throughput",
+              "Images per second of the training step fed three ways: a fixed batch (the pure step), convlens's "
+              "on-device pipeline, and a torchvision DataLoader of PIL images. Prints figures.",
+              "convlens bench jobs/bench_pipeline.yaml device=cuda"),
+    "show": ("print a spec resolved, with every default",
+             "Validate a spec with its overrides and print it as the job will run it, defaults included; "
+             "starts neither torch nor Ray.",
+             "convlens show jobs/fmnist_resnet.yaml optim.lr=0.05"),
+}
 
 
 def cmd_job(args):
     from convlens.dispatch import run_job
     return run_job(args.command, args.spec, args.overrides, resume=getattr(args, "resume", False),
                    collect=getattr(args, "collect", False))
+
+
+def cmd_show(args):
+    import yaml
+    from convlens.specs.load import load_job
+    job = load_job(args.spec, args.overrides)
+    print(yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False), end="")
 
 
 def cmd_report(args):
@@ -25,51 +72,99 @@ def cmd_submit(args):
     return submit(args.cluster, args.kind, args.spec, args.overrides, wait=args.wait, array=args.array)
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError, version as installed
+    try:
+        return installed("convlens")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        import convlens
+        return convlens.__version__
+
+
+def add_command(sub, name: str, help_: str, description: str, example: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help has a paragraph and an example; --verbose is accepted after it too."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show Ray's own logs and full tracebacks")
+    return sub.add_parser(name, help=help_, description=textwrap.fill(description, 88), parents=[common],
+                          epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def subcommand(sub, name: str, func) -> argparse.ArgumentParser:
+    s = add_command(sub, name, *COMMANDS[name])
+    s.set_defaults(func=func)
+    return s
+
+
+def job_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("spec", help="job spec (YAML)")
+    s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.05")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="convlens", description=__doc__)
+    p = argparse.ArgumentParser(prog="convlens", description=__doc__.split("\n\n")[0],
+                                epilog="every subcommand has --help with an example")
+    p.add_argument("--version", action="version", version=f"convlens {version()}")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own logs and full tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
-
-    def job(name, help_):
-        s = sub.add_parser(name, help=help_)
-        s.add_argument("spec", help="job spec (YAML)")
-        s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.05")
-        s.set_defaults(func=cmd_job)
-        return s
-
-    job("train", "train one network with Ray Train")
-    sw = job("sweep", "search training configs with Ray Tune").add_mutually_exclusive_group()
-    sw.add_argument("--resume", action="store_true", help="continue an interrupted sweep, keeping finished trials")
-    sw.add_argument("--collect", action="store_true",
-                    help="write trials.csv, best_job.yaml and curves.png of a `submit --array` sweep")
-    job("analyze", "run analysis methods over checkpoints as Ray tasks")
-    job("probe", "linear, MLP and kNN probes on frozen features of checkpoints")
-    job("demo", "train both networks, sweep, analyze and write the report")
-    job("bench", "measure training and analysis throughput")
-    r = sub.add_parser("report", help="write one self-contained HTML report")
+    for name in ("train", "analyze", "probe", "demo", "bench", "show"):
+        job_arguments(subcommand(sub, name, cmd_show if name == "show" else cmd_job))
+    sw = subcommand(sub, "sweep", cmd_job)
+    job_arguments(sw)
+    mode = sw.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue an interrupted sweep, keeping finished trials")
+    mode.add_argument("--collect", action="store_true",
+                      help="write trials.csv, best_job.yaml and curves.png of a `submit --array` sweep")
+    r = add_command(sub, "report", "write one self-contained HTML report",
+                    "One HTML page of runs, sweeps and analysis folders, every figure embedded; opens offline. "
+                    "Starts neither torch nor Ray.", "convlens report runs/demo --out report.html")
     r.add_argument("paths", nargs="+", help="run, sweep or analysis directories")
     r.add_argument("--out", default=None, help="report file (default: next to the first path)")
     r.set_defaults(func=cmd_report)
-    s = sub.add_parser("submit", help="send a job to Slurm with submitit")
+    s = add_command(sub, "submit", "send a job to Slurm with submitit",
+                    "Validate a job here, then run it on a Slurm allocation of the cluster profile (one node or "
+                    "many; a sweep's trials as a job array with --array). A time limit or preemption requeues the "
+                    "job, which resumes from its checkpoints.",
+                    "convlens submit --cluster slurm/local.yaml --wait train jobs/fmnist_resnet.yaml")
     s.add_argument("--cluster", required=True, help="cluster profile (YAML), e.g. slurm/local.yaml")
     s.add_argument("--wait", action="store_true", help="follow the job and exit with its status")
     s.add_argument("--array", action="store_true", help="sweep: one Slurm array task per trial")
     s.add_argument("kind", choices=["train", "sweep", "analyze", "demo"])
-    s.add_argument("spec")
-    s.add_argument("overrides", nargs="*")
+    job_arguments(s)
     s.set_defaults(func=cmd_submit)
     return p
 
 
+def user_error(err: BaseException) -> ConvlensError | None:
+    """The convlens error behind err, also when it was raised inside a Ray task or actor."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, ConvlensError):
+            return err
+        err = getattr(err, "cause", None) or err.__cause__
+    return None
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        os.environ["CONVLENS_VERBOSE"] = "1"
+    from convlens.raycluster import prepare_environment  # before anything imports ray
+    prepare_environment()
     try:
         args.func(args)
-    except ConvlensError as err:
-        print(f"convlens: error: {err}", file=sys.stderr)
-        return err.exit_code
     except KeyboardInterrupt:
         print("convlens: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - one line for a user's error, a traceback for a bug
+        known = user_error(err)
+        if known is None:
+            raise
+        if args.verbose:
+            traceback.print_exc()
+        print(f"convlens: error: {known}", file=sys.stderr)
+        return known.exit_code
     return 0
 
 

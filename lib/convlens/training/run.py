@@ -10,7 +10,7 @@ from convlens import checkpoint as ckpt
 from convlens.data.images import ImageData, split_indices
 from convlens.data.load import check_path, load_dataset
 from convlens.errors import DataError, JobFailed, RunStopped
-from convlens.raycluster import check_fits, ensure_ray, forwarded_env
+from convlens.raycluster import check_fits, ensure_ray, forwarded_env, log_level, progress_mode
 from convlens.restore import load_model_and_data
 from convlens.rundir import RunDir
 from convlens.specs.train import TrainJob
@@ -78,7 +78,7 @@ def fit(job: TrainJob, **run_config_extra):
     run_config_extra["worker_runtime_env"] = {**runtime_env, "env_vars": env}
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"job": job.model_dump(mode="json")},
+        train_loop_config={"job": job.model_dump(mode="json"), "progress": progress_mode(job.run.quiet)},
         torch_config=TorchConfig(backend="nccl" if job.run.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=job.run.workers, use_gpu=job.run.use_gpu,
@@ -86,6 +86,7 @@ def fit(job: TrainJob, **run_config_extra):
         run_config=ray.train.RunConfig(
             name=job.run.name, storage_path=job.run.root,
             failure_config=ray.train.FailureConfig(max_failures=job.run.max_failures),
+            logging_config=ray.train.LoggingConfig(log_level=log_level()),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=job.run.keep_last, checkpoint_score_attribute="epoch",
                 checkpoint_score_order="max"),

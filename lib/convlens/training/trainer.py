@@ -106,10 +106,11 @@ class Trainer:
         return loss, logits
 
     # ---- one epoch
-    def run_epoch(self, epoch: int) -> dict:
-        """Train one epoch and validate; the metrics, or a stop report on a non-finite loss."""
+    def run_epoch(self, epoch: int, on_step: Callable | None = None) -> dict:
+        """Train one epoch and validate; the metrics, or a stop report on a non-finite loss.
+        on_step(steps done, sums of loss/correct/images): called after every step."""
         start = time.perf_counter()
-        train = self.train_epoch(epoch)
+        train = self.train_epoch(epoch, on_step)
         if "stop_reason" in train:
             return train
         if not self.per_step:
@@ -121,7 +122,7 @@ class Trainer:
                 "val_per_class_accuracy": val["per_class_accuracy"],
                 "epoch_seconds": time.perf_counter() - start, "steps": self.optimizer_steps}
 
-    def train_epoch(self, epoch: int) -> dict:
+    def train_epoch(self, epoch: int, on_step: Callable | None = None) -> dict:
         self.model.train()
         sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss sum, correct, count
         watch = NonFiniteWatch(self.device)
@@ -134,6 +135,8 @@ class Trainer:
                 sums[0] += loss.detach().double() * len(y)
                 sums[1] += (logits.argmax(1) == y).sum()
                 sums[2] += len(y)
+            if on_step is not None:
+                on_step(step + 1, sums)
             if due(step, self.steps):
                 first_bad = watch.check(final=step + 1 == self.steps)
                 if first_bad is not None:

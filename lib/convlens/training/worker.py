@@ -7,6 +7,7 @@ spent on them.
 """
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,14 +18,19 @@ import ray.train.torch
 from convlens import checkpoint as ckpt
 from convlens.data.load import load_dataset
 from convlens.errors import RunStopped
+from convlens.raycluster import log_level
 from convlens.rundir import RunDir
 from convlens.specs.train import TrainJob
 from convlens.tracking import open_tracker
 from convlens.training import resume
+from convlens.training.progress import EpochProgress
 from convlens.training.trainer import Trainer
 
 
 def train_worker(config: dict) -> None:
+    # Ray Train logs an INFO line per rank and report through a logger its LoggingConfig does
+    # not reach (named after a file path); the worker's root level hides it unless --verbose.
+    logging.getLogger().setLevel(log_level())
     job = TrainJob.model_validate(config["job"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -46,7 +52,10 @@ def train_worker(config: dict) -> None:
     tracker.log_history(trainer.history, trainer.class_names)
     try:
         for epoch in range(trainer.epoch + 1, job.run.epochs + 1):
-            metrics = trainer.run_epoch(epoch)
+            progress = EpochProgress(config["progress"] if rank == 0 else "off",
+                                     f"{job.run.name} epoch {epoch}/{job.run.epochs}", trainer.steps)
+            metrics = trainer.run_epoch(epoch, on_step=progress.step)
+            progress.close()
             if "stop_reason" in metrics:
                 end_run(run, rank, metrics)
                 tracker.stop(metrics["stop_reason"])
