@@ -1,6 +1,7 @@
 """`convlens train`: validate, start the Ray Train run, then write the run's final figures."""
 from __future__ import annotations
 
+import re
 import time
 
 import torch
@@ -96,7 +97,20 @@ def fit(job: TrainJob, **run_config_extra):
         return trainer.fit()
     except ray.train.TrainingFailedError as err:
         raise JobFailed(f"run {job.run.name} failed after {job.run.max_failures} retries "
-                        f"(run.max_failures): {err}") from err
+                        f"(run.max_failures): {failure_summary(err)}") from err
+
+
+def failure_summary(err: Exception) -> str:
+    """One line of Ray Train's multi-line failure report: the first failed rank and its error
+    (the exception line of a traceback, else the snippet's first line)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    starts = [i for i, line in enumerate(lines) if re.match(r"\[Rank \d+ Error Snippet\]:", line)]
+    if not starts:
+        return lines[0] if lines else type(err).__name__
+    rank = re.search(r"\d+", lines[starts[0]]).group()
+    block = lines[starts[0] + 1:starts[1] if len(starts) > 1 else None] or ["(no message)"]
+    raised = [line for line in block if re.match(r"[\w.]+(Error|Exception|Interrupt)\b.*:", line)]
+    return f"rank {rank}: {(raised or block)[-1 if raised else 0]}"
 
 
 def finalize(job: TrainJob, data: ImageData, run: RunDir, wall: float) -> dict:

@@ -1,0 +1,92 @@
+"""The command line as a user meets it: --version, help, `show`, exit codes, progress output."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import inject, tiny_spec
+from convlens.cli import main
+
+LIB = str(Path(__file__).resolve().parents[1] / "lib")
+
+
+def write(tmp_path: Path, spec: dict, name: str = "job.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and re.fullmatch(r"convlens \d+\.\d+\.\d+\n", capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("command", ["train", "sweep", "analyze", "probe", "demo", "bench", "show", "report",
+                                     "submit"])
+def test_every_subcommand_helps_with_a_paragraph_and_an_example(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    usage, description = text.split("\n\n")[:2]
+    assert len(description.split()) >= 12, description
+    assert re.search(rf"example:\n  convlens {command} \S+", text), text
+
+
+def test_show_prints_the_resolved_spec_with_defaults_without_torch_or_ray(tmp_path, cache_dir):
+    """`convlens show` in a fresh process: the spec as it will run (overrides and every default),
+    and neither torch nor Ray imported."""
+    spec = write(tmp_path, tiny_spec(tmp_path / "runs", cache_dir))
+    script = ("import sys; from convlens.cli import main; code = main(['show', sys.argv[1], 'optim.lr=0.02']); "
+              "print('imported:', 'torch' in sys.modules, 'ray' in sys.modules); sys.exit(code)")
+    out = subprocess.run([sys.executable, "-c", script, str(spec)], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": LIB})
+    assert out.returncode == 0, out.stderr
+    shown = yaml.safe_load(out.stdout.split("imported:")[0])
+    assert shown["optim"]["lr"] == 0.02 and shown["run"]["eval_batch_size"] == 512  # a default
+    assert shown["data"]["color_jitter"] is None and shown["model"]["freeze"] == []
+    assert "imported: False False" in out.stdout
+
+
+def test_bad_spec_exits_2_with_one_line(tmp_path, cache_dir, capsys):
+    spec = write(tmp_path, tiny_spec(tmp_path / "runs", cache_dir))
+    assert main(["show", str(spec), "optim.lr=-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("convlens: error: invalid") and "optim.lr = -1" in err and "Traceback" not in err
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+
+
+@pytest.mark.parametrize("fault, message", [
+    ({"kind": "nan", "at": "0:2:1"}, "non-finite loss at epoch 2"),
+    ({"kind": "kill", "at": "0:1:2", "times": 9}, "failed after 0 retries (run.max_failures): rank 0: "),
+])
+def test_a_run_that_fails_exits_1_with_one_line(ray_cluster, tmp_path, cache_dir, capsys, monkeypatch, fault,
+                                                message):
+    """A NaN stop and exhausted retries: the job ran and failed, exit 1, one line saying why."""
+    spec = write(tmp_path, tiny_spec(tmp_path / "runs", cache_dir, "fails", run={"max_failures": 0}))
+    inject(monkeypatch, {**fault, "run": "fails"})
+    assert main(["train", str(spec)]) == 1
+    ours = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("(")]  # not Ray's workers
+    assert len(ours) == 1 and ours[0].startswith("convlens: error: run fails") and message in ours[0], ours
+
+
+def test_progress_in_a_log_file_is_a_few_lines_per_epoch(ray_cluster, tmp_path, cache_dir, capfd):
+    """Not a terminal (pytest captures): rank 0 prints a plain line every ~10% of an epoch, and
+    none of Ray Train's per-rank report lines."""
+    spec = write(tmp_path, tiny_spec(tmp_path / "runs", cache_dir, "chatty", run={"quiet": False, "workers": 2},
+                                     data={"train_subset": 2048}))
+    assert main(["train", str(spec)]) == 0
+    out = capfd.readouterr().out
+    for epoch in (1, 2):
+        lines = re.findall(rf"\[convlens\] chatty epoch {epoch}/2: +(\d+)% \(\d+/\d+ steps\), loss [\d.]+, \d+ img/s",
+                           out)
+        assert 5 <= len(lines) <= 10 and lines[-1] == "100", (epoch, lines)
+        assert f"[convlens] chatty epoch {epoch}/2: train loss" in out
+    assert "Reporting training result" not in out and "test acc" in out
