@@ -82,7 +82,7 @@ def probe_run(run_dir: Path, job: ProbeJob) -> dict:
     run_dir = Path(run_dir)
     folder = ckpt.best_checkpoint(run_dir)
     if folder is None:
-        raise CheckpointError(f"{run_dir}: no verified best_epoch* checkpoint to probe")
+        raise CheckpointError(f"{run_dir}: no verified {RunDir.BEST}* checkpoint to probe")
     loaded = load_model_and_data(folder)
     model = loaded.model
     for p in model.parameters():

@@ -47,4 +47,8 @@ def draw(r: dict, ctx) -> list[plots.Panel]:
                                  f"{r['k']}-NN accuracy {r['accuracy']:.3f}")]
 
 
-register("knn", draw, "nearest neighbours in feature space")(compute)
+register("knn", draw, title="k-nearest-neighbour evaluation",
+         explanation="A kNN classifier on normalised penultimate features, each of the k nearest training "
+                     "images voting with its cosine similarity: how good the representation is without "
+                     "training a new head (the standard probe for self-supervised features).",
+         caption="nearest neighbours in feature space", table=("accuracy", "k", "num_train"))(compute)
