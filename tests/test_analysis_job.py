@@ -49,6 +49,8 @@ def test_analyze_two_runs_two_epochs_all_methods(two_runs, tmp_path):
             done = {e["method"] for e in files if e["run"] == run and e["epoch"] == epoch} - {"compare"}
             assert done == set(names()), (run, epoch)
     assert any(e["method"] == "compare" and " vs " in e["run"] for e in files)
+    assert list(index["methods"]) == [*names(), "compare"]  # the report's words for each section
+    assert all(m["title"] and m["explanation"] for m in index["methods"].values())
     for entry in files:
         path = out / entry["file"]
         assert path.is_file() and entry["caption"] and entry["method"], entry

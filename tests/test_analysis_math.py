@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from convlens.analysis import cam, deconv, embeddings, knn
+from convlens import knn
+from convlens.analysis import cam, deconv, embeddings
 from convlens.analysis.registry import load_all
 from convlens.models import ResNet
 
@@ -113,3 +114,4 @@ def test_registry_lists_every_method_with_compute_and_draw():
             "guided_gradcam", "embeddings", "knn", "examples", "confusion"} <= set(methods)
     for name, m in methods.items():
         assert m.name == name and callable(m.compute) and callable(m.draw) and m.caption
+        assert m.title and m.explanation and set(m.describe()) >= {"title", "explanation", "caption"}

@@ -1,25 +1,31 @@
 """The HTML report: built from real tiny runs, opened in headless Chromium, fully offline."""
 from __future__ import annotations
 
-import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from convlens.analysis import compare
+from convlens.analysis.registry import load_all, names
+from convlens.report.html import esc
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-METHOD_FIGURES = ["filters", "feature_maps", "deconvnet", "inversion", "cam", "gradcam", "guided_backprop",
-                  "guided_gradcam", "embeddings", "knn", "extremes", "confusion", "compare"]
+METHOD_FIGURES = [*names(), compare.NAME]  # every registered method, and the compare pages
 
 
 def analysis_dir(folder: Path, checkpoint: str) -> Path:
-    """A folder as `convlens analyze` leaves it: PNG figures plus index.json describing each."""
+    """A folder as `convlens analyze` leaves it: a PNG figure and a JSON per method, and
+    index.json written by the job's own writer from the registry."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from convlens.analysis.job import write_index
     folder.mkdir(parents=True)
     entries = []
     rng = np.random.default_rng(0)
@@ -29,11 +35,12 @@ def analysis_dir(folder: Path, checkpoint: str) -> Path:
         ax.set_title(method)
         fig.savefig(folder / f"{i:02d}_{method}.png", dpi=60)
         plt.close(fig)
-        entries.append({"file": f"{i:02d}_{method}.png", "checkpoint": checkpoint, "method": method,
+        entries.append({"file": str(folder / f"{i:02d}_{method}.png"), "run": "sup", "epoch": 1,
+                        "checkpoint": checkpoint, "method": method,
                         "caption": f"{method} of the tiny supervised network"})
-        entries.append({**entries[-1], "file": f"{i:02d}_{method}.json"})  # numbers: not a figure
+        entries.append({**entries[-1], "file": str(folder / f"{i:02d}_{method}.json")})  # numbers: not a figure
         (folder / f"{i:02d}_{method}.json").write_text("{}")
-    (folder / "index.json").write_text(json.dumps({"name": "analysis", "files": entries}))
+    write_index(folder, "analysis", [("sup", 1, Path(checkpoint))], names(), entries, seconds=1.0)
     return folder
 
 
@@ -63,7 +70,7 @@ def trained(tiny_job, ray_cluster):
 
 
 def test_report_is_one_offline_page_with_every_figure(trained, tmp_path, capsys):
-    from convlens.report import write_report
+    from convlens.report.page import write_report
     runs_root, sup_dir = trained
     from convlens.checkpoint import best_checkpoint
     analysis = analysis_dir(tmp_path / "analysis", str(best_checkpoint(sup_dir)))
@@ -82,6 +89,16 @@ def test_report_is_one_offline_page_with_every_figure(trained, tmp_path, capsys)
                   "Why CAM works on a ResNet", "<math display='block'>", "Per-class accuracy"):
         assert title in page
     assert page.count("Why CAM works on a ResNet") == 1
+    # every registered method's heading with its explanation, in the registry's order, then compare
+    about = [(m.title, m.explanation) for m in load_all().values()] + [(compare.ABOUT["title"],
+                                                                       compare.ABOUT["explanation"])]
+    where = []
+    for title, explanation in about:
+        assert title and explanation, title
+        section = f"<h3>{esc(title)}</h3><p>{esc(explanation)}</p>"
+        assert page.count(section) == 1, section
+        where.append(page.index(section))
+    assert where == sorted(where)
     assert "<td>T-shirt/top</td>" in page and "<td>270</td>" in page  # per-class rows of both runs
 
     if not Path(CHROMIUM).exists():
@@ -95,3 +112,12 @@ def test_report_is_one_offline_page_with_every_figure(trained, tmp_path, capsys)
     assert shot.is_file() and shot.stat().st_size > 10_000
     keep = Path("/tmp/convlens-report-screenshot.png")  # for a person to look at after the run
     shutil.copy(shot, keep)
+
+
+def test_report_imports_neither_torch_nor_ray_nor_the_analysis():
+    """`convlens report` starts at once: it reads files, and what it says about methods is in index.json."""
+    code = ("import sys, convlens.cli, convlens.report.page; "
+            "print([m for m in sys.modules if m.split('.')[0] in ('torch', 'ray', 'matplotlib') "
+            "or m.startswith('convlens.analysis')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, check=True)
+    assert out.stdout.strip() == "[]"

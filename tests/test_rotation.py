@@ -2,7 +2,8 @@
 import torch
 
 from convlens.models import ResNet
-from convlens.probes import fit_probe, knn_classify, probe_run
+from convlens.knn import knn_classify
+from convlens.probes import fit_probe, probe_run
 from convlens.specs.probe import ProbeJob
 from convlens.training.tasks import prepare, rotate_batch
 

@@ -61,7 +61,7 @@ def cmd_show(args):
 
 
 def cmd_report(args):
-    from convlens.report import write_report
+    from convlens.report.page import write_report
     path = write_report(args.paths, out=args.out)
     print(f"[convlens] report written: {path}")
     return path

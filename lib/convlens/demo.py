@@ -54,7 +54,7 @@ def run_demo(job: DemoJob) -> Path:
         banner("analysing checkpoints")
         outputs.append(str(analyze(analysis_job)))
     if job.report:
-        from convlens.report import write_report
+        from convlens.report.page import write_report
         banner("writing the report")
         report = write_report(outputs, out=str(root / "report.html"))
         print(f"[convlens] demo finished in {time.time() - start:.0f} s; open {report}", flush=True)

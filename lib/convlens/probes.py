@@ -16,6 +16,7 @@ from convlens.data.augment import normalize
 from convlens.data.images import ImageData
 from convlens.errors import CheckpointError
 from convlens.files import write_atomic
+from convlens.knn import knn_classify
 from convlens.models import ResNet
 from convlens.restore import load_model_and_data
 from convlens.rundir import RunDir
@@ -33,20 +34,6 @@ def extract(model: ResNet, images: torch.Tensor, stage: int, pool: int, mean, st
         f = model.forward_features(x, upto=stage)
         out.append(F.adaptive_avg_pool2d(f, pool).flatten(1))
     return torch.cat(out)
-
-
-def knn_classify(train_f, train_y, test_f, k: int, temperature: float, num_classes: int,
-                 chunk: int = 1024) -> torch.Tensor:
-    """Weighted kNN: cosine top-k neighbours vote with weight exp(sim / T). Returns predictions."""
-    train_f = F.normalize(train_f, dim=1)
-    preds = []
-    for start in range(0, len(test_f), chunk):
-        sim = F.normalize(test_f[start:start + chunk], dim=1) @ train_f.T  # (b, N)
-        top_sim, top_idx = sim.topk(min(k, len(train_f)), dim=1)
-        votes = torch.zeros(len(sim), num_classes, dtype=sim.dtype)
-        votes.scatter_add_(1, train_y[top_idx], (top_sim / temperature).exp())
-        preds.append(votes.argmax(1))
-    return torch.cat(preds)
 
 
 def fit_probe(head: torch.nn.Module, train_f, train_y, epochs: int, seed: int) -> torch.nn.Module:
@@ -95,7 +82,7 @@ def probe_run(run_dir: Path, job: ProbeJob) -> dict:
     run_dir = Path(run_dir)
     folder = ckpt.best_checkpoint(run_dir)
     if folder is None:
-        raise CheckpointError(f"{run_dir}: no verified best_epoch* checkpoint to probe")
+        raise CheckpointError(f"{run_dir}: no verified {RunDir.BEST}* checkpoint to probe")
     loaded = load_model_and_data(folder)
     model = loaded.model
     for p in model.parameters():

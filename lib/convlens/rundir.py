@@ -144,7 +144,15 @@ def trial_run_name(sweep: str, trial_id: str) -> str:
 
 
 class AnalysisDir:
-    INDEX = "index.json"  # every file the analysis wrote, with its method, run and epoch
+    """`convlens analyze`'s output: <run>/<checkpoint folder>/<method>[_<suffix>].png and
+    <method>.json per checkpoint, compare/ pages, and index.json, the report's only source:
+
+    {"name": job name, "runs": [run names], "checkpoints": [folders], "seconds": wall time,
+     "methods": {method: {"title", "explanation", "caption"[, "note"]}} in the order they ran,
+     "files": [{"file": path relative to this folder, "method", "run", "epoch", "checkpoint",
+                "caption"}]}
+    """
+    INDEX = "index.json"
     COMPARE = "compare"  # pages composed across runs and epochs
 
     def __init__(self, path):
@@ -152,3 +160,13 @@ class AnalysisDir:
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
+
+    def checkpoint_dir(self, run: str, checkpoint: Path) -> Path:
+        """Where the method files of one analysed checkpoint go."""
+        return self.path / run / Path(checkpoint).name
+
+    def read_index(self) -> dict:
+        return read_json(self.path / self.INDEX, {})
+
+    def write_index(self, index: dict) -> None:
+        write_json(self.path / self.INDEX, index)

@@ -172,11 +172,38 @@ def draw_kind(r: dict, ctx) -> list[plots.Panel]:
                                  f"wrong predictions of each class")]
 
 
-def _register(kind: str, caption: str):
-    register(kind, draw_kind, caption)(lambda ctx: compute_kind(ctx, kind))
+CAM_NOTE = (  # shared by cam and gradcam: the report shows it once
+    "<b>Why CAM works on a ResNet.</b> The last stage gives <i>K</i> feature maps <i>f<sub>k</sub></i>(<i>x</i>,"
+    "<i>y</i>); global average pooling turns each into one number and the fully connected layer scores class "
+    "<i>c</i> as <i>s<sub>c</sub></i> = ∑<sub><i>k</i></sub> <i>w<sub>ck</sub></i> · (1/<i>HW</i>) "
+    "∑<sub><i>x</i>,<i>y</i></sub> <i>f<sub>k</sub></i>(<i>x</i>,<i>y</i>) + <i>b<sub>c</sub></i>. Both "
+    "operations are linear, so the sums can be swapped: <i>s<sub>c</sub></i> = (1/<i>HW</i>) "
+    "∑<sub><i>x</i>,<i>y</i></sub> <i>M<sub>c</sub></i>(<i>x</i>,<i>y</i>) + <i>b<sub>c</sub></i> with "
+    "<i>M<sub>c</sub></i> = ∑<sub><i>k</i></sub> <i>w<sub>ck</sub></i> <i>f<sub>k</sub></i>. The class "
+    "activation map <i>M<sub>c</sub></i> is a weighted sum of the feature maps whose average <em>is</em> the "
+    "class score, so each location's share of the evidence can be read off directly, with no extra training. "
+    "The gradient of <i>s<sub>c</sub></i> with respect to <i>f<sub>k</sub></i>(<i>x</i>,<i>y</i>) is "
+    "<i>w<sub>ck</sub></i>/<i>HW</i> everywhere, so Grad-CAM at this layer gives the same map up to scale.")
 
 
-_register("cam", "class activation map (last stage, GAP + linear head)")
-_register("gradcam", "Grad-CAM at the chosen stage")
-_register("guided_backprop", "guided backpropagation input gradients")
-_register("guided_gradcam", "guided backpropagation times Grad-CAM")
+def _register(kind: str, title: str, explanation: str, caption: str, note: str = ""):
+    register(kind, draw_kind, title=title, explanation=explanation, caption=caption,
+             note=note)(lambda ctx: compute_kind(ctx, kind))
+
+
+_register("cam", "Class activation maps (CAM)",
+          "Zhou et al.: the last-stage feature maps weighted by the classifier weights of one class, upsampled "
+          "to the image: where the evidence for that class lies.",
+          "class activation map (last stage, GAP + linear head)", note=CAM_NOTE)
+_register("gradcam", "Grad-CAM",
+          "Selvaraju et al.: feature maps weighted by the spatially averaged gradient of the class score; works "
+          "for any layer, and equals CAM at the last stage of a GAP network.",
+          "Grad-CAM at the chosen stage", note=CAM_NOTE)
+_register("guided_backprop", "Guided backpropagation",
+          "Springenberg et al.: the input gradient with negative gradients stopped at every ReLU, giving sharp "
+          "but class-insensitive pixel patterns.",
+          "guided backpropagation input gradients")
+_register("guided_gradcam", "Guided Grad-CAM",
+          "The pointwise product of guided backpropagation and the upsampled Grad-CAM map: fine pixel detail "
+          "restricted to the class-discriminative region.",
+          "guided backpropagation times Grad-CAM")

@@ -9,6 +9,14 @@ import itertools
 from pathlib import Path
 
 from convlens.analysis import plots
+from convlens.rundir import AnalysisDir
+
+NAME = "compare"  # the pages' method in index.json
+ABOUT = {"title": "Comparisons across runs and epochs",
+         "explanation": "Each method's main figure for two runs side by side at their last analysed epoch, and "
+                        "for each run the same figure across its analysed epochs: what a pretext task such as "
+                        "rotation learns next to supervision, and how the features form during training.",
+         "caption": "composed pages of already drawn figures"}  # as registry.Method.describe gives them
 
 
 def main_figures(entries: list[dict]) -> dict[tuple[str, int, str], dict]:
@@ -35,7 +43,7 @@ def write_pages(entries: list[dict], out: Path, compare, methods: list[str]) -> 
     figs = main_figures(entries)
     runs = sorted({r for r, _, _ in figs})
     epochs = {r: sorted({e for rr, e, _ in figs if rr == r}) for r in runs}
-    folder = Path(out) / "compare"
+    folder = AnalysisDir(out) / AnalysisDir.COMPARE
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for a, b in pairs(runs, compare):
@@ -44,7 +52,7 @@ def write_pages(entries: list[dict], out: Path, compare, methods: list[str]) -> 
         cells = [[_file(figs.get((a, ea, m))), _file(figs.get((b, eb, m)))] for m in rows]
         fig = plots.compose(cells, rows, [f"{a} epoch {ea}", f"{b} epoch {eb}"], f"{a} vs {b}")
         path = plots.save_png(fig, folder / f"{a}__vs__{b}.png", dpi=80)
-        written.append({"run": f"{a} vs {b}", "epoch": max(ea, eb), "method": "compare",
+        written.append({"run": f"{a} vs {b}", "epoch": max(ea, eb), "method": NAME,
                         "checkpoint": [figs.get((a, ea, m), {}).get("checkpoint") for m in rows[:1]][0],
                         "file": str(path), "caption": f"{a} (epoch {ea}) vs {b} (epoch {eb}), every method"})
     for run in runs:
@@ -56,7 +64,7 @@ def write_pages(entries: list[dict], out: Path, compare, methods: list[str]) -> 
                 continue
             fig = plots.compose(cells, [m], [f"epoch {e}" for e in epochs[run]], f"{run}: {m} across epochs")
             path = plots.save_png(fig, folder / f"{run}__{m}__epochs.png", dpi=80)
-            written.append({"run": run, "epoch": epochs[run][-1], "method": "compare",
+            written.append({"run": run, "epoch": epochs[run][-1], "method": NAME,
                             "checkpoint": figs[(run, epochs[run][-1], m)]["checkpoint"]
                             if (run, epochs[run][-1], m) in figs else None,
                             "file": str(path), "caption": f"{m} of {run} across epochs {epochs[run]}"})

@@ -155,4 +155,8 @@ def draw(r: dict, ctx) -> list[plots.Panel]:
                                       f"{r['channel']} beside their deconv reconstructions")]
 
 
-register("deconv", draw, "deconvnet projections to pixel space")(compute)
+register("deconv", draw, title="Deconvnet projections",
+         explanation="Zeiler & Fergus: the strongest activation of a unit is projected back to pixels through "
+                     "transposed convolutions and ReLUs, showing the pattern it responds to. At a residual block "
+                     "the signal can follow the residual path, the shortcut, or both.",
+         caption="deconvnet projections to pixel space")(compute)

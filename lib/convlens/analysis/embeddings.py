@@ -43,4 +43,7 @@ def draw(r: dict, ctx) -> list[plots.Panel]:
                                  f"{r['trust_tsne']:.3f} / {r['trust_pca']:.3f}")]
 
 
-register("embeddings", draw, "t-SNE and PCA of penultimate features")(compute)
+register("embeddings", draw, title="Embeddings (t-SNE / PCA)",
+         explanation="Pooled penultimate features of test images projected to 2-D: PCA keeps global linear "
+                     "structure, t-SNE keeps neighbourhoods; well-separated clusters mean easy classes.",
+         caption="t-SNE and PCA of penultimate features", table=("trust_tsne", "trust_pca"))(compute)

@@ -61,5 +61,11 @@ def draw_confusion(r: dict, ctx) -> list[plots.Panel]:
             plots.Panel("per_class", fig2, "accuracy of each class")]
 
 
-register("examples", draw_examples, "hardest and easiest images by loss")(compute_examples)
-register("confusion", draw_confusion, "confusion matrix and per-class accuracy")(compute_confusion)
+register("examples", draw_examples, title="Hardest and easiest images",
+         explanation="Test images ranked by the loss of their true class: the easiest show prototypes, the "
+                     "hardest show label noise, ambiguous classes and blind spots.",
+         caption="hardest and easiest images by loss")(compute_examples)
+register("confusion", draw_confusion, title="Confusion matrix",
+         explanation="Row = true class, column = predicted class; off-diagonal mass shows which classes the "
+                     "network mixes up (e.g. shirt, T-shirt and pullover).",
+         caption="confusion matrix and per-class accuracy")(compute_confusion)

@@ -26,4 +26,7 @@ def draw(r: dict, ctx) -> list[plots.Panel]:
     return [plots.Panel("", fig, f"activations of one image after {r['names'][0]} and {r['names'][-1]}")]
 
 
-register("feature_maps", draw, "first and last stage activations")(compute)
+register("feature_maps", draw, title="Feature maps",
+         explanation="Activations of the first channels for one input after the first and the last stage: "
+                     "early maps keep the image layout, later ones respond to larger, more abstract parts.",
+         caption="first and last stage activations")(compute)

@@ -40,4 +40,8 @@ def draw(r: dict, ctx) -> list[plots.Panel]:
             plots.Panel("deep", fig2, f"{r['deep_name']} kernels: output x input channel")]
 
 
-register("filters", draw, "learned convolution kernels")(compute)
+register("filters", draw, title="Learned filters",
+         explanation="The learned convolution kernels of the first layer drawn as small images: on natural "
+                     "images they become edge, colour and frequency detectors. Below them, a deeper layer's "
+                     "kernels, one row per output channel and one column per input channel.",
+         caption="learned convolution kernels")(compute)

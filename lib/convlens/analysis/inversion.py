@@ -61,4 +61,7 @@ def draw(r: dict, ctx) -> list[plots.Panel]:
     return [plots.Panel("", fig, "inputs reconstructed from noise to match each stage's features")]
 
 
-register("inversion", draw, "feature inversion from noise")(compute)
+register("inversion", draw, title="Feature inversion",
+         explanation="Mahendran & Vedaldi: an image optimised from noise so that its features match those of a "
+                     "real image (with a smoothness prior) shows what the layer keeps.",
+         caption="feature inversion from noise")(compute)

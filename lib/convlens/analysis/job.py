@@ -14,7 +14,6 @@ from convlens import faults
 from convlens.analysis import base
 from convlens.checkpoint import best_checkpoint, checkpoint_epoch, verify
 from convlens.errors import CheckpointError, ConfigError
-from convlens.files import write_atomic
 from convlens.raycluster import ensure_ray, forwarded_env
 from convlens.rundir import AnalysisDir, RunDir
 from convlens.specs.analyze import AnalyzeJob, AnalyzeOptions
@@ -33,8 +32,9 @@ def check_methods(job: AnalyzeJob) -> list[str]:
 
 def run_epochs(run_dir: Path) -> dict[int, Path]:
     """epoch -> folder over checkpoint_epoch* and best_epoch* (the former preferred)."""
-    found = {checkpoint_epoch(p): p for p in sorted(Path(run_dir).glob("best_epoch*")) if p.is_dir()}
-    found.update({checkpoint_epoch(p): p for p in RunDir(run_dir).checkpoints()})
+    run = RunDir(run_dir)
+    found = {checkpoint_epoch(p): p for p in run.bests()}
+    found.update({checkpoint_epoch(p): p for p in run.checkpoints()})
     return dict(sorted(found.items()))
 
 
@@ -42,7 +42,7 @@ def select(run_dir: Path, epochs) -> list[Path]:
     run_dir = Path(run_dir)
     available = run_epochs(run_dir)
     if not available:
-        raise ConfigError(f"runs: {run_dir} has no checkpoint_epoch* or best_epoch* folders")
+        raise ConfigError(f"runs: {run_dir} has no {RunDir.CHECKPOINT}* or {RunDir.BEST}* folders")
     if epochs == "all":
         return list(available.values())
     chosen = []
@@ -50,7 +50,7 @@ def select(run_dir: Path, epochs) -> list[Path]:
         if e == "best":
             best = best_checkpoint(run_dir)
             if best is None:
-                raise ConfigError(f"epochs: best requested but {run_dir} has no verified best_epoch*")
+                raise ConfigError(f"epochs: best requested but {run_dir} has no verified {RunDir.BEST}*")
             folder = available.get(checkpoint_epoch(best), best)
         elif e == "last":
             folder = available[max(available)]
@@ -105,6 +105,7 @@ def analyze(job: AnalyzeJob) -> Path:
     methods = check_methods(job)
     chosen = targets(job)
     out = job.out_dir
+    folder_of = AnalysisDir(out).checkpoint_dir
     out.mkdir(parents=True, exist_ok=True)
     ensure_ray(quiet=job.quiet)
     device = "cuda" if job.gpus_per_task > 0 else "cpu"
@@ -114,18 +115,31 @@ def analyze(job: AnalyzeJob) -> Path:
     refs = []
     for (run, epoch, folder), method in itertools.product(chosen, methods):
         meta = {"run": run, "epoch": epoch, "checkpoint": str(folder)}
-        refs.append(task.remote(str(folder), [method], opts, str(out / run / folder.name), meta, device))
+        refs.append(task.remote(str(folder), [method], opts, str(folder_of(run, folder)), meta, device))
     entries = gather(refs, job.quiet)
     entries += compare.write_pages(entries, out, job.compare, methods)
-    index = {"name": job.name, "runs": sorted({r for r, _, _ in chosen}), "methods": methods,
-             "checkpoints": [str(f) for _, _, f in chosen], "seconds": round(time.time() - t0, 1),
-             "files": [{**e, "file": str(Path(e["file"]).relative_to(out))} for e in entries]}
-    write_atomic(AnalysisDir(out) / AnalysisDir.INDEX, json.dumps(index, indent=1).encode())
+    index = write_index(out, job.name, chosen, methods, entries, time.time() - t0)
     log_to_wandb(entries)
     if not job.quiet:
         print(f"[convlens] analysis {job.name}: {len(entries)} files from {len(chosen)} checkpoints x "
-              f"{len(methods)} methods in {index['seconds']} s -> {out}/index.json", flush=True)
+              f"{len(methods)} methods in {index['seconds']} s -> {out / AnalysisDir.INDEX}", flush=True)
     return out
+
+
+def write_index(out: Path, name: str, chosen: list[tuple[str, int, Path]], methods: list[str],
+                entries: list[dict], seconds: float) -> dict:
+    """index.json (format in rundir.AnalysisDir): the job, each method's words for the report,
+    and every file written, its path relative to `out`."""
+    from convlens.analysis.compare import ABOUT, NAME
+    from convlens.analysis.registry import load_all
+    about = {m: load_all()[m].describe() for m in methods}
+    if any(e["method"] == NAME for e in entries):
+        about[NAME] = ABOUT
+    index = {"name": name, "runs": sorted({r for r, _, _ in chosen}), "methods": about,
+             "checkpoints": [str(f) for _, _, f in chosen], "seconds": round(seconds, 1),
+             "files": [{**e, "file": str(Path(e["file"]).relative_to(out))} for e in entries]}
+    AnalysisDir(out).write_index(index)
+    return index
 
 
 def gather(refs: list, quiet: bool) -> list[dict]:
@@ -166,11 +180,16 @@ def log_to_wandb(entries: list[dict]) -> None:
 
 
 def log_run_analysis(tracker, items: list[dict]) -> None:
-    for method in sorted({e["method"] for e in items}):
+    from convlens.analysis.registry import load_all
+    registry = load_all()
+    methods = sorted({e["method"] for e in items})
+    for method in methods:
         tracker.log_images([(e["file"], f"epoch {e['epoch']}: {e['caption']}") for e in items
                             if e["method"] == method and e["file"].endswith(".png")], key=f"analysis/{method}")
-    tables = {"knn": ["accuracy", "k", "num_train"], "embeddings": ["trust_tsne", "trust_pca"]}
-    for method, columns in tables.items():
+    for method in methods:
+        columns = list(registry[method].table) if method in registry else []
+        if not columns:
+            continue
         rows = []
         for e in items:
             if e["method"] == method and e["file"].endswith(".json"):

@@ -1,5 +1,5 @@
 """Nearest training images by cosine similarity of penultimate features, and the kNN
-classifier they make (similarity-weighted vote, as in DINO's eval_knn)."""
+classifier they make (a similarity-weighted vote; the maths is convlens.knn)."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,25 +7,7 @@ import torch
 
 from convlens.analysis import base, plots
 from convlens.analysis.registry import register
-
-
-def top_k_cosine(queries: torch.Tensor, keys: torch.Tensor, k: int, chunk: int = 1024):
-    """(Q, D), (K, D) -> similarities (Q, k) and indices (Q, k) of the k most similar keys,
-    computed chunk by chunk of queries so the (Q, K) matrix is never held whole."""
-    q = torch.nn.functional.normalize(queries.float(), dim=1)
-    kn = torch.nn.functional.normalize(keys.float(), dim=1)
-    sims, idx = [], []
-    for i in range(0, len(q), chunk):
-        s, j = (q[i:i + chunk] @ kn.T).topk(min(k, len(kn)), dim=1)
-        sims.append(s), idx.append(j)
-    return torch.cat(sims), torch.cat(idx)
-
-
-def knn_predict(sims: torch.Tensor, idx: torch.Tensor, key_labels: torch.Tensor, n_classes: int):
-    """Each query's class by the sum of its neighbours' similarities per class, (Q,)."""
-    votes = torch.zeros(len(sims), n_classes, dtype=sims.dtype)
-    votes.scatter_add_(1, key_labels[idx], sims)
-    return votes.argmax(1)
+from convlens.knn import knn_predict, top_k_cosine
 
 
 def distinct_classes(labels: np.ndarray, n: int) -> np.ndarray:
@@ -65,4 +47,8 @@ def draw(r: dict, ctx) -> list[plots.Panel]:
                                  f"{r['k']}-NN accuracy {r['accuracy']:.3f}")]
 
 
-register("knn", draw, "nearest neighbours in feature space")(compute)
+register("knn", draw, title="k-nearest-neighbour evaluation",
+         explanation="A kNN classifier on normalised penultimate features, each of the k nearest training "
+                     "images voting with its cosine similarity: how good the representation is without "
+                     "training a new head (the standard probe for self-supervised features).",
+         caption="nearest neighbours in feature space", table=("accuracy", "k", "num_train"))(compute)

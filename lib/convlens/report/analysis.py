@@ -1,0 +1,39 @@
+"""An analysis folder: one subsection per method, its words and figures all read from the
+index.json `convlens analyze` wrote (format in rundir.AnalysisDir)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from convlens.report.html import anchor, esc, img, markup
+from convlens.rundir import AnalysisDir
+
+
+def figures(folder: Path, index: dict) -> list[dict]:
+    """The index's PNG entries that exist (its JSON numbers stay out)."""
+    return [e for e in index.get("files", []) if e["file"].endswith(".png") and (folder / e["file"]).is_file()]
+
+
+def analysis_section(folder: Path) -> str:
+    index = AnalysisDir(folder).read_index()
+    entries = figures(folder, index)
+    about = index.get("methods")
+    about = about if isinstance(about, dict) else {}  # an index from before the words were recorded
+    groups: dict[str, list[dict]] = {}
+    for e in entries:
+        groups.setdefault(e.get("method", "other"), []).append(e)
+    order = [m for m in about if m in groups] + sorted(m for m in groups if m not in about)
+    parts = [f"<h2 id='{anchor(folder)}'>Analysis {esc(folder.name)}</h2>",
+             f"<p>{len(entries)} figures from <code>{esc(folder)}</code>, grouped by method.</p>"]
+    notes = set()
+    for method in order:
+        words = about.get(method, {})
+        parts.append(f"<h3>{esc(words.get('title') or method.replace('_', ' ').capitalize())}</h3>")
+        if words.get("explanation"):
+            parts.append(f"<p>{esc(words['explanation'])}</p>")
+        if words.get("note") and words["note"] not in notes:  # a note shared by methods: once, under the first
+            notes.add(words["note"])
+            parts.append(f"<p class='note'>{markup(words['note'])}</p>")
+        for e in groups[method]:
+            caption = e.get("caption", "") + (f" [{Path(e['checkpoint']).name}]" if e.get("checkpoint") else "")
+            parts.append(img(folder / e["file"], caption, "28rem"))
+    return "".join(parts)

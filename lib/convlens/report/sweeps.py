@@ -1,0 +1,44 @@
+"""A sweep: its trials table, the best configuration, and its figures."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from convlens.report.html import anchor, as_number, esc, img, read_csv, table
+from convlens.rundir import SweepDir
+
+
+def best_row(cols: list[str], rows: list[list[str]]) -> tuple[str, list[str]] | None:
+    """The best trial: highest accuracy column, else lowest error/loss column."""
+    for metric, sign in (("best_val_accuracy", 1), ("val_accuracy", 1), ("accuracy", 1),
+                         ("val_error", -1), ("val_loss", -1), ("loss", -1)):
+        if metric in cols:
+            i = cols.index(metric)
+            scored = [r for r in rows if as_number(r[i]) is not None]
+            if scored:
+                return metric, max(scored, key=lambda r: sign * as_number(r[i]))
+    return None
+
+
+def sweep_section(folder: Path) -> str:
+    sweep = SweepDir(folder)
+    cols, rows = read_csv(sweep / SweepDir.TRIALS)
+    parts = [f"<h2 id='{anchor(folder)}'>Sweep {esc(folder.name)}</h2>",
+             f"<p>{len(rows)} trials from <code>{esc(folder)}</code>. Each row is one training run with the "
+             f"sampled hyper-parameters and its final score.</p>", trials_table(cols, rows)]
+    best = best_row(cols, rows)
+    if best:
+        metric, row = best
+        parts += [f"<h3>Best configuration (by {esc(metric)})</h3>",
+                  table(["parameter", "value"], [[c, v] for c, v in zip(cols, row)])]
+    if (sweep / SweepDir.BEST_JOB).is_file():
+        parts.append(f"<details><summary>{esc(SweepDir.BEST_JOB)}</summary>"
+                     f"<pre>{esc((sweep / SweepDir.BEST_JOB).read_text())}</pre></details>")
+    parts += [img(p, p.stem.replace("_", " ")) for p in sorted(folder.glob("*.png"))]
+    return "".join(parts)
+
+
+def trials_table(cols: list[str], rows: list[list[str]]) -> str:
+    """trials.csv without its paths, the sampled values under their own field names."""
+    keep = [i for i, c in enumerate(cols) if c not in ("run", "run_dir", "best")
+            and (c != "stop_reason" or any(r[i] for r in rows))]
+    return table([cols[i].removeprefix("config/") for i in keep], [[r[i] for i in keep] for r in rows])
