@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from convlens import checkpoint as ckpt
-from convlens.data.augment import normalize
 from convlens.data.images import ImageData
 from convlens.errors import CheckpointError
 from convlens.files import write_atomic
@@ -24,13 +23,14 @@ from convlens.specs.probe import ProbeJob
 
 
 @torch.no_grad()
-def extract(model: ResNet, images: torch.Tensor, stage: int, pool: int, mean, std,
+def extract(model: ResNet, images: torch.Tensor, stage: int, pool: int, prepare,
             batch: int = 512) -> torch.Tensor:
-    """(N, C*pool*pool) features after `stage` for uint8 images (N, C, H, W)."""
+    """(N, C*pool*pool) features after `stage` for uint8 images (N, C, H, W); prepare: a uint8
+    batch -> the network's input (the run's evaluation view)."""
     model.eval()
     out = []
     for start in range(0, len(images), batch):
-        x = normalize(images[start:start + batch], mean, std)
+        x = prepare(images[start:start + batch])
         f = model.forward_features(x, upto=stage)
         out.append(F.adaptive_avg_pool2d(f, pool).flatten(1))
     return torch.cat(out)
@@ -58,12 +58,12 @@ def probe_heads(dim: int, num_classes: int) -> dict[str, torch.nn.Module]:
                                        torch.nn.ReLU(), torch.nn.Linear(256, num_classes))}
 
 
-def evaluate_stage(model, data: ImageData, stage: int, job: ProbeJob, mean, std) -> dict:
+def evaluate_stage(model, data: ImageData, stage: int, job: ProbeJob, prepare) -> dict:
     torch.manual_seed(job.seed)
     n = min(job.max_train or len(data.train_y), len(data.train_y))
     idx = torch.randperm(len(data.train_y), generator=torch.Generator().manual_seed(job.seed))[:n]
-    train_f = extract(model, data.train_x[idx], stage, job.pool, mean, std)
-    test_f = extract(model, data.test_x, stage, job.pool, mean, std)
+    train_f = extract(model, data.train_x[idx], stage, job.pool, prepare)
+    test_f = extract(model, data.test_x, stage, job.pool, prepare)
     train_y, test_y = data.train_y[idx], data.test_y
     mu, sd = train_f.mean(0), train_f.std(0) + 1e-6
     train_z, test_z = (train_f - mu) / sd, (test_f - mu) / sd
@@ -89,7 +89,7 @@ def probe_run(run_dir: Path, job: ProbeJob) -> dict:
         p.requires_grad_(False)
     stages = [s for s in job.stages if 1 <= s <= len(model.stage_names)]
     results = {"run": run_dir.name, "task": loaded.task, "checkpoint": str(folder),
-               "stages": {str(s): evaluate_stage(model, loaded.data, s, job, loaded.mean, loaded.std)
+               "stages": {str(s): evaluate_stage(model, loaded.data, s, job, loaded.prepare)
                           for s in stages}}
     write_atomic(RunDir(run_dir) / RunDir.PROBES, json.dumps(results, indent=2).encode())
     return results

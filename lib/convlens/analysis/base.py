@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from convlens.data.augment import normalize
+from convlens.data.augment import Augment, normalize
 from convlens.restore import load_model_and_data
 from convlens.specs.analyze import AnalyzeOptions
 from convlens.training import tasks
@@ -33,8 +33,12 @@ class Context:
     train_labels: torch.Tensor | None = None
     title: str = ""  # "run / epoch N", for figure titles
     cache: dict = field(default_factory=dict)
+    augment: Augment | None = None  # the run's evaluation view (resize); None: normalize only
 
     def norm(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        """uint8 images -> the network's input on the device, as the run evaluated them."""
+        if self.augment is not None:
+            return self.augment.eval(x_uint8.to(self.device))
         return normalize(x_uint8.to(self.device), self.mean.to(self.device), self.std.to(self.device))
 
     def head_batch(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -112,7 +116,7 @@ def seeded(seed: int) -> torch.Generator:
 
 def build_context(folder: Path, opts: AnalyzeOptions, device: str = "cpu", title: str = "") -> Context:
     """Model and test images for one checkpoint, rebuilt from what the checkpoint recorded."""
-    loaded = load_model_and_data(folder)  # verified load, strict, same architecture
+    loaded = load_model_and_data(folder, device)  # verified load, strict, same architecture
     data = loaded.data
     g = seeded(opts.seed)
     test = torch.randperm(len(data.test_y), generator=g)[:opts.num_images].sort().values
@@ -120,4 +124,5 @@ def build_context(folder: Path, opts: AnalyzeOptions, device: str = "cpu", title
     return Context(model=loaded.model.to(device), task=loaded.task, classes=list(data.classes),
                    head_classes=loaded.head_classes, images=data.test_x[test], labels=data.test_y[test],
                    mean=loaded.mean, std=loaded.std, opts=opts, device=torch.device(device),
-                   train_images=data.train_x[train], train_labels=data.train_y[train], title=title)
+                   train_images=data.train_x[train], train_labels=data.train_y[train], title=title,
+                   augment=loaded.augment)
