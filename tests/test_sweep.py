@@ -66,7 +66,7 @@ def test_spec_is_validated_at_the_door(tmp_path, cache_dir):
 
 
 def test_asha_sweep_stops_weak_trials_and_writes_best_job(ray_cluster, tmp_path, cache_dir):
-    from convlens.tuning import sweep
+    from convlens.sweep.tune_runner import sweep
     # Two useful learning rates run first; the two tiny ones lose at the first rung. Epochs of 50
     # steps put the useful ones near 0.7 validation error and the tiny ones at chance (0.9); with
     # 5 steps every trial sat at chance and ASHA's choice was a coin flip.
@@ -94,7 +94,7 @@ def test_asha_sweep_stops_weak_trials_and_writes_best_job(ray_cluster, tmp_path,
 
 
 def test_nan_trial_does_not_stop_the_others(ray_cluster, tmp_path, cache_dir, monkeypatch):
-    from convlens.tuning import sweep
+    from convlens.sweep.tune_runner import sweep
     inject(monkeypatch, {"kind": "nan", "run": "*_00001", "at": "0:1:2"},
            {"kind": "nan", "run": "*_00002", "at": "0:2:2"})
     path = write_sweep(tmp_path, cache_dir, "nan", {"run.seed": {"grid": [0, 1, 2]}},
@@ -154,7 +154,7 @@ def test_killed_sweep_resumes_keeping_finished_trials(ray_cluster, tmp_path, cac
 
 
 def test_sample_trials_grid_product_and_seeded_draws(tmp_path, cache_dir):
-    from convlens.tuning import sample_trials
+    from convlens.sweep.space import sample_trials
     path = write_sweep(tmp_path, cache_dir, "draws", {"optim.lr": {"grid": [0.1, 0.05]},
                                                       "optim.momentum": {"choice": [0.0, 0.9]}})
     grid = sample_trials(load_job(path, ["num_samples=3"], "sweep"))  # search: grid counts choice as a grid
