@@ -154,20 +154,21 @@ def test_killed_sweep_resumes_keeping_finished_trials(ray_cluster, tmp_path, cac
 
 
 def test_sample_trials_grid_product_and_seeded_draws(tmp_path, cache_dir):
-    from convlens.sweep.space import sample_trials
+    from convlens.sweep.space import draw_trials
     path = write_sweep(tmp_path, cache_dir, "draws", {"optim.lr": {"grid": [0.1, 0.05]},
                                                       "optim.momentum": {"choice": [0.0, 0.9]}})
-    grid = sample_trials(load_job(path, ["num_samples=3"], "sweep"))  # search: grid counts choice as a grid
+    grid = draw_trials(load_job(path, ["num_samples=3"], "sweep"))  # search: grid counts choice as a grid
     assert len(grid) == 2 * 2 * 3
     assert sorted((t["optim.lr"], t["optim.momentum"]) for t in grid[:4]) == [(0.05, 0.0), (0.05, 0.9),
                                                                               (0.1, 0.0), (0.1, 0.9)]
     assert grid[4:8] == grid[:4]
     space = ["space.optim.lr={loguniform: [0.001, 0.1]}", "space.optim.momentum={uniform: [0.5, 0.9]}",
              "space.run.epochs={randint: [1, 4]}", "search=random", "num_samples=50"]
-    draws = sample_trials(load_job(path, space, "sweep"))
+    draws = draw_trials(load_job(path, space, "sweep"))
     assert len(draws) == 50
     assert all(0.001 <= t["optim.lr"] <= 0.1 and 0.5 <= t["optim.momentum"] <= 0.9 for t in draws)
     assert {t["run.epochs"] for t in draws} == {1, 2, 3}
     assert min(t["optim.lr"] for t in draws) < 0.01 < max(t["optim.lr"] for t in draws)  # log scale, not linear
-    assert sample_trials(load_job(path, space, "sweep")) == draws
-    assert sample_trials(load_job(path, [*space, "seed=1"], "sweep")) != draws
+    assert draw_trials(load_job(path, space, "sweep")) == draws
+    assert draw_trials(load_job(path, [*space, "seed=1"], "sweep")) != draws
+

@@ -1,38 +1,43 @@
-"""The trials of a sweep, drawn up front with the sweep's seed (used by `submit --array`).
+"""The trials of a sweep, drawn once with the sweep's seed: what a Tune sweep runs and what
+`convlens submit --array` records, so the same spec and seed give the same trials (and the same
+run directories, `<sweep>_trial_<id>`) in both modes.
 
 Grid entries (choice too, with search: grid) form a cartesian product, repeated num_samples
-times; every other entry is drawn afresh for each trial.
+times; every other entry is drawn afresh for each trial by Tune's own samplers, all from one
+numpy generator seeded with job.seed.
 """
 from __future__ import annotations
 
 import itertools
-import math
-import random
 
-from convlens.specs.sweep import SweepJob
+from convlens.specs.sweep import Distribution, SweepJob
 
 
-def sample_trials(job: SweepJob) -> list[dict]:
-    """The sweep's trial configs (dotted key -> value), drawn up front with job.seed, as Tune does:
-    grid entries (choice too, with search: grid) form a cartesian product, repeated num_samples
-    times; every other entry is drawn afresh for each trial."""
-    rng = random.Random(job.seed)
-    dists = {key: (dist.kind, dist.args) for key, dist in job.space.items()}
-    grid = {key: args for key, (name, args) in dists.items() if job.space[key].is_grid(job.search)}
+def draw_trials(job: SweepJob) -> list[dict]:
+    """The sweep's trial configs (dotted key -> value), trial i at index i."""
+    import numpy as np
+    rng = np.random.default_rng(job.seed)
+    grid = {key: dist.args for key, dist in job.space.items() if dist.is_grid(job.search)}
+    drawn = {key: tune_domain(dist) for key, dist in job.space.items() if key not in grid}
     trials = []
     for _ in range(job.num_samples):
         for values in itertools.product(*grid.values()):
             fixed = dict(zip(grid, values))
-            trials.append({key: fixed[key] if key in fixed else draw(rng, name, args)
-                           for key, (name, args) in dists.items()})
+            trials.append({key: fixed[key] if key in fixed else drawn[key].sample(random_state=rng)
+                           for key in job.space})
     return trials
 
 
-def draw(rng: random.Random, name: str, args: list):
-    if name == "choice":
-        return rng.choice(args)
-    if name == "uniform":
-        return rng.uniform(*args)
-    if name == "loguniform":
-        return math.exp(rng.uniform(math.log(args[0]), math.log(args[1])))
-    return rng.randrange(int(args[0]), int(args[1]))  # randint: hi exclusive, like Tune's
+def tune_domain(dist: Distribution):
+    """Tune's search domain of a drawn entry; its sample() casts to a plain float / int / listed value."""
+    from ray import tune
+    if dist.kind == "choice":
+        return tune.choice(list(dist.args))
+    if dist.kind == "randint":  # hi exclusive, in the spec as in Tune
+        return tune.randint(int(dist.args[0]), int(dist.args[1]))
+    return getattr(tune, dist.kind)(*dist.args)  # uniform, loguniform
+
+
+def trial_id(index: int) -> str:
+    """A trial's id in both modes: its 5-digit index."""
+    return f"{index:05d}"

@@ -1,11 +1,11 @@
 """One trial of a sweep: its TrainJob, the Tune trial function, and the Train -> Tune report callback.
 
-A trial builds its TrainJob (base spec + the sampled values) and runs it through the same
-`convlens.training.run.train` as `convlens train`. The Train controller forwards every per-epoch
-report to Tune (TuneReportCallback), so ASHA can stop weak trials; stopping the trial actor takes
-its Train controller and workers with it, because they are Ray actors it owns, and Ray Train's
-placement group cleaner (it needs the dashboard's state API, hence ray[default]) frees their
-reservation.
+A trial builds its TrainJob (base spec + its drawn values, named `<sweep>_trial_<id>` after its
+index) and runs it through the same `convlens.training.run.train` as `convlens train`. The Train
+controller forwards every per-epoch report to Tune (TuneReportCallback), so ASHA can stop weak
+trials; stopping the trial actor takes its Train controller and workers with it, because they are
+Ray actors it owns, and Ray Train's placement group cleaner (it needs the dashboard's state API,
+hence ray[default]) frees their reservation.
 """
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ from convlens.rundir import RunDir, trial_run_name
 from convlens.specs.base import apply_overrides, validate
 from convlens.specs.sweep import SweepJob, base_spec
 from convlens.specs.train import TrainJob
+from convlens.sweep.space import trial_id
 
 STOPPED_VAL_ERROR = 1.0  # what a NaN / stopped trial reports, so it is never the best
+TRIAL = "trial"  # the key of a Tune trial's config that holds its index in space.draw_trials
 
 
 def trial_spec(job: SweepJob) -> dict:
@@ -73,18 +75,15 @@ def run_trial(config: dict, spec: dict, sweep: str, trials_dir: str, env: dict) 
     import ray.tune
     os.environ.update(env)
     from convlens.training.run import train
-    trial_id = ray.tune.get_context().get_trial_id()
-    job = trial_job(spec, config, sweep, trials_dir, trial_id)
+    tid = trial_id(config[TRIAL])
+    job = trial_job(spec, {k: v for k, v in config.items() if k != TRIAL}, sweep, trials_dir, tid)
     summary, stop = None, None
     try:
         summary = train(job, trainer_kwargs={"callbacks": [make_report_callback()]})
     except RunStopped:  # the training loop recorded the reason (NaN loss, bad checkpoint)
         stop = RunDir(job.run_dir).read_stopped()["stop_reason"]
     if stop is not None:
-        ray.tune.report({"trial_id": trial_id, "stop_reason": stop, "val_error": STOPPED_VAL_ERROR,
-                         "epoch": job.run.epochs})
+        ray.tune.report({"stop_reason": stop, "val_error": STOPPED_VAL_ERROR, "epoch": job.run.epochs})
         return
-    ray.tune.report({"trial_id": trial_id, "epoch": summary["epochs"],
-                     "val_error": 1 - summary["best_val_accuracy"],
-                     "best_val_accuracy": summary["best_val_accuracy"],
-                     "test_accuracy": summary["test_accuracy"]})
+    ray.tune.report({"epoch": summary["epochs"], "val_error": 1 - summary["best_val_accuracy"],
+                     "best_val_accuracy": summary["best_val_accuracy"], "test_accuracy": summary["test_accuracy"]})

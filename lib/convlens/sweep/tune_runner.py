@@ -1,14 +1,15 @@
-"""`convlens sweep`: the trials under Ray Tune, each a full Ray Train run (trial.py).
+"""`convlens sweep`: a sweep's trials under Ray Tune, each a full Ray Train run (trial.py).
 
-The sweep fits as many trials side by side as the Ray cluster has CPUs (and GPUs) for their
-Train workers, schedules them with ASHA or FIFO, and resumes with Tune's own state (tuner.pkl):
-a trial's run name is `<sweep>_trial_<tune id>`, so a resumed sweep resumes interrupted trials
-from their own Train checkpoints. Outputs: results.py.
+Tune runs exactly the trials space.draw_trials drew (the ones `submit --array` would run): a grid
+over their indices, and each searched key a Drawn domain that Tune resolves to the value drawn for
+that index, so Tune's state, trial table and result configs hold the drawn values. The sweep fits as many trials side by side as the Ray
+cluster has CPUs (and GPUs) for their Train workers, schedules them with ASHA or FIFO, and resumes
+with Tune's own state (tuner.pkl): a trial's run is named after its index, so a resumed sweep
+resumes interrupted trials from their own Train checkpoints. Outputs: results.py.
 """
 from __future__ import annotations
 
-import re
-from pathlib import Path
+from ray.tune.search.sample import Domain
 
 from convlens.errors import ConfigError
 from convlens.raycluster import forwarded_env
@@ -17,7 +18,8 @@ from convlens.specs.base import validate
 from convlens.specs.sweep import SweepJob
 from convlens.specs.train import TrainJob
 from convlens.sweep.results import rank_rows, run_row, write_outputs
-from convlens.sweep.trial import run_trial, trial_spec
+from convlens.sweep.space import draw_trials, trial_id
+from convlens.sweep.trial import TRIAL, run_trial, trial_spec
 
 
 def sweep(job: SweepJob, resume: bool = False) -> list[dict]:
@@ -58,26 +60,41 @@ def build_tuner(job: SweepJob, spec: dict, resume: bool):
                                reduction_factor=sched.reduction_factor)
                  if sched.name == "asha" else FIFOScheduler())
     return ray.tune.Tuner(
-        trainable, param_space=param_space(job.space, job.search),
+        trainable, param_space=param_space(draw_trials(job)),
         tune_config=ray.tune.TuneConfig(metric=sched.metric, mode=sched.mode, scheduler=scheduler,
-                                        num_samples=job.num_samples, reuse_actors=False,
+                                        num_samples=1, reuse_actors=False,
                                         max_concurrent_trials=concurrency(job, train)),
         run_config=ray.tune.RunConfig(name=job.name, storage_path=str(job.sweep_dir.parent),
                                       verbose=0 if train.run.quiet else 1,
                                       failure_config=ray.tune.FailureConfig(max_failures=0)))
 
 
-def param_space(space: dict, search: str) -> dict:
+def param_space(trials: list[dict]) -> dict:
+    """Tune's space for these trials: their indices as a grid (run in order), and each drawn key."""
     from ray import tune
-    out = {}
-    for key, dist in space.items():
-        if dist.is_grid(search):
-            out[key] = tune.grid_search(list(dist.args))
-        elif dist.kind == "choice":
-            out[key] = tune.choice(list(dist.args))
-        else:
-            out[key] = getattr(tune, dist.kind)(*dist.args)
-    return out
+    keys = list(trials[0]) if trials else []
+    return {TRIAL: tune.grid_search(list(range(len(trials)))),
+            **{key: Drawn([trial[key] for trial in trials]) for key in keys}}
+
+
+class Drawn(Domain):
+    """One key's drawn values, by trial index. Tune's variant generator samples a domain once the
+    grid is resolved, so this picks the value of the trial at hand. Not tune.sample_from: Tune
+    swaps functions for placeholders that a restored Tuner cannot resolve, and its table hides them;
+    not points_to_evaluate: Tune splits list values (schedule.milestones) into per-element paths."""
+
+    def __init__(self, values: list):
+        self.values = values
+
+    def sample(self, config=None, size=1, random_state=None):
+        return self.values[config["config"][TRIAL]]  # config: Tune's spec, its grid already resolved
+
+    def is_valid(self, value) -> bool:
+        return value in self.values
+
+    @property
+    def domain_str(self) -> str:
+        return f"(drawn for {len(self.values)} trials)"
 
 
 def concurrency(job: SweepJob, train: TrainJob) -> int:
@@ -96,24 +113,12 @@ def concurrency(job: SweepJob, train: TrainJob) -> int:
     return min(fit, job.max_concurrent)
 
 
-TRIAL_DIR_ID = re.compile(r"_([0-9a-f]{5}_\d{5})(?:_|$)")
-
-
-def trial_id_of(result) -> str:
-    tid = (result.metrics or {}).get("trial_id")
-    if tid:
-        return tid
-    match = TRIAL_DIR_ID.search(Path(result.path).name)
-    return match.group(1) if match else Path(result.path).name
-
-
 def collect_rows(job: SweepJob, results) -> list[dict]:
     """One row per trial of Tune's results, from its run directory."""
     rows = []
     for result in results:
-        tid = trial_id_of(result)
-        sampled = {k: (result.config or {}).get(k) for k in job.space}
-        row = run_row(job, tid, sampled, result.error)
+        sampled = {k: result.config.get(k) for k in job.space}
+        row = run_row(job, trial_id(result.config[TRIAL]), sampled, result.error)
         if row["status"] == "early_stopped":  # Tune's last seen epoch; the run may have written one more
             row["stop_reason"] = f"ASHA stopped it after epoch {(result.metrics or {}).get('epoch', '?')}"
         rows.append(row)
