@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import signal
@@ -172,3 +173,26 @@ def test_sample_trials_grid_product_and_seeded_draws(tmp_path, cache_dir):
     assert draw_trials(load_job(path, space, "sweep")) == draws
     assert draw_trials(load_job(path, [*space, "seed=1"], "sweep")) != draws
 
+
+def test_tune_sweep_and_array_draw_the_same_trials(ray_cluster, tmp_path, cache_dir):
+    """The same spec and seed give the same trials and run names in a Tune sweep and in an
+    `--array` sweep (start_array draws and records them in array.json; no Slurm needed)."""
+    from convlens.sweep.array import start_array
+    from convlens.sweep.tune_runner import sweep
+    space = {"optim.name": {"choice": ["sgd", "adam"]}, "optim.lr": {"loguniform": [0.001, 0.1]},
+             "run.seed": {"randint": [0, 1000]}}
+    path = write_sweep(tmp_path, cache_dir, "tuned", space, run={"epochs": 1, "steps_per_epoch": 3},
+                       search="random", num_samples=3, seed=7, scheduler={"name": "none"})
+    tuned = load_job(path, [], "sweep")
+    sweep(tuned)
+    rows = read_trials(tuned.sweep_dir)
+    ran = {r["trial_id"]: {k: yaml.safe_load(r[f"config/{k}"]) for k in space} for r in rows}
+    arrayed = load_job(path, ["name=arrayed"], "sweep")
+    jobs = start_array(arrayed)
+    recorded = json.loads((arrayed.sweep_dir / "array.json").read_text())["trials"]
+    assert ran == recorded and len(recorded) == 3, (ran, recorded)
+    assert len({t["optim.lr"] for t in recorded.values()}) == 3  # drawn per trial
+    assert all(r["status"] == "completed" for r in rows), rows
+    assert sorted(r["run"] for r in rows) == [f"tuned_trial_{tid}" for tid in sorted(recorded)]
+    assert sorted(j.run.name for j in jobs.values()) == [f"arrayed_trial_{tid}" for tid in sorted(recorded)]
+    assert all(Path(r["run_dir"]).parent == tuned.sweep_dir / "trials" for r in rows)
