@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import signal
@@ -66,7 +67,7 @@ def test_spec_is_validated_at_the_door(tmp_path, cache_dir):
 
 
 def test_asha_sweep_stops_weak_trials_and_writes_best_job(ray_cluster, tmp_path, cache_dir):
-    from convlens.tuning import sweep
+    from convlens.sweep.tune_runner import sweep
     # Two useful learning rates run first; the two tiny ones lose at the first rung. Epochs of 50
     # steps put the useful ones near 0.7 validation error and the tiny ones at chance (0.9); with
     # 5 steps every trial sat at chance and ASHA's choice was a coin flip.
@@ -94,7 +95,7 @@ def test_asha_sweep_stops_weak_trials_and_writes_best_job(ray_cluster, tmp_path,
 
 
 def test_nan_trial_does_not_stop_the_others(ray_cluster, tmp_path, cache_dir, monkeypatch):
-    from convlens.tuning import sweep
+    from convlens.sweep.tune_runner import sweep
     inject(monkeypatch, {"kind": "nan", "run": "*_00001", "at": "0:1:2"},
            {"kind": "nan", "run": "*_00002", "at": "0:2:2"})
     path = write_sweep(tmp_path, cache_dir, "nan", {"run.seed": {"grid": [0, 1, 2]}},
@@ -154,20 +155,44 @@ def test_killed_sweep_resumes_keeping_finished_trials(ray_cluster, tmp_path, cac
 
 
 def test_sample_trials_grid_product_and_seeded_draws(tmp_path, cache_dir):
-    from convlens.tuning import sample_trials
+    from convlens.sweep.space import draw_trials
     path = write_sweep(tmp_path, cache_dir, "draws", {"optim.lr": {"grid": [0.1, 0.05]},
                                                       "optim.momentum": {"choice": [0.0, 0.9]}})
-    grid = sample_trials(load_job(path, ["num_samples=3"], "sweep"))  # search: grid counts choice as a grid
+    grid = draw_trials(load_job(path, ["num_samples=3"], "sweep"))  # search: grid counts choice as a grid
     assert len(grid) == 2 * 2 * 3
     assert sorted((t["optim.lr"], t["optim.momentum"]) for t in grid[:4]) == [(0.05, 0.0), (0.05, 0.9),
                                                                               (0.1, 0.0), (0.1, 0.9)]
     assert grid[4:8] == grid[:4]
     space = ["space.optim.lr={loguniform: [0.001, 0.1]}", "space.optim.momentum={uniform: [0.5, 0.9]}",
              "space.run.epochs={randint: [1, 4]}", "search=random", "num_samples=50"]
-    draws = sample_trials(load_job(path, space, "sweep"))
+    draws = draw_trials(load_job(path, space, "sweep"))
     assert len(draws) == 50
     assert all(0.001 <= t["optim.lr"] <= 0.1 and 0.5 <= t["optim.momentum"] <= 0.9 for t in draws)
     assert {t["run.epochs"] for t in draws} == {1, 2, 3}
     assert min(t["optim.lr"] for t in draws) < 0.01 < max(t["optim.lr"] for t in draws)  # log scale, not linear
-    assert sample_trials(load_job(path, space, "sweep")) == draws
-    assert sample_trials(load_job(path, [*space, "seed=1"], "sweep")) != draws
+    assert draw_trials(load_job(path, space, "sweep")) == draws
+    assert draw_trials(load_job(path, [*space, "seed=1"], "sweep")) != draws
+
+
+def test_tune_sweep_and_array_draw_the_same_trials(ray_cluster, tmp_path, cache_dir):
+    """The same spec and seed give the same trials and run names in a Tune sweep and in an
+    `--array` sweep (start_array draws and records them in array.json; no Slurm needed)."""
+    from convlens.sweep.array import start_array
+    from convlens.sweep.tune_runner import sweep
+    space = {"optim.name": {"choice": ["sgd", "adam"]}, "optim.lr": {"loguniform": [0.001, 0.1]},
+             "run.seed": {"randint": [0, 1000]}}
+    path = write_sweep(tmp_path, cache_dir, "tuned", space, run={"epochs": 1, "steps_per_epoch": 3},
+                       search="random", num_samples=3, seed=7, scheduler={"name": "none"})
+    tuned = load_job(path, [], "sweep")
+    sweep(tuned)
+    rows = read_trials(tuned.sweep_dir)
+    ran = {r["trial_id"]: {k: yaml.safe_load(r[f"config/{k}"]) for k in space} for r in rows}
+    arrayed = load_job(path, ["name=arrayed"], "sweep")
+    jobs = start_array(arrayed)
+    recorded = json.loads((arrayed.sweep_dir / "array.json").read_text())["trials"]
+    assert ran == recorded and len(recorded) == 3, (ran, recorded)
+    assert len({t["optim.lr"] for t in recorded.values()}) == 3  # drawn per trial
+    assert all(r["status"] == "completed" for r in rows), rows
+    assert sorted(r["run"] for r in rows) == [f"tuned_trial_{tid}" for tid in sorted(recorded)]
+    assert sorted(j.run.name for j in jobs.values()) == [f"arrayed_trial_{tid}" for tid in sorted(recorded)]
+    assert all(Path(r["run_dir"]).parent == tuned.sweep_dir / "trials" for r in rows)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from convlens.errors import ConfigError
+from convlens.rundir import SweepDir
 from convlens.specs.demo import DemoJob, StepSpec
 from convlens.specs.load import step_job as load_step
 
@@ -45,9 +46,9 @@ def run_demo(job: DemoJob) -> Path:
         banner("probing frozen features (linear, MLP, kNN)")
         probe(probe_job)
     if sweep_job:
-        from convlens.tuning import sweep
+        from convlens.sweep.tune_runner import sweep
         banner("sweeping with Ray Tune")
-        sweep(sweep_job, resume=(sweep_job.sweep_dir / "tuner.pkl").is_file())  # a rerun keeps its trials
+        sweep(sweep_job, resume=(sweep_job.sweep_dir / SweepDir.TUNER).is_file())  # a rerun keeps its trials
         outputs.append(str(sweep_job.sweep_dir))
     if analysis_job:
         from convlens.analysis.job import analyze

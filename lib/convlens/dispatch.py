@@ -11,7 +11,8 @@ def run_job(kind: str, spec, overrides=(), resume: bool = False, collect: bool =
         from convlens.training.run import train
         return train(job)
     if kind == "sweep":
-        from convlens.tuning import collect_array, sweep
+        from convlens.sweep.array import collect_array
+        from convlens.sweep.tune_runner import sweep
         return collect_array(job) if collect else sweep(job, resume=resume)
     if kind == "analyze":
         from convlens.analysis.job import analyze

@@ -8,7 +8,7 @@ the nodes (launch/raynodes.py). Preemption and time limits send USR2: submitit c
 (Ray Train checkpoints under run.root/run.name, or the sweep's state with --resume).
 
 A sweep runs by default in one allocation where Ray Tune schedules every trial (ASHA can stop
-weak ones). With --array its trials are sampled here instead (tuning.sample_trials) and run as
+weak ones). With --array its trials are drawn here instead (sweep/array.py) and run as
 one Slurm job array, a single-node `convlens train` per task, at most profile.array_parallelism
 at once, each requeued on its own; `convlens sweep --collect` (or --wait) gathers the results.
 """
@@ -26,6 +26,7 @@ from pydantic import BaseModel
 
 from convlens.errors import ConfigError, ConvlensError, JobFailed
 from convlens.launch.sbatch import make_executor
+from convlens.rundir import SweepDir
 from convlens.specs.base import validate
 from convlens.specs.cluster import ClusterProfile, load_profile
 from convlens.specs.load import load_job
@@ -179,7 +180,7 @@ def submit_array(profile: ClusterProfile, kind: str, spec, overrides, wait: bool
     """A sweep as a Slurm job array: one single-node `convlens train` task per sampled trial,
     at most profile.array_parallelism at once. Returns the tasks' submitit Jobs; with wait=True,
     collects the results once every task has ended and returns 0 if any trial completed."""
-    from convlens.tuning import ARRAY_INDEX, collect_array, start_array
+    from convlens.sweep.array import collect_array, start_array
     if kind != "sweep":
         raise ConfigError(f"--array runs the trials of a sweep; a {kind} job is one allocation (drop --array)")
     job = resolve_job(kind, spec, overrides, profile)
@@ -195,14 +196,14 @@ def submit_array(profile: ClusterProfile, kind: str, spec, overrides, wait: bool
     array_id = next(iter(tasks.values())).job_id.split("_")[0]
     print(f"[convlens] submitted slurm array job {array_id}: {len(tasks)} trials of sweep {job.name}, "
           f"at most {profile.array_parallelism} at once\n  logs:   {profile.folder.parent}/{array_id}_<task>/\n"
-          f"  trials: {job.sweep_dir / ARRAY_INDEX}\n  W&B group: {job.group}", flush=True)
+          f"  trials: {job.sweep_dir / SweepDir.ARRAY_INDEX}\n  W&B group: {job.group}", flush=True)
     if not wait:
         collect = f"convlens sweep {write_spec(job, profile, f'sweep-{job.name}')} --collect"
         print(f"[convlens] once every task has ended, collect the results with:\n  {collect}", flush=True)
         return list(tasks.values())
     rows = collect_array(job, wait_all(tasks, timeout))
     if not any(row["status"] == "completed" for row in rows):
-        raise JobFailed(f"no trial of sweep {job.name} completed; see {job.sweep_dir / 'trials.csv'}")
+        raise JobFailed(f"no trial of sweep {job.name} completed; see {job.sweep_dir / SweepDir.TRIALS}")
     return 0
 
 

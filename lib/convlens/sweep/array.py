@@ -1,0 +1,52 @@
+"""`convlens submit --array`: a sweep's trials as independent `convlens train` runs (one Slurm
+array task each, launch/slurm.py), and the sweep's outputs gathered from their run directories.
+
+start_array draws the trials up front (space.draw_trials: the same trials, and run names, as a
+Tune sweep of the same spec and seed) and records them in <sweep dir>/array.json; collect_array
+writes the same trials.csv, best_job.yaml and curves.png as a Tune sweep.
+"""
+from __future__ import annotations
+
+import json
+
+from convlens.errors import ConfigError
+from convlens.files import read_json
+from convlens.rundir import SweepDir
+from convlens.specs.sweep import SweepJob
+from convlens.specs.train import TrainJob
+from convlens.sweep.results import rank_rows, run_row, write_outputs
+from convlens.sweep.space import draw_trials, trial_id
+from convlens.sweep.trial import trial_job, trial_spec
+
+
+def start_array(job: SweepJob) -> dict[str, TrainJob]:
+    """Draw the trials, record them in <sweep_dir>/array.json ({"sweep": name, "trials":
+    {trial id: sampled}}); returns {trial id: its TrainJob}."""
+    folder = SweepDir(job.sweep_dir)
+    index = folder / SweepDir.ARRAY_INDEX
+    if index.is_file() or (folder / SweepDir.TUNER).is_file():
+        raise ConfigError(f"sweep {job.name} already exists in {job.sweep_dir}: choose another name")
+    spec = trial_spec(job)
+    trials = {trial_id(i): sampled for i, sampled in enumerate(draw_trials(job))}
+    jobs = {tid: trial_job(spec, sampled, job.name, str(folder.trials_dir), tid) for tid, sampled in trials.items()}
+    job.sweep_dir.mkdir(parents=True, exist_ok=True)
+    index.write_text(json.dumps({"sweep": job.name, "trials": trials}, indent=1))
+    return jobs
+
+
+def collect_array(job: SweepJob, errors: dict[str, Exception] | None = None) -> list[dict]:
+    """trials.csv, best_job.yaml and curves.png from the run directories of an array sweep's
+    trials; errors: trial id -> why its Slurm task failed. Returns the rows, best first."""
+    index = job.sweep_dir / SweepDir.ARRAY_INDEX
+    if not index.is_file():
+        raise ConfigError(f"no {SweepDir.ARRAY_INDEX} in {job.sweep_dir}: nothing was submitted there with "
+                          f"`convlens submit --array` (a Tune sweep writes its outputs itself)")
+    rows = []
+    for tid, sampled in read_json(index)["trials"].items():
+        row = run_row(job, tid, sampled, (errors or {}).get(tid))
+        if row["status"] == "early_stopped":  # no scheduler stops array tasks: still running, or killed
+            row["status"] = "incomplete"
+        rows.append(row)
+    rows = rank_rows(rows)
+    write_outputs(job, trial_spec(job), rows)
+    return rows

@@ -1,0 +1,134 @@
+"""A sweep's outputs, the same for a Tune sweep and an array sweep: one row per trial read from
+its run directory, ranked; trials.csv, the printed table, best_job.yaml (a ready train spec) and
+curves.png, all in the sweep directory.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import math
+from pathlib import Path
+
+import yaml
+
+from convlens.rundir import RunDir, SweepDir
+from convlens.specs.base import apply_overrides, validate
+from convlens.specs.sweep import SweepJob
+from convlens.specs.train import TrainJob
+
+
+def run_row(job: SweepJob, tid: str, sampled: dict, error) -> dict:
+    """One trial's row, read from its run directory (metrics.jsonl, summary.json, stopped.json)."""
+    run = SweepDir(job.sweep_dir).trial_run(job.name, tid)
+    return trial_row(tid, run.path, sampled, run.read_metrics(), run.read_summary(), run.read_stopped(), error)
+
+
+def trial_row(tid, run_dir, sampled, history, summary, stopped, error) -> dict:
+    best = min(history, key=lambda h: h["val_error"]) if history else None
+    if stopped:
+        status = "stopped"
+    elif error is not None:
+        status = "error"
+    elif summary:
+        status = "completed"
+    else:
+        status = "early_stopped" if history else "not_run"
+    reason = (stopped or {}).get("stop_reason") or (f"{type(error).__name__}: {error}"[:200] if error else "")
+    return {"trial_id": tid, "run": run_dir.name, **{f"config/{k}": v for k, v in sampled.items()},
+            "status": status, "stop_reason": reason, "epochs": history[-1]["epoch"] if history else 0,
+            "best_epoch": best["epoch"] if best else "", "best_val_accuracy": best["val_accuracy"] if best else "",
+            "test_accuracy": (summary or {}).get("test_accuracy", ""), "run_dir": str(run_dir)}
+
+
+def rank_rows(rows: list[dict]) -> list[dict]:
+    """Best first: completed trials by best validation accuracy, then the rest."""
+    def key(row):
+        acc = row["best_val_accuracy"]
+        scored = row["status"] == "completed" and isinstance(acc, float) and math.isfinite(acc)
+        return (not scored, -(acc if scored else 0.0), row["trial_id"])
+    rows = sorted(rows, key=key)
+    for i, row in enumerate(rows):
+        row["best"] = i == 0 and row["status"] == "completed"
+    return rows
+
+
+def write_outputs(job: SweepJob, spec: dict, rows: list[dict]) -> None:
+    write_csv(job.sweep_dir / SweepDir.TRIALS, rows)
+    print(format_table(rows, list(job.space)), flush=True)
+    best = rows[0] if rows and rows[0]["best"] else None
+    if best is not None:
+        path = write_best_job(job, spec, best)
+        print(f"[convlens] best trial {best['trial_id']}: val acc {best['best_val_accuracy']:.4f}, "
+              f"test acc {best['test_accuracy']:.4f}; train it with: convlens train {path}", flush=True)
+    else:
+        print("[convlens] no trial completed; no best_job.yaml written", flush=True)
+    curves = {row["trial_id"]: read_curve(Path(row["run_dir"])) for row in rows}
+    plot_curves(curves, best["trial_id"] if best else None, job.sweep_dir / SweepDir.CURVES, job.name)
+    print(f"[convlens] sweep outputs in {job.sweep_dir}", flush=True)
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    columns = list(rows[0]) if rows else ["trial_id"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (yaml.safe_dump(v, default_flow_style=True).strip()
+                                 if isinstance(v, (list, dict)) else v) for k, v in row.items()})
+
+
+def format_table(rows: list[dict], space_keys: list[str]) -> str:
+    head = ["trial", *space_keys, "status", "epochs", "best_ep", "val_acc", "test_acc"]
+    body = []
+    for row in rows:
+        cells = [row["trial_id"] + (" *" if row["best"] else "")]
+        cells += [fmt(row[f"config/{k}"]) for k in space_keys]
+        cells += [row["status"], str(row["epochs"]), str(row["best_epoch"]),
+                  fmt(row["best_val_accuracy"]), fmt(row["test_accuracy"])]
+        body.append(cells)
+    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [head, *body])
+
+
+def fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value) if value is not None else ""
+
+
+def write_best_job(job: SweepJob, spec: dict, best: dict) -> Path:
+    """The best config as a ready train spec, named <sweep>_best, in the sweep's root."""
+    sampled = {k: best[f"config/{k}"] for k in job.space}
+    spec = apply_overrides(copy.deepcopy(spec), sampled)
+    spec = apply_overrides(spec, {"run.name": f"{job.name}_best", "run.root": str(job.sweep_dir.parent)})
+    validate(TrainJob, spec, "best_job.yaml")
+    path = job.sweep_dir / SweepDir.BEST_JOB
+    header = (f"# Best trial {best['trial_id']} of sweep {job.name}: val acc {best['best_val_accuracy']:.4f}, "
+              f"test acc {best['test_accuracy']:.4f}\n")
+    path.write_text(header + yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def read_curve(run_dir: Path) -> tuple[list[int], list[float]]:
+    history = RunDir(run_dir).read_metrics()
+    return [h["epoch"] for h in history], [h["val_accuracy"] for h in history]
+
+
+def plot_curves(curves: dict[str, tuple[list, list]], best: str | None, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for tid, (epochs, acc) in curves.items():
+        if epochs:
+            ax.plot(epochs, acc, marker="o", lw=2.5 if tid == best else 1.0,
+                    alpha=1.0 if tid == best else 0.6, label=tid + (" (best)" if tid == best else ""))
+    ax.set(xlabel="epoch", ylabel="validation accuracy", title=f"sweep {title}: validation accuracy")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,125 @@
+"""`convlens sweep`: a sweep's trials under Ray Tune, each a full Ray Train run (trial.py).
+
+Tune runs exactly the trials space.draw_trials drew (the ones `submit --array` would run): a grid
+over their indices, and each searched key a Drawn domain that Tune resolves to the value drawn for
+that index, so Tune's state, trial table and result configs hold the drawn values. The sweep fits as many trials side by side as the Ray
+cluster has CPUs (and GPUs) for their Train workers, schedules them with ASHA or FIFO, and resumes
+with Tune's own state (tuner.pkl): a trial's run is named after its index, so a resumed sweep
+resumes interrupted trials from their own Train checkpoints. Outputs: results.py.
+"""
+from __future__ import annotations
+
+from ray.tune.search.sample import Domain
+
+from convlens.errors import ConfigError
+from convlens.raycluster import forwarded_env
+from convlens.rundir import SweepDir
+from convlens.specs.base import validate
+from convlens.specs.sweep import SweepJob
+from convlens.specs.train import TrainJob
+from convlens.sweep.results import rank_rows, run_row, write_outputs
+from convlens.sweep.space import draw_trials, trial_id
+from convlens.sweep.trial import TRIAL, run_trial, trial_spec
+
+
+def sweep(job: SweepJob, resume: bool = False) -> list[dict]:
+    """Run (or resume) the sweep; returns the trials.csv rows, best first."""
+    from convlens.raycluster import check_fits, ensure_ray
+    spec = trial_spec(job)
+    train = validate(TrainJob, spec)
+    ensure_ray(quiet=train.run.quiet)
+    check_fits(train.run.workers, train.run.cpus_per_worker, train.run.use_gpu, "run")
+    state = job.sweep_dir / SweepDir.TUNER
+    if resume and not state.is_file():
+        raise ConfigError(f"--resume: no sweep to resume in {job.sweep_dir}")
+    if not resume and state.is_file():
+        raise ConfigError(f"sweep {job.name} already exists in {job.sweep_dir}: "
+                          f"pass --resume, or choose another name")
+    job.sweep_dir.mkdir(parents=True, exist_ok=True)
+    results = build_tuner(job, spec, resume).fit()
+    rows = collect_rows(job, results)
+    write_outputs(job, spec, rows)
+    return rows
+
+
+def build_tuner(job: SweepJob, spec: dict, resume: bool):
+    import ray.tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    train = validate(TrainJob, spec)
+    trainable = ray.tune.with_resources(
+        ray.tune.with_parameters(run_trial, spec=spec, sweep=job.name,
+                                 trials_dir=str(SweepDir(job.sweep_dir).trials_dir), env=forwarded_env()),
+        {"cpu": job.resources.trial_cpus})
+    if resume:
+        return ray.tune.Tuner.restore(str(job.sweep_dir), trainable=trainable, resume_unfinished=True,
+                                      resume_errored=False, restart_errored=False)
+    sched = job.scheduler
+    # max_t past the last epoch: ASHA stops a trial that reaches max_t, which would cut off
+    # the trial's own finalize (test accuracy, summary.json) after its last epoch report.
+    scheduler = (ASHAScheduler(time_attr="epoch", max_t=train.run.epochs + 1, grace_period=sched.grace_period,
+                               reduction_factor=sched.reduction_factor)
+                 if sched.name == "asha" else FIFOScheduler())
+    return ray.tune.Tuner(
+        trainable, param_space=param_space(draw_trials(job)),
+        tune_config=ray.tune.TuneConfig(metric=sched.metric, mode=sched.mode, scheduler=scheduler,
+                                        num_samples=1, reuse_actors=False,
+                                        max_concurrent_trials=concurrency(job, train)),
+        run_config=ray.tune.RunConfig(name=job.name, storage_path=str(job.sweep_dir.parent),
+                                      verbose=0 if train.run.quiet else 1,
+                                      failure_config=ray.tune.FailureConfig(max_failures=0)))
+
+
+def param_space(trials: list[dict]) -> dict:
+    """Tune's space for these trials: their indices as a grid (run in order), and each drawn key."""
+    from ray import tune
+    keys = list(trials[0]) if trials else []
+    return {TRIAL: tune.grid_search(list(range(len(trials)))),
+            **{key: Drawn([trial[key] for trial in trials]) for key in keys}}
+
+
+class Drawn(Domain):
+    """One key's drawn values, by trial index. Tune's variant generator samples a domain once the
+    grid is resolved, so this picks the value of the trial at hand. Not tune.sample_from: Tune
+    swaps functions for placeholders that a restored Tuner cannot resolve, and its table hides them;
+    not points_to_evaluate: Tune splits list values (schedule.milestones) into per-element paths."""
+
+    def __init__(self, values: list):
+        self.values = values
+
+    def sample(self, config=None, size=1, random_state=None):
+        return self.values[config["config"][TRIAL]]  # config: Tune's spec, its grid already resolved
+
+    def is_valid(self, value) -> bool:
+        return value in self.values
+
+    @property
+    def domain_str(self) -> str:
+        return f"(drawn for {len(self.values)} trials)"
+
+
+def concurrency(job: SweepJob, train: TrainJob) -> int:
+    """Trials that fit at once: Tune only sees the trial's own CPUs, not its Train workers'."""
+    import ray
+    total = ray.cluster_resources()
+    per_trial = job.resources.trial_cpus + train.run.workers * train.run.cpus_per_worker
+    fit = int(total.get("CPU", 0) // per_trial)
+    if train.run.use_gpu:
+        fit = min(fit, int(total.get("GPU", 0) // train.run.workers))
+    if fit < 1:
+        raise ConfigError(f"one trial needs {per_trial:g} CPUs (resources.trial_cpus + run.workers x "
+                          f"run.cpus_per_worker), but the Ray cluster has {total.get('CPU', 0):g}")
+    if fit < job.max_concurrent:
+        print(f"[convlens] max_concurrent {job.max_concurrent} -> {fit}: what the cluster fits", flush=True)
+    return min(fit, job.max_concurrent)
+
+
+def collect_rows(job: SweepJob, results) -> list[dict]:
+    """One row per trial of Tune's results, from its run directory."""
+    rows = []
+    for result in results:
+        sampled = {k: result.config.get(k) for k in job.space}
+        row = run_row(job, trial_id(result.config[TRIAL]), sampled, result.error)
+        if row["status"] == "early_stopped":  # Tune's last seen epoch; the run may have written one more
+            row["stop_reason"] = f"ASHA stopped it after epoch {(result.metrics or {}).get('epoch', '?')}"
+        rows.append(row)
+    return rank_rows(rows)
