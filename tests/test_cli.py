@@ -90,3 +90,24 @@ def test_progress_in_a_log_file_is_a_few_lines_per_epoch(ray_cluster, tmp_path, 
         assert 5 <= len(lines) <= 10 and lines[-1] == "100", (epoch, lines)
         assert f"[convlens] chatty epoch {epoch}/2: train loss" in out
     assert "Reporting training result" not in out and "test acc" in out
+
+
+@pytest.mark.parametrize("command", ["analyze", "probe"])
+def test_a_refused_checkpoint_stops_analysis_and_probes_before_any_work_in_one_line(
+        command, uninterrupted, tmp_path, capsys):
+    """A damaged checkpoint among the chosen ones: exit 1 with one line naming its file, checked
+    in the driver before any task runs, so nothing is written for the good ones either."""
+    import shutil
+    run = tmp_path / "damaged"
+    shutil.copytree(uninterrupted(), run)
+    chosen = sorted(run.glob("checkpoint_epoch*" if command == "analyze" else "best_epoch*"))[-1]
+    weights = next(p for p in chosen.iterdir() if p.suffix == ".pt")
+    weights.write_bytes(weights.read_bytes()[:100])
+    out = tmp_path / "analysis"
+    spec = ({"kind": "analyze", "runs": [str(run)], "epochs": "all", "out": str(out), "methods": ["filters"]}
+            if command == "analyze" else {"kind": "probe", "runs": [str(run)], "stages": [1]})
+    assert main([command, str(write(tmp_path, spec))]) == 1
+    captured = capsys.readouterr()
+    ours = [line for line in captured.err.splitlines() if not line.startswith("(")]
+    assert len(ours) == 1 and str(weights) in ours[0] and "sha256" in ours[0], ours
+    assert not list(out.rglob("*.png")) and not (run / "probes.json").exists()

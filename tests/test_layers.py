@@ -12,7 +12,7 @@ PACKAGE = LIB / "convlens"
 
 # Lowest first; a module may import from its own layer or below, never above.
 LAYERS = [
-    ["errors", "files"],  # dependency-free
+    ["errors", "files", "progress"],  # dependency-free (progress: tqdm only)
     ["specs"],  # job schemas: pydantic and YAML only
     ["data", "models", "checkpoint", "rundir", "restore", "faults", "tracking", "wandb_tracker", "raycluster",
      "knn"],

@@ -77,18 +77,27 @@ def evaluate_stage(model, data: ImageData, stage: int, job: ProbeJob, prepare) -
     return result
 
 
+def best_to_probe(run_dir: Path) -> Path:
+    """The run's newest best checkpoint, verified; a damaged one is refused rather than replaced
+    by an older best, so the table always describes the run's best epoch."""
+    bests = RunDir(run_dir).bests()
+    if not bests:
+        raise CheckpointError(f"{run_dir}: no {RunDir.BEST}* checkpoint to probe")
+    ckpt.verify(bests[-1])
+    return bests[-1]
+
+
 def probe_run(run_dir: Path, job: ProbeJob) -> dict:
     """Probe the best checkpoint of one run at every requested stage; writes probes.json."""
     run_dir = Path(run_dir)
-    folder = ckpt.best_checkpoint(run_dir)
-    if folder is None:
-        raise CheckpointError(f"{run_dir}: no verified {RunDir.BEST}* checkpoint to probe")
+    folder = best_to_probe(run_dir)
     loaded = load_model_and_data(folder)
     model = loaded.model
     for p in model.parameters():
         p.requires_grad_(False)
     stages = [s for s in job.stages if 1 <= s <= len(model.stage_names)]
     results = {"run": run_dir.name, "task": loaded.task, "checkpoint": str(folder),
+               "chance": 1 / loaded.data.num_classes,
                "stages": {str(s): evaluate_stage(model, loaded.data, s, job, loaded.prepare)
                           for s in stages}}
     write_atomic(RunDir(run_dir) / RunDir.PROBES, json.dumps(results, indent=2).encode())
@@ -96,15 +105,20 @@ def probe_run(run_dir: Path, job: ProbeJob) -> dict:
 
 
 def probe(job: ProbeJob) -> list[dict]:
+    for run in job.runs:  # every checkpoint checked before any probe trains
+        best_to_probe(Path(run))
     results = [probe_run(Path(r), job) for r in job.runs]
     print(format_table(results), flush=True)
     return results
 
 
 def format_table(results: list[dict]) -> str:
+    """Test accuracy of each probe on each run's features, stage by stage, with chance."""
     lines = [f"{'run':24} {'task':10} {'stage':>5} {'linear':>8} {'mlp':>8} {'kNN':>8}"]
     for r in results:
         for stage, m in r["stages"].items():
             lines.append(f"{r['run']:24} {r['task']:10} {stage:>5} {m['linear_accuracy']:8.4f} "
                          f"{m['mlp_accuracy']:8.4f} {m['knn_accuracy']:8.4f}")
-    return "\n".join(lines)
+    if results:
+        lines.append(f"{'chance':24} {'':10} {'':>5} " + f"{results[0]['chance']:8.4f} " * 3)
+    return "\n".join(lines).rstrip()

@@ -28,13 +28,6 @@ def verbose() -> bool:
     return os.environ.get(VERBOSE) == "1"
 
 
-def progress_mode(quiet: bool) -> str:
-    """How a run shows its steps: a bar on a terminal, lines in a log file, nothing when quiet."""
-    if quiet:
-        return "off"
-    return "bar" if sys.stdout.isatty() else "lines"
-
-
 def log_level() -> str:
     """Ray's log level in the driver and in every task and actor of the job: Ray Train's per-rank
     "Reporting training result" lines are INFO, its transient scheduling complaints WARNING."""
@@ -54,27 +47,34 @@ def prepare_environment() -> None:
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no colour codes in log files
 
 
-def ensure_ray(quiet: bool = False) -> None:
-    """Join RAY_ADDRESS (a cluster the user started with `ray start --head`, say; `auto` finds
-    it) if given; else start a local one-node Ray."""
+def ensure_ray(quiet: bool = False, address: str | None = None) -> None:
+    """Join `address` or RAY_ADDRESS (a cluster the user started with `ray start --head`, say;
+    `auto` finds it) if given; else start a local one-node Ray."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        os.environ["RAY_ADDRESS"] = address  # before prepare_environment: a joined cluster keeps its auth
     prepare_environment()
     import ray
     if ray.is_initialized():
         return
     # The dashboard (ray[default]) serves the state API that Ray Train's placement group
     # cleaner polls; without it the cleaner logs a warning every second and never cleans up.
-    ray.init(address=os.environ.get("RAY_ADDRESS") or "local", log_to_driver=not quiet,
+    ray.init(address=address or "local", log_to_driver=not quiet,
              logging_level=log_level(), logging_config=ray.LoggingConfig(log_level=log_level()))
 
 
-def check_fits(workers: int, cpus_per_worker: float, use_gpu: bool, what: str = "run") -> None:
-    """Fail now if the cluster can never schedule this many workers (Ray would wait forever)."""
+def worker_resources(run) -> dict[str, float]:
+    """What one Train worker of this run section reserves: its CPUs and, on GPU, its GPU share."""
+    return {"CPU": run.cpus_per_worker, **({"GPU": run.gpus_per_worker} if run.use_gpu else {})}
+
+
+def check_fits(run) -> None:
+    """Fail now if the cluster can never schedule the run's workers (Ray would wait forever)."""
     import ray
     total = ray.cluster_resources()
-    need_cpu = workers * cpus_per_worker
-    if need_cpu > total.get("CPU", 0):
-        raise ConfigError(f"{what}.workers = {workers} x {what}.cpus_per_worker = {cpus_per_worker} "
-                          f"needs {need_cpu:g} CPUs, but the Ray cluster has {total.get('CPU', 0):g}")
-    if use_gpu and workers > total.get("GPU", 0):
-        raise ConfigError(f"{what}.workers = {workers} with {what}.use_gpu = true needs {workers} GPUs, "
-                          f"but the Ray cluster has {total.get('GPU', 0):g}")
+    for kind, each in worker_resources(run).items():
+        need, have = run.workers * each, total.get(kind, 0)
+        if need > have + 1e-9:
+            field = "cpus_per_worker" if kind == "CPU" else "gpus_per_worker"
+            raise ConfigError(f"run.workers = {run.workers} x run.{field} = {each:g} needs {need:g} {kind}s, "
+                              f"but the Ray cluster has {have:g}")

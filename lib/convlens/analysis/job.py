@@ -13,7 +13,8 @@ from pathlib import Path
 from convlens import faults
 from convlens.analysis import base
 from convlens.checkpoint import best_checkpoint, checkpoint_epoch, verify
-from convlens.errors import CheckpointError, ConfigError
+from convlens.errors import ConfigError
+from convlens.progress import Progress, progress_mode
 from convlens.raycluster import ensure_ray, forwarded_env
 from convlens.rundir import AnalysisDir, RunDir
 from convlens.specs.analyze import AnalyzeJob, AnalyzeOptions
@@ -64,7 +65,8 @@ def select(run_dir: Path, epochs) -> list[Path]:
 
 
 def targets(job: AnalyzeJob) -> list[tuple[str, int, Path]]:
-    """(run name, epoch, folder) for every checkpoint to analyze; each verified up front."""
+    """(run name, epoch, folder) for every checkpoint to analyze; each verified here, in the
+    driver, so a refused checkpoint stops the job before any task starts (CheckpointError)."""
     out = []
     for run in job.runs:
         run_dir = Path(run).expanduser().resolve()
@@ -73,10 +75,7 @@ def targets(job: AnalyzeJob) -> list[tuple[str, int, Path]]:
         out += [(run_dir.name, checkpoint_epoch(f), f) for f in select(run_dir, job.epochs)]
     out += [(Path(c).resolve().parent.name, checkpoint_epoch(c), Path(c).resolve()) for c in job.checkpoints]
     for _, _, folder in out:
-        try:
-            verify(folder)
-        except CheckpointError as err:
-            raise ConfigError(f"checkpoint {folder}: {err}") from None
+        verify(folder)
     return out
 
 
@@ -143,14 +142,17 @@ def write_index(out: Path, name: str, chosen: list[tuple[str, int, Path]], metho
 
 
 def gather(refs: list, quiet: bool) -> list[dict]:
-    """The tasks' index entries in submission order, printing progress as they finish."""
+    """The tasks' index entries in submission order, showing progress as they finish."""
     import ray
     results, pending = {}, list(refs)
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=len(pending), timeout=10)
-        results.update({ref: ray.get(ref) for ref in ready})
-        if ready and not quiet:
-            print(f"[convlens] analysis: {len(results)}/{len(refs)} tasks done", flush=True)
+    progress = Progress("analysis", len(refs), progress_mode(quiet))
+    try:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=len(pending), timeout=1)
+            results.update({ref: ray.get(ref) for ref in ready})
+            progress.update(len(ready))
+    finally:
+        progress.close()
     return [e for ref in refs for e in results[ref]]
 
 

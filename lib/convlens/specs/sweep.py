@@ -65,10 +65,11 @@ class SchedulerConfig(Strict):
 
 
 class TrialResources(Strict):
-    """Overrides the base spec's run.workers / cpus_per_worker / use_gpu when set."""
+    """Overrides the base spec's run.workers / cpus_per_worker / use_gpu / gpus_per_worker when set."""
     workers: int | None = Field(None, gt=0)
     cpus_per_worker: float | None = Field(None, gt=0)
     use_gpu: bool | None = None
+    gpus_per_worker: float | None = Field(None, gt=0, le=1)  # < 1 packs several trials on one GPU
     trial_cpus: float = Field(0.5, gt=0)  # the trial function itself (its Train workers come on top)
 
 
@@ -143,7 +144,8 @@ def base_spec(job: SweepJob) -> dict:
     res = job.resources
     spec = apply_overrides(spec, {f"run.{k}": v for k, v in
                                   (("workers", res.workers), ("cpus_per_worker", res.cpus_per_worker),
-                                   ("use_gpu", res.use_gpu)) if v is not None})
+                                   ("use_gpu", res.use_gpu),
+                                   ("gpus_per_worker", res.gpus_per_worker)) if v is not None})
     spec = apply_overrides(spec, {"tracking.group": job.group})
     check_train(spec, f"base {job.base} with base_overrides")
     return spec

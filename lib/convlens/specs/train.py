@@ -109,6 +109,12 @@ class RunSection(Strict):
     workers: int = Field(1, gt=0)
     cpus_per_worker: float = Field(1.0, gt=0)
     use_gpu: bool = False
+    # A share of one GPU per worker (Ray's fractional GPUs): 0.25 packs four runs, or four sweep
+    # trials, onto one card; one worker never spans GPUs.
+    gpus_per_worker: float = Field(1.0, gt=0, le=1)
+    # A running Ray cluster to join ("auto" finds one started with `ray start --head`); the
+    # RAY_ADDRESS environment variable does the same; neither: convlens starts its own.
+    ray_address: str | None = None
     bf16: bool = True  # autocast on GPU only
     channels_last: bool = True  # NHWC activations: faster convolutions on GPU and on CPU
     compile: bool = False  # torch.compile the model (GPU)

@@ -27,8 +27,8 @@ def sweep(job: SweepJob, resume: bool = False) -> list[dict]:
     from convlens.raycluster import check_fits, ensure_ray
     spec = trial_spec(job)
     train = validate(TrainJob, spec)
-    ensure_ray(quiet=train.run.quiet)
-    check_fits(train.run.workers, train.run.cpus_per_worker, train.run.use_gpu, "run")
+    ensure_ray(quiet=train.run.quiet, address=train.run.ray_address)
+    check_fits(train.run)
     state = job.sweep_dir / SweepDir.TUNER
     if resume and not state.is_file():
         raise ConfigError(f"--resume: no sweep to resume in {job.sweep_dir}")
@@ -98,13 +98,14 @@ class Drawn(Domain):
 
 
 def concurrency(job: SweepJob, train: TrainJob) -> int:
-    """Trials that fit at once: Tune only sees the trial's own CPUs, not its Train workers'."""
+    """Trials that fit at once: Tune only sees the trial's own CPUs, not its Train workers'.
+    With run.gpus_per_worker below 1, several trials share one GPU."""
     import ray
     total = ray.cluster_resources()
     per_trial = job.resources.trial_cpus + train.run.workers * train.run.cpus_per_worker
-    fit = int(total.get("CPU", 0) // per_trial)
+    fit = int(total.get("CPU", 0) // per_trial + 1e-9)
     if train.run.use_gpu:
-        fit = min(fit, int(total.get("GPU", 0) // train.run.workers))
+        fit = min(fit, int(total.get("GPU", 0) / (train.run.workers * train.run.gpus_per_worker) + 1e-9))
     if fit < 1:
         raise ConfigError(f"one trial needs {per_trial:g} CPUs (resources.trial_cpus + run.workers x "
                           f"run.cpus_per_worker), but the Ray cluster has {total.get('CPU', 0):g}")

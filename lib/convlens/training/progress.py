@@ -11,8 +11,6 @@ import time
 
 import torch
 
-MODES = ("bar", "lines", "off")
-
 
 class EpochProgress:
     def __init__(self, mode: str, label: str, steps: int, interval_s: float = 1.0):

@@ -11,7 +11,8 @@ from convlens import checkpoint as ckpt
 from convlens.data.images import ImageData, split_indices
 from convlens.data.load import check_path, load_dataset
 from convlens.errors import DataError, JobFailed, RunStopped
-from convlens.raycluster import check_fits, ensure_ray, forwarded_env, log_level, progress_mode
+from convlens.progress import progress_mode
+from convlens.raycluster import check_fits, ensure_ray, forwarded_env, log_level, worker_resources
 from convlens.restore import load_model_and_data
 from convlens.rundir import RunDir
 from convlens.specs.train import TrainJob
@@ -39,8 +40,8 @@ def prepare(job: TrainJob, verbose: bool = True) -> tuple[TrainJob, ImageData]:
 def train(job: TrainJob, trainer_kwargs: dict | None = None) -> dict:
     """Run (or resume) the training run named job.run.name; returns summary.json's content."""
     job, data = prepare(job, verbose=not job.run.quiet)
-    ensure_ray(quiet=job.run.quiet)
-    check_fits(job.run.workers, job.run.cpus_per_worker, job.run.use_gpu, "run")
+    ensure_ray(quiet=job.run.quiet, address=job.run.ray_address)
+    check_fits(job.run)
     run = RunDir(job.run_dir)
     if run.finished():
         print(f"[convlens] {job.run.name} already finished: {run / RunDir.SUMMARY}", flush=True)
@@ -83,7 +84,7 @@ def fit(job: TrainJob, **run_config_extra):
         torch_config=TorchConfig(backend="nccl" if job.run.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=job.run.workers, use_gpu=job.run.use_gpu,
-            resources_per_worker={"CPU": job.run.cpus_per_worker, **({"GPU": 1} if job.run.use_gpu else {})}),
+            resources_per_worker=worker_resources(job.run)),
         run_config=ray.train.RunConfig(
             name=job.run.name, storage_path=job.run.root,
             failure_config=ray.train.FailureConfig(max_failures=job.run.max_failures),
