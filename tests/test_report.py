@@ -40,6 +40,9 @@ def analysis_dir(folder: Path, checkpoint: str) -> Path:
                         "caption": f"{method} of the tiny supervised network"})
         entries.append({**entries[-1], "file": str(folder / f"{i:02d}_{method}.json")})  # numbers: not a figure
         (folder / f"{i:02d}_{method}.json").write_text("{}")
+    knn = next(e for e in entries if e["method"] == "knn" and e["file"].endswith(".png"))
+    shutil.copy(knn["file"], folder / "rot_knn.png")
+    entries.append({**knn, "file": str(folder / "rot_knn.png"), "run": "rot", "caption": "kNN of rot"})
     write_index(folder, "analysis", [("sup", 1, Path(checkpoint))], names(), entries, seconds=1.0)
     return folder
 
@@ -66,6 +69,10 @@ def trained(tiny_job, ray_cluster):
     rot = tiny_job(name="rot", run={"task": "rotation", "epochs": 1})
     train(sup)
     train(rot)
+    from convlens.probes import probe_run
+    from convlens.specs.probe import ProbeJob
+    for job in (sup, rot):
+        probe_run(job.run_dir, ProbeJob(runs=[str(job.run_dir)], stages=[1, 2], probe_epochs=1, max_train=256))
     return sup.run_dir.parent, sup.run_dir
 
 
@@ -82,7 +89,8 @@ def test_report_is_one_offline_page_with_every_figure(trained, tmp_path, capsys)
     assert not re.search(r"https?://", page), "the report must not reference the network"
     assert "<script src" not in page and "<link" not in page
     n_img = page.count("<img ")
-    assert n_img == 2 * 2 + len(METHOD_FIGURES)  # curves of both runs + every analysis figure
+    # curves of both runs, every analysis figure, rot's kNN, and both kNN figures again side by side
+    assert n_img == 2 * 2 + len(METHOD_FIGURES) + 1 + 2
     assert page.count("src='data:image/png;base64,") == n_img
     for title in ("Class activation maps (CAM)", "Guided Grad-CAM", "Embeddings (t-SNE / PCA)",
                   "Supervised vs. rotation pre-training", "Best configuration (by val_accuracy)",
@@ -100,6 +108,15 @@ def test_report_is_one_offline_page_with_every_figure(trained, tmp_path, capsys)
         where.append(page.index(section))
     assert where == sorted(where)
     assert "<td>T-shirt/top</td>" in page and "<td>270</td>" in page  # per-class rows of both runs
+    compare_part = page[page.index("<h2 id='compare'>"):page.index("<h2", page.index("<h2 id='compare'>") + 5)]
+    probes = re.findall(r"<tr><td>(\d?)</td><td>(\w+)</td>((?:<td class='num'>[-\d.]+</td>){3})</tr>", compare_part)
+    assert [(s, n) for s, n, _ in probes] == [("1", "sup"), ("1", "rot"), ("1", "gap"), ("2", "sup"), ("2", "rot"),
+                                              ("2", "gap"), ("", "chance")], probes
+    assert probes[-1][2] == "<td class='num'>0.1000</td>" * 3
+    values = {(s, n): [float(v) for v in re.findall(r"[-\d.]+(?=</td>)", cells)] for s, n, cells in probes}
+    assert values[("1", "gap")] == pytest.approx([a - b for a, b in zip(values[("1", "sup")], values[("1", "rot")])],
+                                                 abs=2e-4)
+    assert "sup, epoch 1: " in compare_part and "rot, epoch 1: kNN of rot" in compare_part
 
     if not Path(CHROMIUM).exists():
         pytest.skip("no chromium to render the page")

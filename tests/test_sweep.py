@@ -66,7 +66,7 @@ def test_spec_is_validated_at_the_door(tmp_path, cache_dir):
         load_job(path, ["space.optim.lr={loguniform: [0.001, 0.1]}"], "sweep")
 
 
-def test_asha_sweep_stops_weak_trials_and_writes_best_job(ray_cluster, tmp_path, cache_dir):
+def test_asha_sweep_stops_weak_trials_and_writes_best_job(ray_cluster, tmp_path, cache_dir, capsys):
     from convlens.sweep.tune_runner import sweep
     # Two useful learning rates run first; the two tiny ones lose at the first rung. Epochs of 50
     # steps put the useful ones near 0.7 validation error and the tiny ones at chance (0.9); with
@@ -83,6 +83,9 @@ def test_asha_sweep_stops_weak_trials_and_writes_best_job(ray_cluster, tmp_path,
     stopped_at = [int(re.search(r"ASHA stopped it after epoch (\d+)", r["stop_reason"]).group(1)) for r in stopped]
     assert any(epoch < FAST["epochs"] for epoch in stopped_at), trials
     assert all(r["test_accuracy"] == "" and int(r["epochs"]) <= FAST["epochs"] for r in stopped), trials
+    trained = sum(int(r["epochs"]) for r in trials)
+    assert (f"4 trials trained {trained} of 12 epochs; early stopping saved {12 - trained} "
+            in capsys.readouterr().out)
     best = [r for r in trials if r["best"] == "True"]
     assert len(best) == 1 and best[0]["status"] == "completed" and float(best[0]["test_accuracy"]) > 0
     assert float(best[0]["config/optim.lr"]) in (0.1, 0.05)

@@ -19,6 +19,7 @@ figure img{max-width:100%;border:1px solid #ddd}figcaption{font-size:13px;color:
 .note{background:#f7f7f2;border-left:4px solid #c9b458;padding:.6rem 1rem}
 pre{background:#f6f6f6;padding:.6rem;overflow:auto;font-size:12px}math{font-size:1.1em}
 nav a{margin-right:1rem}
+.pair{display:flex;gap:1rem}.pair figure{margin:.5rem 0}
 """
 
 # Marks the page once every image decoded, so a headless browser can check the embedding.

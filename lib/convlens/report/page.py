@@ -7,7 +7,8 @@ from pathlib import Path
 from convlens.errors import ConfigError
 from convlens.report.analysis import analysis_section
 from convlens.report.html import anchor, esc, page
-from convlens.report.runs import comparison_section, load_run, loss_section, run_section
+from convlens.report.compare import comparison_section
+from convlens.report.runs import load_run, loss_section, run_section
 from convlens.report.sweeps import sweep_section
 from convlens.rundir import AnalysisDir, RunDir, SweepDir
 
@@ -68,7 +69,7 @@ def render(found: dict[str, list[Path]]) -> str:
         print(f"[convlens] report: run {run['summary'].get('run', run['dir'].name)}", flush=True)
         body.append(run_section(run))
     if {r["summary"].get("task") for r in runs} >= {"supervised", "rotation"}:
-        body.append(comparison_section(runs))
+        body.append(comparison_section(runs, found["analyses"]))
     for folder in found["sweeps"]:
         print(f"[convlens] report: sweep {folder.name}", flush=True)
         body.append(sweep_section(folder))

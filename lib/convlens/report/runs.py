@@ -1,5 +1,4 @@
-"""Training runs: the loss explained once, a section per run, and the supervised vs.
-rotation table when both kinds are present."""
+"""Training runs: the loss explained once and a section per run."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -78,15 +77,3 @@ def run_section(run: dict) -> str:
         parts += ["<h3>Per-class accuracy</h3><p>Validation accuracy at the best epoch and test accuracy of "
                   "the best checkpoint, per class.</p>", table(cols, rows, bars=len(cols) - 1)]
     return "".join(parts)
-
-
-def comparison_section(runs: list[dict]) -> str:
-    rows = [[r["summary"].get("run"), r["summary"].get("task"), r["summary"].get("best_val_accuracy"),
-             r["summary"].get("test_accuracy"), r["summary"].get("epochs")] for r in runs]
-    return ("<h2 id='compare'>Supervised vs. rotation pre-training</h2>"
-            "<p>The supervised network is trained on the class labels. The rotation network never sees a "
-            "label: each image is rotated by 0, 90, 180 or 270 degrees and the network predicts which "
-            "(a 4-way task, chance 0.25, Gidaris et al. 2018). Its accuracy is on that pretext task and is not "
-            "comparable with the class accuracy; what matters is whether its features separate the classes, "
-            "which the kNN and embedding figures of the analysis measure on the same footing.</p>"
-            + table(["run", "task", "best val accuracy", "test accuracy", "epochs"], rows))

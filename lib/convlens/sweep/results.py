@@ -55,6 +55,7 @@ def rank_rows(rows: list[dict]) -> list[dict]:
 def write_outputs(job: SweepJob, spec: dict, rows: list[dict]) -> None:
     write_csv(job.sweep_dir / SweepDir.TRIALS, rows)
     print(format_table(rows, list(job.space)), flush=True)
+    print(f"[convlens] {epochs_line(rows, planned_epochs(spec, rows, list(job.space)))}", flush=True)
     best = rows[0] if rows and rows[0]["best"] else None
     if best is not None:
         path = write_best_job(job, spec, best)
@@ -65,6 +66,19 @@ def write_outputs(job: SweepJob, spec: dict, rows: list[dict]) -> None:
     curves = {row["trial_id"]: read_curve(Path(row["run_dir"])) for row in rows}
     plot_curves(curves, best["trial_id"] if best else None, job.sweep_dir / SweepDir.CURVES, job.name)
     print(f"[convlens] sweep outputs in {job.sweep_dir}", flush=True)
+
+
+def planned_epochs(spec: dict, rows: list[dict], space_keys: list[str]) -> int:
+    """Epochs every trial would train without early stopping (run.epochs, itself maybe searched)."""
+    if "run.epochs" in space_keys:
+        return sum(int(row["config/run.epochs"]) for row in rows)
+    return len(rows) * int(spec["run"]["epochs"])
+
+
+def epochs_line(rows: list[dict], planned: int) -> str:
+    trained = sum(int(row["epochs"]) for row in rows)
+    saved = f"; early stopping saved {planned - trained} ({1 - trained / planned:.0%})" if planned > trained else ""
+    return f"{len(rows)} trials trained {trained} of {planned} epochs{saved}"
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:

@@ -65,7 +65,7 @@ def build_tuner(job: SweepJob, spec: dict, resume: bool):
                                         num_samples=1, reuse_actors=False,
                                         max_concurrent_trials=concurrency(job, train)),
         run_config=ray.tune.RunConfig(name=job.name, storage_path=str(job.sweep_dir.parent),
-                                      verbose=0 if train.run.quiet else 1,
+                                      verbose=1,  # Tune's trial table, calmly; trials' own output follows run.quiet
                                       failure_config=ray.tune.FailureConfig(max_failures=0)))
 
 
