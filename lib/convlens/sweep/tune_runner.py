@@ -120,7 +120,18 @@ def collect_rows(job: SweepJob, results) -> list[dict]:
     for result in results:
         sampled = {k: result.config.get(k) for k in job.space}
         row = run_row(job, trial_id(result.config[TRIAL]), sampled, result.error)
-        if row["status"] == "early_stopped":  # Tune's last seen epoch; the run may have written one more
-            row["stop_reason"] = f"ASHA stopped it after epoch {(result.metrics or {}).get('epoch', '?')}"
+        if row["status"] == "early_stopped":
+            add_judged_epoch(row, result.metrics or {})
         rows.append(row)
     return rank_rows(rows)
+
+
+def add_judged_epoch(row: dict, seen: dict) -> None:
+    """An early-stopped trial's row holds the epoch ASHA judged it on: the run may have been
+    stopped right after reporting it, before writing it to its metrics.jsonl (or after one more)."""
+    row["stop_reason"] = f"ASHA stopped it after epoch {seen.get('epoch', '?')}"
+    if seen.get("epoch", 0) > int(row["epochs"]) and "val_accuracy" in seen:
+        row["epochs"] = seen["epoch"]
+        if row["best_val_accuracy"] == "" or seen["val_accuracy"] > row["best_val_accuracy"]:
+            row["best_epoch"], row["best_val_accuracy"] = seen["epoch"], seen["val_accuracy"]
+
