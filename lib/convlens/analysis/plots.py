@@ -145,6 +145,23 @@ def bars(values: np.ndarray, names: list[str], title: str, ylabel: str) -> plt.F
     return fig
 
 
+def lines(panels: list[tuple[str, np.ndarray, dict[str, np.ndarray]]], suptitle: str, xlabel: str,
+          ylabel: str) -> plt.Figure:
+    """Side-by-side line plots: each panel (title, x, {label: y}), one legend per panel."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    for ax, (title, x, ys) in zip(axes[0], panels):
+        for label, y in ys.items():
+            ax.plot(x, y, marker=".", label=label)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(suptitle, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def save_png(fig: plt.Figure, path: Path, dpi: int = 110) -> Path:
     """Render to a temp file beside `path`, then rename over it (readers never see half a PNG)."""
     path = Path(path)

@@ -23,6 +23,8 @@ class AnalyzeOptions(Strict):
     tsne_points: int = Field(300, gt=5)
     knn_k: int = Field(10, gt=0)
     batch_size: int = Field(256, gt=0)
+    faithfulness_steps: int = Field(16, ge=2, le=63)  # deletion / insertion curve points - 1
+    faithfulness_fill: Literal["mean", "road"] = "mean"  # removed pixels: dataset mean, or ROAD imputation
     seed: int = 0  # picks the test / train images
 
 
