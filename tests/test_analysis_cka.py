@@ -2,6 +2,7 @@
 and the textbook full-batch formula on correlated features."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -53,3 +54,17 @@ def test_matrix_accumulator_agrees_with_pairwise_cka():
     for i in range(2):
         for j in range(2):
             assert float(acc.value()[i, j]) == pytest.approx(cka.cka(xs[i], ys[j], batch=64), abs=1e-9)
+
+
+def test_stage_by_stage_cka_of_real_networks():
+    from convlens.analysis import similarity
+    from test_analysis_methods import context
+    a = similarity.representations(context("supervised"))
+    other = context("supervised")
+    torch.manual_seed(5)
+    other.model.layer2[0].conv2.reset_parameters()  # the last stage changed, the first kept
+    b = similarity.representations(other)
+    same = similarity.matrix(a, a)
+    assert np.allclose(np.diag(same), 1.0) and (same[~np.eye(2, dtype=bool)] < 1).all()
+    changed = similarity.diagonal(a, b)
+    assert changed["layer1"] == pytest.approx(1.0) and changed["layer2"] < 0.99

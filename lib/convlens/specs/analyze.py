@@ -40,6 +40,7 @@ class AnalyzeJob(Strict):
     cpus_per_task: float = Field(1.0, gt=0)
     gpus_per_task: float = Field(0.0, ge=0)  # fractional GPUs share one device
     compare: list[tuple[str, str]] | Literal["all", "none"] = "all"  # run pairs, by run name
+    similarity: bool = True  # linear CKA between the compare pairs' stages and between each run's epochs
     quiet: bool = False
 
     @model_validator(mode="after")
