@@ -39,12 +39,14 @@ def ranks(scores: torch.Tensor, generator: torch.Generator | None = None) -> tor
 def road_fill(x: torch.Tensor, removed: torch.Tensor, iters: int = 40, noise: float = 0.05,
               generator: torch.Generator | None = None) -> torch.Tensor:
     """Noisy linear imputation: each removed pixel becomes the weighted mean of its neighbours
-    (ROAD's linear system, solved by Jacobi iterations), plus Gaussian noise of std `noise` in
-    normalized units. x (B, C, H, W); removed (B, 1, H, W) bool. Returns the filled image."""
+    (ROAD's linear system, solved by Jacobi iterations started from the mean of the kept pixels;
+    deep inside a large hole the fill stays near that mean), plus Gaussian noise of std `noise`
+    in normalized units. x (B, C, H, W); removed (B, 1, H, W) bool. Returns the filled image."""
     keep = (~removed).float()
     k = ROAD_KERNEL.to(x)[None, None].expand(x.shape[1], 1, 3, 3)
     weight = F.conv2d(F.pad(torch.ones_like(keep), (1, 1, 1, 1)), ROAD_KERNEL.to(x)[None, None])  # border-aware
-    v = x * keep
+    start = (x * keep).sum((2, 3), keepdim=True) / keep.sum((2, 3), keepdim=True).clamp_min(1)
+    v = x * keep + start * (1 - keep)
     for _ in range(iters):
         v = x * keep + F.conv2d(F.pad(v, (1, 1, 1, 1)), k, groups=x.shape[1]) / weight * (1 - keep)
     eps = torch.randn(x.shape, generator=generator).to(x) * noise
