@@ -40,7 +40,8 @@ def test_analyze_two_runs_two_epochs_all_methods(two_runs, tmp_path):
     job = validate(AnalyzeJob, {
         "name": "t", "out": str(tmp_path / "analysis"), "runs": [str(r) for r in two_runs],
         "epochs": [1, 2], "quiet": True,
-        "options": {"num_images": 48, "num_train": 128, "inversion_steps": 3, "tsne_points": 40, "topk": 3}})
+        "options": {"num_images": 48, "num_train": 128, "inversion_steps": 3, "tsne_points": 40, "topk": 3,
+                    "faithfulness_steps": 4}})
     out = analyze(job)
     index = json.loads((out / "index.json").read_text())
     files = index["files"]
@@ -49,7 +50,7 @@ def test_analyze_two_runs_two_epochs_all_methods(two_runs, tmp_path):
             done = {e["method"] for e in files if e["run"] == run and e["epoch"] == epoch} - {"compare"}
             assert done == set(names()), (run, epoch)
     assert any(e["method"] == "compare" and " vs " in e["run"] for e in files)
-    assert list(index["methods"]) == [*names(), "compare"]  # the report's words for each section
+    assert list(index["methods"]) == [*names(), "compare", "similarity"]  # the report's words for each section
     assert all(m["title"] and m["explanation"] for m in index["methods"].values())
     for entry in files:
         path = out / entry["file"]
@@ -60,6 +61,17 @@ def test_analyze_two_runs_two_epochs_all_methods(two_runs, tmp_path):
             assert np.ptp(img[..., :3]) > 0.1, f"{path} is one colour"
         else:
             assert json.loads(path.read_text())["method"] == entry["method"]
+    faith = index["tables"]["faithfulness"]  # areas per run and epoch, for the report's table and trend
+    assert [r[:2] for r in faith["rows"]] == [["rot", 1], ["rot", 2], ["sup", 1], ["sup", 2]]
+    assert all(0 <= v <= 1 for r in faith["rows"] for v in r[2:])
+    assert (out / "compare" / "sup__faithfulness__trend.png").is_file()
+    cka = index["tables"]["similarity"]  # the two networks, stage by stage, at each common epoch
+    assert cka["columns"] == ["run", "epoch", "cka_layer1", "cka_layer2"]
+    assert [r[:2] for r in cka["rows"]] == [["rot vs sup", 1], ["rot vs sup", 2]]
+    assert all(-0.1 < v <= 1 + 1e-6 for r in cka["rows"] for v in r[2:])
+    settle = json.loads((out / "compare" / "similarity.json").read_text())["result"]["within"]
+    assert {w["run"] for w in settle} == {"sup", "rot"}
+    assert all(np.allclose(w["to_last"][-1], 1.0) and w["epochs"] == [1, 2] for w in settle)  # last vs itself
     rot_dir = next((out / "rot").glob("checkpoint_epoch0002*"))
     rot = json.loads((rot_dir / "confusion.json").read_text())
     assert len(rot["result"]["per_class_accuracy"]) == 4  # judged on rotations

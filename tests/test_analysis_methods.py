@@ -19,7 +19,8 @@ def context(task: str) -> base.Context:
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (40, 1, 28, 28), generator=g, dtype=torch.uint8)
     labels = torch.arange(40) % 5
-    opts = AnalyzeOptions(num_images=40, num_train=60, inversion_steps=3, tsne_points=30, topk=3)
+    opts = AnalyzeOptions(num_images=40, num_train=60, inversion_steps=3, tsne_points=30, topk=3,
+                          faithfulness_steps=4)
     return base.Context(model=model, task=task, classes=[f"c{i}" for i in range(5)], head_classes=heads,
                         images=images, labels=labels, mean=torch.full((1, 1, 1, 1), 0.5),
                         std=torch.full((1, 1, 1, 1), 0.25), opts=opts,

@@ -20,6 +20,14 @@ def test_bench_smoke(cache_dir, tmp_path, synthetic):
 
 def test_analysis_bench_smoke():
     from convlens.bench.analysis import main
-    rows = main(["--images", "8", "--width", "8", "--methods", "cam", "knn", "embeddings"])
-    assert [r["method"] for r in rows] == ["cam", "knn", "embeddings"]
+    rows = main(["--images", "8", "--width", "8", "--methods", "cam", "knn", "embeddings", "faithfulness"])
+    assert [r["method"] for r in rows] == ["cam", "knn", "embeddings", "faithfulness"]
     assert all(r["images_per_second"] > 0 and r["draw_s"] > 0 for r in rows)
+
+
+def test_analysis_bench_against_captum_gives_the_same_maps():
+    pytest.importorskip("captum")  # the optional `bench` extra
+    from convlens.bench.analysis import main
+    (result,) = main(["--images", "16", "--width", "8", "--captum"])
+    assert result["max_map_difference"] < 1e-5  # CAM and Grad-CAM equal Captum's LayerGradCam maps
+    assert set(result["images_per_second"]) == {"convlens cam", "convlens gradcam", "captum LayerGradCam"}

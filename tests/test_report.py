@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from convlens.analysis import compare
+from convlens.analysis import compare, similarity
 from convlens.analysis.registry import load_all, names
 from convlens.report.html import esc
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-METHOD_FIGURES = [*names(), compare.NAME]  # every registered method, and the compare pages
+METHOD_FIGURES = [*names(), compare.NAME, similarity.NAME]  # every registered method, and the post-steps'
+FAITH_TABLE = {"columns": ["run", "epoch", "deletion_auc_cam", "insertion_auc_cam", "deletion_auc_stage4"],
+               "rows": [["sup", 1, 0.2125, 0.5575, None], ["sup", 2, 0.1875, 0.625, None]]}
 
 
 def analysis_dir(folder: Path, checkpoint: str) -> Path:
@@ -43,7 +45,8 @@ def analysis_dir(folder: Path, checkpoint: str) -> Path:
     knn = next(e for e in entries if e["method"] == "knn" and e["file"].endswith(".png"))
     shutil.copy(knn["file"], folder / "rot_knn.png")
     entries.append({**knn, "file": str(folder / "rot_knn.png"), "run": "rot", "caption": "kNN of rot"})
-    write_index(folder, "analysis", [("sup", 1, Path(checkpoint))], names(), entries, seconds=1.0)
+    write_index(folder, "analysis", [("sup", 1, Path(checkpoint))], names(), entries, seconds=1.0,
+                tables={"faithfulness": FAITH_TABLE})
     return folder
 
 
@@ -98,8 +101,8 @@ def test_report_is_one_offline_page_with_every_figure(trained, tmp_path, capsys)
         assert title in page
     assert page.count("Why CAM works on a ResNet") == 1
     # every registered method's heading with its explanation, in the registry's order, then compare
-    about = [(m.title, m.explanation) for m in load_all().values()] + [(compare.ABOUT["title"],
-                                                                       compare.ABOUT["explanation"])]
+    about = [(m.title, m.explanation) for m in load_all().values()] + [
+        (step.ABOUT["title"], step.ABOUT["explanation"]) for step in (compare, similarity)]
     where = []
     for title, explanation in about:
         assert title and explanation, title
@@ -117,6 +120,10 @@ def test_report_is_one_offline_page_with_every_figure(trained, tmp_path, capsys)
     assert values[("1", "gap")] == pytest.approx([a - b for a, b in zip(values[("1", "sup")], values[("1", "rot")])],
                                                  abs=2e-4)
     assert "sup, epoch 1: " in compare_part and "rot, epoch 1: kNN of rot" in compare_part
+    faith = page[page.index("<h3>Faithfulness of the saliency maps</h3>"):]
+    faith = faith[:faith.index("<h3>", 4)]  # the method's section: its AUC table per epoch, then figures
+    assert "<th>deletion auc cam</th><th>insertion auc cam</th></tr>" in faith  # an empty column is left out
+    assert "<td>sup / epoch 2</td><td class='num'>0.1875</td><td class='num'>0.6250</td>" in faith
 
     if not Path(CHROMIUM).exists():
         pytest.skip("no chromium to render the page")

@@ -102,6 +102,10 @@ class WandbTracker:
         if self.job.tracking.log_checkpoints:
             self.log_checkpoints(summary)
 
+    def update_summary(self, values: dict) -> None:
+        """Plain summary values, nothing else logged (log_summary also uploads the run's curves)."""
+        self.run.summary.update(values)
+
     def log_images(self, images: list[tuple[str, str]], key: str = "analysis") -> None:
         if images:
             self.run.log({key: [self.wandb.Image(str(path), caption=caption) for path, caption in images]})

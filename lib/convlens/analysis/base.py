@@ -1,5 +1,5 @@
 """What every method starts from: a model in eval mode, a batch of normalized test images,
-hooks that capture named layers' activations and gradients, and batched feature passes.
+hooks that capture named layers' own outputs (safe from in-place ReLUs), and batched feature passes.
 """
 from __future__ import annotations
 
@@ -72,18 +72,22 @@ def module(model: nn.Module, name: str) -> nn.Module:
 
 
 @contextmanager
-def capture(model: nn.Module, names: list[str], grads: bool = False):
-    """Record forward outputs (and, if grads, output gradients) of named modules.
+def capture(model: nn.Module, names: list[str], leaf: bool = False):
+    """Record the forward outputs of named modules: yields dict name -> {"act": tensor}.
 
-    Yields dict name -> {"act": tensor, "grad": tensor}; tensors stay attached to the graph.
+    The recorded tensor is the module's own output: what flows on is a copy, so an in-place op
+    after it (the ReLU(inplace=True) after a batch norm) cannot overwrite it. leaf=True detaches
+    it into a leaf that requires grad, so `torch.autograd.grad(score, act)` needs no graph (and
+    no saved tensors) before the layer.
     """
     store = {n: {} for n in names}
     handles = []
     for n in names:
         def hook(mod, inp, out, n=n):
+            if leaf:
+                out = out.detach().requires_grad_(True)
             store[n]["act"] = out
-            if grads and out.requires_grad:
-                out.register_hook(lambda g, n=n: store[n].__setitem__("grad", g))
+            return out.clone()
         handles.append(module(model, n).register_forward_hook(hook))
     try:
         yield store

@@ -3,7 +3,7 @@ channels are weighted (CAM: the classifier's weights; Grad-CAM: mean gradients) 
 guided variants, how ReLU passes gradients back (Springenberg et al. 2015)."""
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -75,43 +75,78 @@ def guided_relus(model: nn.Module):
 
 # ------------------------------------------------------------ one pass per batch
 
+@contextmanager
+def frozen_eval(model: nn.Module):
+    """Eval mode, and parameters that do not require grad, for the duration: gradients reach
+    only the tensors asked for and nothing accumulates in any `.grad`."""
+    training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(training)
+
+
 def forward_backward(model, x: torch.Tensor, layer: str, target: torch.Tensor | None = None,
-                     guided: bool = False) -> dict:
-    """Logits, the layer's activations and gradients, and the input gradient of each image's
-    target logit (default: the predicted class), all from one forward and one backward."""
-    x = x.detach().clone().requires_grad_(True)
-    with (guided_relus(model) if guided else _nothing()), base.capture(model, [layer], grads=True) as s:
+                     guided: bool = False, input_grad: bool = False) -> dict:
+    """Logits, the layer's activations and their gradient of each image's target logit
+    (default: the predicted class), plus the input gradient when guided or input_grad.
+
+    Without the input gradient the graph starts at the layer (nothing before it is recorded);
+    images are independent in eval mode, so one backward of the summed scores serves all.
+    """
+    to_input = guided or input_grad
+    x = x.detach().requires_grad_(to_input)
+    with (frozen_eval(model), guided_relus(model) if guided else nullcontext(),
+          base.capture(model, [layer], leaf=not to_input) as s, torch.enable_grad()):
         logits = model(x)
         target = logits.argmax(1) if target is None else target
-        logits.gather(1, target[:, None]).sum().backward()  # images are independent in eval mode
-    return {"logits": logits.detach(), "target": target, "acts": s[layer]["act"].detach(),
-            "grads": s[layer]["grad"].detach(), "input_grad": x.grad.detach()}
+        acts = s[layer]["act"]
+        grads = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), [acts, x] if to_input else [acts])
+    out = {"logits": logits.detach(), "target": target, "acts": acts.detach(), "grads": grads[0]}
+    return {**out, "input_grad": grads[1]} if to_input else out
 
 
-@contextmanager
-def _nothing():
-    yield
+@torch.no_grad()
+def cam_pass(model, x: torch.Tensor, last_stage: str, target: torch.Tensor | None = None) -> dict:
+    """CAM needs no gradient: the last stage's maps and the logits from one forward."""
+    with frozen_eval(model), base.capture(model, [last_stage]) as s:
+        logits = model(x)
+    target = logits.argmax(1) if target is None else target
+    return {"logits": logits, "target": target, "acts": s[last_stage]["act"]}
 
 
-def saliency(model, x: torch.Tensor, kind: str, layer: str, last_stage: str) -> tuple[torch.Tensor, dict]:
-    """Maps for a batch: (B, H, W) in [0, 1] for cam/gradcam, (B, C, H, W) signed otherwise."""
+def gradcam_map(out: dict, size) -> torch.Tensor:
+    return upsample_unit(weighted_map(out["acts"], gradcam_weights(out["grads"])), size)
+
+
+KINDS = ("cam", "gradcam", "guided_backprop", "guided_gradcam", "input_gradient")
+
+
+def saliency(model, x: torch.Tensor, kind: str, layer: str, last_stage: str,
+             target: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """Maps for a batch: (B, H, W) in [0, 1] for cam/gradcam, (B, C, H, W) signed otherwise.
+    The model is put in eval mode for the pass and left as it was."""
     size = x.shape[-2:]
     if kind == "cam":
-        out = forward_backward(model, x, last_stage)
+        out = cam_pass(model, x, last_stage, target)
         maps = upsample_unit(weighted_map(out["acts"], cam_weights(model.fc.weight.detach(), out["target"])), size)
     elif kind == "gradcam":
-        out = forward_backward(model, x, layer)
-        maps = upsample_unit(weighted_map(out["acts"], gradcam_weights(out["grads"])), size)
-    elif kind == "guided_backprop":
-        out = forward_backward(model, x, layer, guided=True)
+        out = forward_backward(model, x, layer, target)
+        maps = gradcam_map(out, size)
+    elif kind in ("guided_backprop", "input_gradient"):
+        out = forward_backward(model, x, layer, target, guided=kind == "guided_backprop", input_grad=True)
         maps = out["input_grad"]
     elif kind == "guided_gradcam":
-        out = forward_backward(model, x, layer, guided=True)
-        plain = forward_backward(model, x, layer)
-        maps = out["input_grad"] * upsample_unit(weighted_map(plain["acts"], gradcam_weights(plain["grads"])),
-                                                 size)[:, None]
+        out = forward_backward(model, x, layer, target, guided=True)
+        maps = out["input_grad"] * gradcam_map(forward_backward(model, x, layer, out["target"]), size)[:, None]
     else:
-        raise ValueError(f"unknown saliency kind {kind!r}")
+        raise ValueError(f"unknown saliency kind {kind!r}; known: {KINDS}")
     return maps, out
 
 

@@ -98,7 +98,8 @@ def analyze(job: AnalyzeJob) -> Path:
     """Run the job; returns the output directory (with index.json)."""
     import ray
 
-    from convlens.analysis import compare
+    from convlens.analysis import compare, similarity, trends
+    from convlens.analysis.registry import load_all
 
     t0 = time.time()
     methods = check_methods(job)
@@ -108,16 +109,28 @@ def analyze(job: AnalyzeJob) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     ensure_ray(quiet=job.quiet)
     device = "cuda" if job.gpus_per_task > 0 else "cpu"
-    task = ray.remote(num_cpus=job.cpus_per_task, num_gpus=job.gpus_per_task, max_retries=2,
-                      runtime_env={"env_vars": forwarded_env()})(analyze_one)
+    resources = dict(num_cpus=job.cpus_per_task, num_gpus=job.gpus_per_task, max_retries=2,
+                     runtime_env={"env_vars": forwarded_env()})
+    task = ray.remote(**resources)(analyze_one)
     opts = job.options
     refs = []
     for (run, epoch, folder), method in itertools.product(chosen, methods):
         meta = {"run": run, "epoch": epoch, "checkpoint": str(folder)}
         refs.append(task.remote(str(folder), [method], opts, str(folder_of(run, folder)), meta, device))
+    similar = None  # CKA needs every checkpoint at once: one task, beside the others
+    if job.similarity and len(chosen) > 1:
+        pairs = compare.pairs(sorted({r for r, _, _ in chosen}), job.compare)
+        similar = ray.remote(similarity.run).options(**resources).remote(
+            [(r, e, str(f)) for r, e, f in chosen], pairs, opts, str(out), device)
     entries = gather(refs, job.quiet)
     entries += compare.write_pages(entries, out, job.compare, methods)
-    index = write_index(out, job.name, chosen, methods, entries, time.time() - t0)
+    tables = trends.collect(entries, {m: load_all()[m].table for m in methods})
+    entries += trends.write_plots(tables, out, {(r, e): str(f) for r, e, f in chosen})
+    if similar is not None:
+        found, table = ray.get(similar)
+        entries += found
+        tables.update({similarity.NAME: table} if table else {})
+    index = write_index(out, job.name, chosen, methods, entries, time.time() - t0, tables)
     log_to_wandb(entries)
     if not job.quiet:
         print(f"[convlens] analysis {job.name}: {len(entries)} files from {len(chosen)} checkpoints x "
@@ -126,17 +139,19 @@ def analyze(job: AnalyzeJob) -> Path:
 
 
 def write_index(out: Path, name: str, chosen: list[tuple[str, int, Path]], methods: list[str],
-                entries: list[dict], seconds: float) -> dict:
+                entries: list[dict], seconds: float, tables: dict | None = None) -> dict:
     """index.json (format in rundir.AnalysisDir): the job, each method's words for the report,
-    and every file written, its path relative to `out`."""
-    from convlens.analysis.compare import ABOUT, NAME
+    every file written, its path relative to `out`, and the methods' number tables."""
+    from convlens.analysis import compare, similarity
     from convlens.analysis.registry import load_all
     about = {m: load_all()[m].describe() for m in methods}
-    if any(e["method"] == NAME for e in entries):
-        about[NAME] = ABOUT
+    for step in (compare, similarity):  # the post-steps' words, where they wrote anything
+        if any(e["method"] == step.NAME for e in entries):
+            about[step.NAME] = step.ABOUT
     index = {"name": name, "runs": sorted({r for r, _, _ in chosen}), "methods": about,
              "checkpoints": [str(f) for _, _, f in chosen], "seconds": round(seconds, 1),
-             "files": [{**e, "file": str(Path(e["file"]).relative_to(out))} for e in entries]}
+             "files": [{**e, "file": str(Path(e["file"]).relative_to(out))} for e in entries],
+             "tables": tables or {}}
     AnalysisDir(out).write_index(index)
     return index
 
@@ -164,7 +179,8 @@ def log_to_wandb(entries: list[dict]) -> None:
     from convlens.tracking import open_tracker
     runs: dict[Path, list[dict]] = {}
     for entry in entries:
-        runs.setdefault(Path(entry["checkpoint"]).parent, []).append(entry)
+        if entry.get("checkpoint"):  # a page composed across runs belongs to none
+            runs.setdefault(Path(entry["checkpoint"]).parent, []).append(entry)
     for run_dir, items in runs.items():
         config = run_dir / RunDir.CONFIG
         if not config.is_file():  # an explicit checkpoint outside a run directory
@@ -198,4 +214,7 @@ def log_run_analysis(tracker, items: list[dict]) -> None:
                 result = json.loads(Path(e["file"]).read_text())["result"]
                 rows.append([e["epoch"], *(result.get(c) for c in columns)])
         if rows:
-            tracker.log_table(f"analysis/{method}", ["epoch", *columns], sorted(rows))
+            rows = sorted(rows)
+            tracker.log_table(f"analysis/{method}", ["epoch", *columns], rows)
+            tracker.update_summary({f"analysis/{method}/{c}": v for c, v in zip(columns, rows[-1][1:])
+                                 if v is not None})  # the last analysed epoch

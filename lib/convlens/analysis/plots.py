@@ -134,6 +134,23 @@ def matrix(m: np.ndarray, names: list[str], title: str, xlabel: str, ylabel: str
     return fig
 
 
+def heatmap(m: np.ndarray, rows: list[str], cols: list[str], title: str, xlabel: str, ylabel: str,
+            vmax: float = 1.0) -> plt.Figure:
+    """A matrix in [0, vmax] with its values written in the cells (CKA between stages)."""
+    fig, ax = plt.subplots(figsize=(1.8 + 0.7 * len(cols), 1.4 + 0.5 * len(rows)))
+    im = ax.imshow(m, cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(len(cols)), cols, rotation=30, fontsize=7, ha="right")
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    for (i, j), v in np.ndenumerate(m):
+        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < vmax / 2 else "black")
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
 def bars(values: np.ndarray, names: list[str], title: str, ylabel: str) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(1.5 + 0.5 * len(names), 3.2))
     ax.bar(range(len(names)), values, color="tab:blue")
@@ -141,6 +158,23 @@ def bars(values: np.ndarray, names: list[str], title: str, ylabel: str) -> plt.F
     ax.set_ylim(0, 1)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def lines(panels: list[tuple[str, np.ndarray, dict[str, np.ndarray]]], suptitle: str, xlabel: str,
+          ylabel: str) -> plt.Figure:
+    """Side-by-side line plots: each panel (title, x, {label: y}), one legend per panel."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    for ax, (title, x, ys) in zip(axes[0], panels):
+        for label, y in ys.items():
+            ax.plot(x, y, marker=".", label=label)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(suptitle, fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -10,7 +10,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable
 
-MODULES = ["filters", "feature_maps", "deconv", "inversion", "cam", "embeddings", "knn", "examples"]
+MODULES = ["filters", "feature_maps", "deconv", "inversion", "cam", "faithfulness", "depth", "embeddings", "knn", "examples"]
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ class AnalyzeOptions(Strict):
     tsne_points: int = Field(300, gt=5)
     knn_k: int = Field(10, gt=0)
     batch_size: int = Field(256, gt=0)
+    faithfulness_steps: int = Field(16, ge=2, le=63)  # deletion / insertion curve points - 1
+    faithfulness_fill: Literal["mean", "road"] = "mean"  # removed pixels: dataset mean, or ROAD imputation
     seed: int = 0  # picks the test / train images
 
 
@@ -38,6 +40,7 @@ class AnalyzeJob(Strict):
     cpus_per_task: float = Field(1.0, gt=0)
     gpus_per_task: float = Field(0.0, ge=0)  # fractional GPUs share one device
     compare: list[tuple[str, str]] | Literal["all", "none"] = "all"  # run pairs, by run name
+    similarity: bool = True  # linear CKA between the compare pairs' stages and between each run's epochs
     quiet: bool = False
 
     @model_validator(mode="after")
