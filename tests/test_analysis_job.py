@@ -47,7 +47,7 @@ def test_analyze_two_runs_two_epochs_all_methods(two_runs, tmp_path):
     files = index["files"]
     for run in ("sup", "rot"):
         for epoch in (1, 2):
-            done = {e["method"] for e in files if e["run"] == run and e["epoch"] == epoch} - {"compare"}
+            done = {e["method"] for e in files if e["run"] == run and e["epoch"] == epoch} - {"compare", "similarity"}
             assert done == set(names()), (run, epoch)
     assert any(e["method"] == "compare" and " vs " in e["run"] for e in files)
     assert list(index["methods"]) == [*names(), "compare", "similarity"]  # the report's words for each section
