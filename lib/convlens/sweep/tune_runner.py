@@ -121,5 +121,23 @@ def collect_rows(job: SweepJob, results) -> list[dict]:
         row = run_row(job, trial_id(result.config[TRIAL]), sampled, result.error)
         if row["status"] == "early_stopped":  # Tune's last seen epoch; the run may have written one more
             row["stop_reason"] = f"ASHA stopped it after epoch {(result.metrics or {}).get('epoch', '?')}"
+            close_stopped_trial(job, row)
         rows.append(row)
     return rank_rows(rows)
+
+
+def close_stopped_trial(job: SweepJob, row: dict) -> None:
+    """An ASHA-stopped trial's actors were killed mid-run: close its W&B run here with every
+    epoch it did and the stop reason in its summary."""
+    from pathlib import Path
+    from convlens.data.load import load_dataset
+    from convlens.specs.base import read_yaml
+    from convlens.rundir import RunDir
+    from convlens.tracking import close_run, tracking_mode
+    from convlens.training.tasks import class_names
+    run_dir = Path(row["run_dir"])
+    train = validate(TrainJob, read_yaml(run_dir / RunDir.CONFIG))
+    if tracking_mode(train.tracking) == "disabled":
+        return
+    names = class_names(train.run.task, load_dataset(train.data, verbose=False).classes)
+    close_run(train, run_dir, names, stop_reason=row["stop_reason"], failed=False)
