@@ -125,7 +125,10 @@ def test_retried_run_syncs_as_one_complete_run(retried, capfd):
     assert json.loads((Path(summary["best_checkpoint"]) / "manifest.json").read_text())["files"]["state.pt"] \
         == hashlib.sha256(state).hexdigest()
     assert all(a["metadata"]["sha256"] and 0 <= a["metadata"]["val_error"] <= 1 for a in arts.values())
+    from convlens.cli import main
+    assert main(["sync", str(run_dir), "--dry-run"]) == 0  # what it tells the user, uploading nothing
     out = capfd.readouterr()
+    assert out.out.count("would sync") == 2 and out.out.count(f"superseded by a newer complete segment of run {run_id}") >= 2
     assert assert_absent(key, [run_dir], out.out + out.err) > 5
 
 

@@ -72,13 +72,14 @@ def open_linked_run(run_dir: Path, job_type: str, name: str, folder: Path, confi
     """A new run of job_type in the group of the training run in run_dir, with its tracking
     settings; None when that run is not tracked (or not a convlens run directory)."""
     train = train_job_of(run_dir)
-    if train is None or tracking_mode(train.tracking) == "disabled":
+    id_file = Path(run_dir) / RunDir.WANDB_ID  # none: the training run was not tracked, nothing to link to
+    if train is None or tracking_mode(train.tracking) == "disabled" or not id_file.is_file():
         return None
     cfg = train.tracking
     info = RunInfo(id=new_run_id(), name=name, group=cfg.group or train.run.name, job_type=job_type,
                    dir=Path(cfg.dir).expanduser() if cfg.dir else Path(folder),
                    tags=[train.run.task, train.data.dataset, model_tag(train.model.model_dump()), *cfg.tags],
-                   config={**config, "train_run": train.run.name, "train_run_id": run_id(run_dir)})
+                   config={**config, "train_run": train.run.name, "train_run_id": id_file.read_text().strip()})
     return JobRun(info, cfg, tracking_mode(cfg))
 
 
@@ -101,6 +102,13 @@ def log_probe(run_dir: Path, results: dict, config: dict) -> dict:
         job.finish()
 
 
+def cell(value):
+    """A trials.csv value as a W&B table cell: "" (not reached) is missing, lists are text."""
+    if value in ("", None):
+        return None
+    return value if isinstance(value, (int, float, str, bool)) else str(value)
+
+
 def log_sweep(sweep_dir: Path, name: str, group: str, tracking, rows: list[dict], best_config: dict | None) -> str | None:
     """The sweep-level run: every trial as a table row (with its W&B run id), the best config
     in the summary. Its id lives in <sweep_dir>/wandb_id.txt, so a resumed sweep rewrites it."""
@@ -113,8 +121,7 @@ def log_sweep(sweep_dir: Path, name: str, group: str, tracking, rows: list[dict]
     job = JobRun(info, tracking, mode)
     try:
         columns = list(rows[0]) if rows else ["trial_id"]
-        cells = [[row.get(c) if isinstance(row.get(c), (int, float, str, bool)) else str(row.get(c))
-                  for c in columns] for row in rows]
+        cells = [[cell(row.get(c)) for c in columns] for row in rows]
         job.log({"trials": job.table(columns, cells)})
         best = rows[0] if rows and rows[0].get("best") else None
         job.run.summary.update({"completed": sum(r["status"] == "completed" for r in rows),
