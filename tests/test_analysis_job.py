@@ -101,7 +101,7 @@ def test_analysis_is_its_own_wandb_run_one_step_per_epoch(two_runs, tmp_path, mo
     that uses the checkpoint of every epoch it read, one step per epoch (W&B's slider), the
     figures under stable keys, and kNN / embedding tables with image columns."""
     from convlens.sync import plan
-    from wandb_reader import read_run, read_table, wait_finished
+    from wandb_reader import read_run, read_tables, wait_finished
     sup = two_runs[0]
     monkeypatch.setenv("WANDB_MODE", "offline")  # the suite's default is disabled; the env wins
     (sup / "wandb_id.txt").write_text("trainrun1\n")  # as a tracked training run leaves it
@@ -123,15 +123,17 @@ def test_analysis_is_its_own_wandb_run_one_step_per_epoch(two_runs, tmp_path, mo
     assert {m["key"] for m in log.media if m["step"] == 2} >= {"knn", "embeddings", "filters", "gradcam"}
     assert any(c.startswith("epoch 2: ") for m in log.media for c in m["captions"])
     assert all(0 <= row["knn/accuracy"] <= 1 for row in log.history)
-    tables = {(t["key"], t["step"]): t["path"] for t in log.tables}
-    assert {k for k, _ in tables} == {"knn/table", "embeddings/table", "gradcam/table"}
-    knn = read_table(chosen[0].folder, tables[("knn/table", 2)])
+    assert sorted((t["key"], t["step"]) for t in log.tables) == [
+        (k, e) for k in ("embeddings/table", "gradcam/table", "knn/table") for e in (1, 2)]
+    knn = read_tables(log, "knn/table")[-1]
     assert knn["columns"][:3] == ["query", "label", "neighbour_1"] and len(knn["columns"]) == 3 + 10 + 2
     assert all(cell["_type"] == "image-file" for row in knn["data"] for cell in row[:1] + row[2:12])
-    points = read_table(chosen[0].folder, tables[("embeddings/table", 1)])
+    points = read_tables(log, "embeddings/table")[0]
     assert len(points["data"]) == 40 and points["columns"][-2:] == ["class", "thumbnail"]
-    cams = read_table(chosen[0].folder, tables[("gradcam/table", 2)])
+    assert points["data"][0][-1]["_type"] == "image-file"
+    cams = read_tables(log, "gradcam/table")[-1]
     assert cams["columns"] == ["image", "overlay", "true", "predicted", "confidence"] and cams["data"]
+    assert cams["data"][0][1]["_type"] == "image-file"
 
 
 def test_unknown_method_is_refused(tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import inject, tiny_spec
-from wandb_reader import RunLog, read_run, read_runs, read_table, wait_finished
+from wandb_reader import RunLog, read_run, read_tables, wait_finished
 
 LIB = str(Path(__file__).resolve().parents[1] / "lib")
 
@@ -146,8 +146,7 @@ def test_probe_is_its_own_run_using_the_checkpoint(retried):
     assert summary["best_epoch"] not in (2, 3) or used[0]["digest"] in trained  # the very version trained
     table = [t for t in log.tables if t["key"] == "probes"]
     assert len(table) == 1
-    folder = next((run_dir / "wandb").glob(f"offline-run-*-{probes['wandb_run_id']}"))
-    data = read_table(folder, table[0]["path"])
+    data = read_tables(log, "probes")[0]
     assert data["columns"][:3] == ["run", "task", "stage"] and len(data["data"]) == 1
     assert log.summary["probe/stage1/knn"] == pytest.approx(probes["stages"]["1"]["knn_accuracy"])
 

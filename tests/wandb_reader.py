@@ -111,6 +111,7 @@ def read_run(path: Path) -> RunLog:
             art = rec.artifact
             log.artifacts.append({"name": art.name, "type": art.type, "aliases": list(art.aliases),
                                   "files": [entry.path for entry in art.manifest.contents],
+                                  "local": {entry.path: entry.local_path for entry in art.manifest.contents},
                                   "used": art.use_after_commit, "digest": art.digest,
                                   "metadata": json.loads(art.metadata) if art.metadata else {}})
         elif kind == "exit":
@@ -177,6 +178,13 @@ def read_runs(wandb_dir: Path, run_id: str | None = None) -> RunLog:
     return merged
 
 
-def read_table(run_folder: Path, path: str) -> dict:
-    """A logged wandb.Table's JSON ({"columns", "data"}) from an offline run folder's files/."""
-    return json.loads((Path(run_folder) / "files" / path).read_text())
+def read_tables(log: RunLog, key: str) -> list[dict]:
+    """Every logged wandb.Table under `key`, in order, as W&B will show it ({"columns", "data"},
+    an image cell {"_type": "image-file", ...}): from the run_table artifact wandb stages for it
+    (the copy under files/ names media cells only by their class)."""
+    out = []
+    for art in log.artifacts:
+        path = f"{key}.table.json"
+        if art["type"] == "run_table" and path in art["local"]:
+            out.append(json.loads(Path(art["local"][path]).read_text()))
+    return out
