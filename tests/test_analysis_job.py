@@ -108,24 +108,44 @@ def test_killed_analysis_task_is_retried_and_writes_each_output_once(two_runs, t
         validate(AnalyzeJob, {"runs": ["x"], "faults": {"kill_method": "gradcam"}})
 
 
-def test_analysis_figures_and_tables_reach_the_runs_wandb(two_runs, tmp_path, monkeypatch):
-    from wandb_reader import read_runs, wait_finished
+def test_analysis_is_its_own_wandb_run_one_step_per_epoch(two_runs, tmp_path, monkeypatch):
+    """The analysis of a tracked run: its own run (job_type analysis, the training run's group)
+    that uses the checkpoint of every epoch it read, one step per epoch (W&B's slider), the
+    figures under stable keys, and kNN / embedding tables with image columns."""
+    from convlens.sync import plan
+    from wandb_reader import read_run, read_tables, wait_finished
     sup = two_runs[0]
-    monkeypatch.setenv("WANDB_MODE", "offline")  # the run's config says disabled; the env wins
+    monkeypatch.setenv("WANDB_MODE", "offline")  # the suite's default is disabled; the env wins
+    (sup / "wandb_id.txt").write_text("trainrun1\n")  # as a tracked training run leaves it
     job = validate(AnalyzeJob, {
         "name": "w", "out": str(tmp_path / "analysis"), "runs": [str(sup)], "epochs": [1, 2], "quiet": True,
-        "methods": ["knn", "embeddings", "filters"], "options": {"num_images": 48, "num_train": 128,
-                                                                  "tsne_points": 40}})
-    analyze(job)
-    run_id = (sup / "wandb_id.txt").read_text().strip()
-    wait_finished(sup / "wandb", run_id)
-    log = read_runs(sup / "wandb", run_id)
-    media = {m["key"]: m for m in log.media}
-    assert {"analysis/knn", "analysis/embeddings", "analysis/filters"} <= set(media)
-    assert any(c.startswith("epoch 2: ") for c in media["analysis/filters"]["captions"])
-    tables = {k for row in log.history for k, v in row.items() if isinstance(v, dict)
-              and v.get("_type") == "table-file"}
-    assert {"analysis/knn", "analysis/embeddings"} <= tables
+        "methods": ["knn", "embeddings", "filters", "gradcam"],
+        "options": {"num_images": 48, "num_train": 128, "tsne_points": 40}})
+    out = analyze(job)
+    chosen, superseded = plan(out)
+    assert len(chosen) == 1 and not superseded
+    run_id = json.loads((out / "index.json").read_text())["wandb_run_ids"][sup.name]
+    wait_finished(chosen[0].folder, run_id)
+    log = read_run(chosen[0].folder / f"run-{run_id}.wandb")
+    assert log.job_type == "analysis" and log.group == sup.name and log.config["train_run_id"] == "trainrun1"
+    used = [a for a in log.artifacts if a["used"]]
+    assert {a["name"] for a in used} == {"model-trainrun1"}
+    assert sorted(a["metadata"]["epoch"] for a in used) == [1, 2] and all(a["metadata"]["sha256"] for a in used)
+    assert [row["_step"] for row in log.history] == [1, 2]
+    assert {m["key"] for m in log.media if m["step"] == 2} >= {"knn", "embeddings", "filters", "gradcam"}
+    assert any(c.startswith("epoch 2: ") for m in log.media for c in m["captions"])
+    assert all(0 <= row["knn/accuracy"] <= 1 for row in log.history)
+    assert sorted((t["key"], t["step"]) for t in log.tables) == [
+        (k, e) for k in ("embeddings/table", "gradcam/table", "knn/table") for e in (1, 2)]
+    knn = read_tables(log, "knn/table")[-1]
+    assert knn["columns"][:3] == ["query", "label", "neighbour_1"] and len(knn["columns"]) == 3 + 10 + 2
+    assert all(cell["_type"] == "image-file" for row in knn["data"] for cell in row[:1] + row[2:12])
+    points = read_tables(log, "embeddings/table")[0]
+    assert len(points["data"]) == 40 and points["columns"][-2:] == ["class", "thumbnail"]
+    assert points["data"][0][-1]["_type"] == "image-file"
+    cams = read_tables(log, "gradcam/table")[-1]
+    assert cams["columns"] == ["image", "overlay", "true", "predicted", "confidence"] and cams["data"]
+    assert cams["data"][0][1]["_type"] == "image-file"
 
 
 def test_unknown_method_is_refused(tmp_path):

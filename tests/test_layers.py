@@ -14,7 +14,8 @@ PACKAGE = LIB / "convlens"
 LAYERS = [
     ["errors", "files", "progress"],  # dependency-free (progress: tqdm only)
     ["specs"],  # job schemas: pydantic and YAML only
-    ["data", "models", "checkpoint", "rundir", "restore", "faults", "tracking", "wandb_tracker", "raycluster",
+    ["data", "models", "checkpoint", "rundir", "restore", "faults", "tracking", "wandb_tracker", "wandb_run",
+     "wandb_jobs", "sync", "raycluster",
      "knn"],
     ["training", "analysis", "probes"],
     ["sweep", "launch", "report", "bench", "demo", "dispatch"],

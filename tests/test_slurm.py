@@ -90,7 +90,6 @@ def test_requeue_resumes_from_checkpoint(cluster, setup, monkeypatch):
     with epochs 1..4 once each; the epochs done before the requeue are not trained again, and
     both attempts log to the same W&B run, every epoch in it."""
     import wandb
-    from wandb_reader import read_runs
     from convlens.launch.slurm import slurm_state, submit, wait_for
     profile, spec, runs = setup
     monkeypatch.setenv("WANDB_MODE", "offline")  # the job inherits the submitter's environment
@@ -116,13 +115,19 @@ def test_requeue_resumes_from_checkpoint(cluster, setup, monkeypatch):
     assert first["start_epoch"] == 1 and first["resumed_from"] is None
     assert resumed["start_epoch"] == checkpoint_epoch(resumed["resumed_from"]) + 1 >= len(before) + 1
     assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 4
-    # W&B: one run id across the killed attempt, the requeued one and the driver's summary
+    # W&B: one run id across the killed attempt, the requeued one and the driver's summary; what
+    # `convlens sync` uploads is one segment of it with each epoch once, in order, and the summary
+    from convlens.sync import plan
+    from wandb_reader import read_run, wait_finished
     run_id = (run_dir / "wandb_id.txt").read_text().strip()
     segments = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(segments) >= 3 and {s.name.rsplit("-", 1)[1] for s in segments} == {run_id}, segments
-    log = read_runs(run_dir / "wandb", run_id)
-    assert log.run_id == run_id and "test_accuracy" in log.summary
-    assert {row["_step"] for row in log.history if "val/accuracy" in row} == {1, 2, 3, 4}
+    chosen, superseded = plan(run_dir)
+    assert [seg.run_id for seg in chosen] == [run_id] and len(superseded) >= 2
+    wait_finished(chosen[0].folder, run_id)
+    log = read_run(chosen[0].folder / f"run-{run_id}.wandb")
+    assert log.run_id == run_id and "test_accuracy" in log.summary and log.exit_code == 0
+    assert [row["epoch"] for row in log.history if "val/accuracy" in row] == [1, 2, 3, 4]
 
 
 def test_two_node_script_and_multinode_bootstrap(cluster, setup, tmp_path):

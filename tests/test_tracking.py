@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import inject, tiny_spec
-from wandb_reader import read_runs, wait_finished
+from wandb_reader import RunLog, read_run, read_tables, wait_finished
 
 LIB = str(Path(__file__).resolve().parents[1] / "lib")
 
@@ -55,39 +55,100 @@ def assert_absent(secret: str, folders: list[Path], text: str) -> int:
     return checked
 
 
-def test_offline_run_logs_every_epoch_summary_and_images(tiny_job, ray_cluster, monkeypatch, capfd):
-    from convlens.tracking import open_tracker
-    key = secret_key()
-    job = tiny_job(name="tracked", tracking={"mode": "offline", "log_checkpoints": True})
-    summary = train_with_env(job, monkeypatch, {"WANDB_MODE": "offline", "WANDB_API_KEY": key})
-    run_dir = job.run_dir
+def synced(folder: Path) -> dict[str, RunLog]:
+    """What `convlens sync` would upload under folder, read back: run id -> its one segment."""
+    from convlens.sync import plan
+    chosen, _ = plan(folder)
+    for seg in chosen:
+        wait_finished(seg.folder, seg.run_id)
+    assert len({s.run_id for s in chosen}) == len(chosen)  # one segment per W&B run
+    return {seg.run_id: read_run(seg.folder / f"run-{seg.run_id}.wandb") for seg in chosen}
+
+
+def epochs_of(log: RunLog) -> list[int]:
+    return [row["epoch"] for row in log.history if "train/loss" in row]
+
+
+@pytest.fixture(scope="module")
+def retried(ray_cluster, tmp_path_factory, cache_dir):
+    """A tracked 3-epoch run whose worker is SIGKILLed in epoch 2 and retried, then probed:
+    trained once for the tests below. (run dir, summary, API key, captured output)"""
+    from convlens.probes import probe
+    from convlens.specs.base import validate
+    from convlens.specs.probe import ProbeJob
+    from convlens.specs.train import TrainJob
+    from convlens.training.run import train
+    key, root = secret_key(), tmp_path_factory.mktemp("tracked")
+    job = validate(TrainJob, tiny_spec(root / "runs", cache_dir, "tracked", run={"epochs": 3, "max_failures": 1},
+                                       tracking={"mode": "offline", "log_checkpoints": "all", "tags": ["t"]}))
+    env = {"WANDB_MODE": "offline", "WANDB_API_KEY": key,
+           "CONVLENS_FAULTS": json.dumps([{"kind": "kill", "run": "tracked", "at": "0:2:1"}])}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        summary = train(job, trainer_kwargs={"worker_runtime_env": {"env_vars": env}})
+        mp.delenv("CONVLENS_FAULTS")
+        probe(validate(ProbeJob, {"runs": [str(job.run_dir)], "stages": [1], "max_train": 256, "probe_epochs": 1}))
+    return job.run_dir, summary, key
+
+
+def test_retried_run_syncs_as_one_complete_run(retried, capfd):
+    """Worker killed in epoch 2, retried: the run left several segments of its id, and what
+    convlens syncs is one of them with every epoch once, in order, its summary and checkpoints."""
+    run_dir, summary, key = retried
     run_id = (run_dir / "wandb_id.txt").read_text().strip()
-
-    tracker = open_tracker(job, run_dir, 0)  # e.g. `convlens analyze` adding figures later
-    tracker.log_images([(str(run_dir / "loss.png"), "loss curve, train vs validation")], key="analysis")
-    tracker.finish()
-
-    assert len(wait_finished(run_dir / "wandb", run_id)) == 3  # worker, finalize, this reopen
-    log = read_runs(run_dir / "wandb", run_id)
-    curves = [row for row in log.history if "train/loss" in row]
-    assert [row["_step"] for row in curves] == [1, 2]
-    for row in curves:
-        assert {"val/loss", "val/accuracy", "lr", "images_per_second"} <= set(row)
-        assert row["val/per_class_accuracy"]["_type"] == "table-file"
+    assert summary["wandb_run_id"] == run_id
+    assert len(list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))) >= 3  # 2 attempts + closing write
+    runs = synced(run_dir)
+    log = runs[run_id]
+    assert epochs_of(log) == [1, 2, 3]
+    assert [row["_step"] for row in log.history if "train/loss" in row] == [1, 2, 3]
+    assert log.summary["test_accuracy"] == pytest.approx(summary["test_accuracy"]) and log.exit_code == 0
+    # organisation: group, job type, tags, epoch as x-axis, best-of summaries
+    assert (log.group, log.job_type) == ("tracked", "train")
+    assert set(log.tags) == {"supervised", "fashion_mnist", "resnet-basic-1.1-w8", "t"}
+    assert log.metrics["train/*"]["step_metric"] == "epoch" and log.metrics["val/*"]["step_metric"] == "epoch"
+    assert log.metrics["val/accuracy"]["summary"] == ["max"] and log.metrics["val/loss"]["summary"] == ["min"]
+    classes = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    for row in (r for r in log.history if "train/loss" in r):
+        assert all(0 <= row[f"val/accuracy/{c}"] <= 1 for c in classes)
     assert log.config["run"]["name"] == "tracked" and log.config["model"]["width"] == 8
-    assert log.summary["test_accuracy"] == pytest.approx(summary["test_accuracy"])
-    captions = {c for m in log.media for c in m["captions"]}
-    assert "loss curve, train vs validation" in captions and "loss" in captions
-    media = [run_dir / "wandb" / p for m in log.media for p in m["paths"]]
-    assert any(p.name.endswith(".png") for p in media)
-    assert len({p.parent.name.split("-")[-1] for p in (run_dir / "wandb").glob("*run-*")}) == 1
-    # log_checkpoints: the best and the last checkpoint folders, as versions of one model artifact
-    arts = {alias: a for a in log.artifacts for alias in a["aliases"] if alias in ("best", "last")}
-    assert set(arts) == {"best", "last"} and {a["type"] for a in arts.values()} == {"model"}
-    assert Path(summary["best_checkpoint"]).name in arts["best"]["aliases"]
-    assert "state.pt" in arts["last"]["files"] and "manifest.json" in arts["last"]["files"]
+    assert {c for m in log.media for c in m["captions"]} >= {"loss", "accuracy"}
+    # checkpoints: model-<run id>, one version per kept epoch, with epoch / val_error / sha256
+    arts = {a["metadata"]["epoch"]: a for a in log.artifacts}
+    assert set(arts) == {2, 3} and {a["name"] for a in arts.values()} == {f"model-{run_id}"}
+    assert "latest" in arts[3]["aliases"] and f"epoch-3" in arts[3]["aliases"]
+    best = summary["best_epoch"]
+    assert best not in arts or "best" in arts[best]["aliases"]
+    state = (Path(summary["best_checkpoint"]) / "state.pt").read_bytes()
+    import hashlib
+    assert json.loads((Path(summary["best_checkpoint"]) / "manifest.json").read_text())["files"]["state.pt"] \
+        == hashlib.sha256(state).hexdigest()
+    assert all(a["metadata"]["sha256"] and 0 <= a["metadata"]["val_error"] <= 1 for a in arts.values())
+    from convlens.cli import main
+    assert main(["sync", str(run_dir), "--dry-run"]) == 0  # what it tells the user, uploading nothing
     out = capfd.readouterr()
+    assert out.out.count("would sync") == 2 and out.out.count(f"superseded by a newer complete segment of run {run_id}") >= 2
     assert assert_absent(key, [run_dir], out.out + out.err) > 5
+
+
+def test_probe_is_its_own_run_using_the_checkpoint(retried):
+    run_dir, summary, _ = retried
+    run_id = (run_dir / "wandb_id.txt").read_text().strip()
+    probes = json.loads((run_dir / "probes.json").read_text())
+    runs = synced(run_dir)
+    log = runs[probes["wandb_run_id"]]
+    assert (log.group, log.job_type) == ("tracked", "probe") and log.config["train_run_id"] == run_id
+    used = [a for a in log.artifacts if a["used"]]
+    assert [a["name"] for a in used] == [f"model-{run_id}"]
+    assert used[0]["metadata"]["epoch"] == summary["best_epoch"]
+    trained = {a["digest"] for a in runs[run_id].artifacts}
+    assert summary["best_epoch"] not in (2, 3) or used[0]["digest"] in trained  # the very version trained
+    table = [t for t in log.tables if t["key"] == "probes"]
+    assert len(table) == 1
+    data = read_tables(log, "probes")[0]
+    assert data["columns"][:3] == ["run", "task", "stage"] and len(data["data"]) == 1
+    assert log.summary["probe/stage1/knn"] == pytest.approx(probes["stages"]["1"]["knn_accuracy"])
 
 
 def test_online_without_server_falls_back_offline_and_keeps_key_secret(tiny_job, ray_cluster, monkeypatch,
@@ -106,10 +167,8 @@ def test_online_without_server_falls_back_offline_and_keeps_key_secret(tiny_job,
     assert "logging offline" in out.out  # the driver's (finalize) reopen said so, once
     assert seconds < 120, f"tracking stalled training: {seconds:.0f}s"
     run_id = (job.run_dir / "wandb_id.txt").read_text().strip()
-    wait_finished(wandb_dir / "wandb", run_id)
-    log = read_runs(wandb_dir / "wandb", run_id)
-    assert [row["_step"] for row in log.history if "train/loss" in row] == [1]
-    assert "test_accuracy" in log.summary
+    log = synced(wandb_dir)[run_id]
+    assert epochs_of(log) == [1] and "test_accuracy" in log.summary
     assert assert_absent(key, [job.run_dir, wandb_dir], out.out + out.err) > 5
 
 
@@ -120,10 +179,9 @@ def test_stopped_run_tells_wandb_why(tiny_job, ray_cluster, monkeypatch):
     with pytest.raises(RunStopped):
         train_with_env(job, monkeypatch, {"WANDB_MODE": "offline"})
     run_id = (job.run_dir / "wandb_id.txt").read_text().strip()
-    wait_finished(job.run_dir / "wandb", run_id)
-    log = read_runs(job.run_dir / "wandb", run_id)
+    log = synced(job.run_dir)[run_id]
     assert "non-finite loss at epoch 2" in log.summary["stop_reason"] and log.exit_code == 1
-    assert [row["_step"] for row in log.history if "train/loss" in row] == [1]
+    assert epochs_of(log) == [1]
 
 
 EVERY_TRACKER_CALL = """
@@ -137,7 +195,6 @@ tracker = open_tracker(job, job.run_dir, 0)
 tracker.log_history([metrics], ["a"])
 tracker.log_epoch(metrics, ["a"])
 tracker.log_images([(sys.argv[2], "an image")])
-tracker.log_table("t", ["a"], [[1]])
 tracker.stop("because")
 tracker.finish()
 fds = []

@@ -73,7 +73,12 @@ class RunLog:
     config: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
     media: list[dict] = field(default_factory=list)  # {"key", "step", "type", "captions", "paths"}
-    artifacts: list[dict] = field(default_factory=list)  # {"name", "type", "aliases", "files"}
+    artifacts: list[dict] = field(default_factory=list)  # {"name", "type", "aliases", "files", "used", "metadata"}
+    metrics: dict = field(default_factory=dict)  # define_metric: name -> {"step_metric", "summary"}
+    group: str = ""
+    job_type: str = ""
+    tags: list[str] = field(default_factory=list)
+    tables: list[dict] = field(default_factory=list)  # {"key", "step", "path"} of every logged wandb.Table
     exit_code: int | None = None
 
 
@@ -86,19 +91,29 @@ def read_run(path: Path) -> RunLog:
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             log.run_id = rec.run.run_id
+            log.group, log.job_type, log.tags = rec.run.run_group, rec.run.job_type, list(rec.run.tags)
             log.config.update(_config(rec.run.config.update))
+        elif kind == "metric":
+            m = rec.metric
+            summary = [k for k in ("min", "max", "last") if getattr(m.summary, k)]
+            log.metrics[m.name or m.glob_name] = {"step_metric": m.step_metric, "summary": summary}
         elif kind == "config":
             log.config.update(_config(rec.config.update))
         elif kind == "history":
             row = _items(rec.history.item)
             log.history.append(row)
             log.media.extend(_media(row))
+            log.tables += [{"key": k, "step": row.get("_step"), "path": v["path"]} for k, v in row.items()
+                           if isinstance(v, dict) and v.get("_type") == "table-file"]
         elif kind == "summary":
             log.summary.update(_items(rec.summary.update))
         elif kind == "artifact":
             art = rec.artifact
             log.artifacts.append({"name": art.name, "type": art.type, "aliases": list(art.aliases),
-                                  "files": [entry.path for entry in art.manifest.contents]})
+                                  "files": [entry.path for entry in art.manifest.contents],
+                                  "local": {entry.path: entry.local_path for entry in art.manifest.contents},
+                                  "used": art.use_after_commit, "digest": art.digest,
+                                  "metadata": json.loads(art.metadata) if art.metadata else {}})
         elif kind == "exit":
             log.exit_code = rec.exit.exit_code
     return log
@@ -156,5 +171,20 @@ def read_runs(wandb_dir: Path, run_id: str | None = None) -> RunLog:
         merged.summary.update(part.summary)
         merged.media += part.media
         merged.artifacts += part.artifacts
+        merged.metrics.update(part.metrics)
+        merged.tables += part.tables
+        merged.group, merged.job_type, merged.tags = part.group, part.job_type, part.tags
         merged.exit_code = part.exit_code if part.exit_code is not None else merged.exit_code
     return merged
+
+
+def read_tables(log: RunLog, key: str) -> list[dict]:
+    """Every logged wandb.Table under `key`, in order, as W&B will show it ({"columns", "data"},
+    an image cell {"_type": "image-file", ...}): from the run_table artifact wandb stages for it
+    (the copy under files/ names media cells only by their class)."""
+    out = []
+    for art in log.artifacts:
+        path = f"{key}.table.json"
+        if art["type"] == "run_table" and path in art["local"]:
+            out.append(json.loads(Path(art["local"][path]).read_text()))
+    return out

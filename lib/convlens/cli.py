@@ -72,6 +72,11 @@ def cmd_submit(args):
     return submit(args.cluster, args.kind, args.spec, args.overrides, wait=args.wait, array=args.array)
 
 
+def cmd_sync(args):
+    from convlens.sync import sync
+    sync(args.path, dry_run=args.dry_run)
+
+
 def version() -> str:
     from importlib.metadata import PackageNotFoundError, version as installed
     try:
@@ -121,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("paths", nargs="+", help="run, sweep or analysis directories")
     r.add_argument("--out", default=None, help="report file (default: next to the first path)")
     r.set_defaults(func=cmd_report)
+    y = add_command(sub, "sync", "upload offline W&B runs, one complete run per job",
+                    "Upload the offline W&B runs under a folder (a run, a sweep, the demo, a Slurm runs_root) "
+                    "with `wandb sync`: of the segments one training run left (attempts, retries, requeues, the "
+                    "closing summary) only the newest complete one, which holds every epoch, so W&B shows each "
+                    "epoch once. Needs `wandb login` (or WANDB_API_KEY) and network: run it on a login node.",
+                    "convlens sync runs/demo")
+    y.add_argument("path", help="folder to search for offline runs")
+    y.add_argument("--dry-run", action="store_true", help="list what would be uploaded, upload nothing")
+    y.set_defaults(func=cmd_sync)
     s = add_command(sub, "submit", "send a job to Slurm with submitit",
                     "Validate a job here, then run it on a Slurm allocation of the cluster profile (one node or "
                     "many; a sweep's trials as a job array with --array). A time limit or preemption requeues the "

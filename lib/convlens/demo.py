@@ -28,11 +28,13 @@ def run_demo(job: DemoJob) -> Path:
     root = Path(job.root).expanduser().resolve()
     start = time.time()
     # Every step's spec is validated before the first one starts.
-    train_jobs = {name: step_job(step, "train", {"run.root": str(root), "run.quiet": job.quiet})
+    group = root.name  # W&B: every run of the demo in one group
+    train_jobs = {name: step_job(step, "train", {"run.root": str(root), "run.quiet": job.quiet,
+                                                 "tracking.group": group})
                   for name, step in (("supervised", job.supervised), ("rotation", job.rotation)) if step}
     runs = [str(t.run_dir) for t in train_jobs.values()]
     probe_job = step_job(job.probes, "probe", {"runs": runs}) if job.probes else None
-    sweep_job = step_job(job.sweep, "sweep", {"root": str(root)}) if job.sweep else None
+    sweep_job = step_job(job.sweep, "sweep", {"root": str(root), "tracking_group": group}) if job.sweep else None
     analysis_job = (step_job(job.analysis, "analyze", {"runs": runs, "out": str(root / "analysis")})
                     if job.analysis else None)
     if analysis_job:

@@ -20,6 +20,7 @@ from convlens.models import ResNet
 from convlens.restore import load_model_and_data
 from convlens.rundir import RunDir
 from convlens.specs.probe import ProbeJob
+from convlens.wandb_jobs import log_probe
 
 
 @torch.no_grad()
@@ -100,6 +101,7 @@ def probe_run(run_dir: Path, job: ProbeJob) -> dict:
                "chance": 1 / loaded.data.num_classes,
                "stages": {str(s): evaluate_stage(model, loaded.data, s, job, loaded.prepare)
                           for s in stages}}
+    results.update(log_probe(run_dir, results, job.model_dump(mode="json")))  # its own W&B run
     write_atomic(RunDir(run_dir) / RunDir.PROBES, json.dumps(results, indent=2).encode())
     return results
 

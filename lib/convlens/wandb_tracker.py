@@ -1,90 +1,65 @@
-"""The W&B tracker: one W&B run per convlens run directory, on rank 0 only.
+"""The W&B tracker of a training run: one W&B run per convlens run directory, on rank 0 only.
 
-The run id lives in <run_dir>/wandb_id.txt, so a resumed or requeued run, and the
-driver's final summary, continue the same W&B run (resume="allow"). Online mode with no
-reachable server gives up after tracking.init_timeout seconds and logs offline instead,
-so tracking never stops or stalls training. Only the job config is sent: never the
-environment, where WANDB_API_KEY lives.
+The run id lives in <run_dir>/wandb_id.txt, so every start of the run (a worker retry, a rerun,
+a Slurm requeue) and the driver's closing write continue the same W&B run (resume="allow").
+Offline, each of those writes a segment of its own, and `wandb sync` does not merge segments
+of one id: a later one replaces the earlier history (wandb issue 3841). So every segment starts
+by re-logging the checkpointed history, and the driver's closing segment holds every epoch, the
+summary and the checkpoints: `convlens sync` (convlens.sync) uploads only that one.
 """
 from __future__ import annotations
 
 import os
-import secrets
-import string
 from pathlib import Path
 
-from convlens.files import write_atomic
 from convlens.rundir import RunDir
+from convlens.wandb_run import RunInfo, checkpoint_artifact, model_tag, open_run, run_id, run_url
+
+EPOCH_METRICS = {"train_loss": "train/loss", "train_accuracy": "train/accuracy",
+                 "val_loss": "val/loss", "val_accuracy": "val/accuracy", "val_error": "val/error",
+                 "lr": "lr", "images_per_second": "images_per_second",
+                 "epoch_seconds": "epoch_seconds", "epoch": "epoch"}
 
 
-def run_id(run_dir: Path) -> str:
-    """The W&B run id of this run directory, created once and reused on every reopen."""
-    path = Path(run_dir) / RunDir.WANDB_ID
-    if path.is_file():
-        return path.read_text().strip()
-    rid = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, (rid + "\n").encode())
-    return rid
+def epoch_row(metrics: dict, class_names: list[str]) -> dict:
+    """One epoch under W&B's train/ and val/ panels, per-class accuracy as val/accuracy/<class>."""
+    row = {wb: metrics[key] for key, wb in EPOCH_METRICS.items() if key in metrics}
+    per_class = metrics.get("val_per_class_accuracy") or []
+    row.update({f"val/accuracy/{name}": float(acc) for name, acc in zip(class_names, per_class)})
+    return row
 
 
-def epoch_row(metrics: dict) -> dict:
-    """One epoch's training metrics under W&B's train/ and val/ panels (no per-class list)."""
-    names = {"train_loss": "train/loss", "train_accuracy": "train/accuracy",
-             "val_loss": "val/loss", "val_accuracy": "val/accuracy", "val_error": "val/error",
-             "lr": "lr", "images_per_second": "images_per_second",
-             "epoch_seconds": "epoch_seconds", "epoch": "epoch"}
-    return {wb: metrics[key] for key, wb in names.items() if key in metrics}
+def train_run_info(job, run_dir: Path) -> RunInfo:
+    """group: tracking.group (the sweep or the demo) or the run's name; sweep parameters as
+    top-level config keys, so the runs table and parallel coordinates show them."""
+    cfg = job.tracking
+    return RunInfo(id=run_id(run_dir), name=job.run.name, group=cfg.group or job.run.name, job_type="train",
+                   dir=Path(cfg.dir).expanduser() if cfg.dir else Path(run_dir),
+                   tags=[job.run.task, job.data.dataset, model_tag(job.model.model_dump()), *cfg.tags],
+                   config={**job.model_dump(mode="json"), **cfg.params})
 
 
 class WandbTracker:
     """Tracker interface of convlens.tracking, backed by a wandb Run."""
 
-    def __init__(self, job, run_dir: Path, mode: str, **init_kwargs):
-        import wandb
-        self.wandb, self.job, self.run_dir = wandb, job, Path(run_dir)
-        self.exit_code = 0
-        cfg = job.tracking
-        wandb_dir = Path(cfg.dir).expanduser() if cfg.dir else self.run_dir
-        wandb_dir.mkdir(parents=True, exist_ok=True)
-        args = dict(project=cfg.project, entity=cfg.entity, group=cfg.group,
-                    name=job.run.name, id=run_id(self.run_dir), resume="allow",
-                    dir=str(wandb_dir), config=job.model_dump(mode="json"),
-                    job_type=job.run.task, **init_kwargs)
-        self.mode = mode
-        self.run = self._init(args, mode)
+    def __init__(self, job, run_dir: Path, mode: str):
+        self.job, self.run_dir = job, Path(run_dir)
+        self.exit_code, self.last_epoch = 0, None
+        self.info = train_run_info(job, self.run_dir)
+        self.run, self.mode = open_run(self.info, job.tracking, mode, quiet=job.run.quiet)
+        define_metrics(self.run)
 
-    def _init(self, args: dict, mode: str):
-        wandb = self.wandb
-        try:
-            return wandb.init(mode=mode, settings=self._settings(), **args)
-        except Exception as err:  # noqa: BLE001 - any failure to reach W&B must not stop training
-            if mode != "online":
-                raise
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            print(f"[convlens] W&B online init failed ({reason[:160]}); logging offline to "
-                  f"{args['dir']} instead (sync later with `wandb sync`)", flush=True)
-            self.mode = "offline"
-            wandb.teardown()  # the service still holds the half-made run id; a fresh one can reuse it
-            return wandb.init(mode="offline", settings=self._settings(), **args)
-
-    def _settings(self):
-        # console="off": output.log would copy every worker line, and nothing of the env
-        return self.wandb.Settings(init_timeout=self.job.tracking.init_timeout, console="off",
-                                   silent=self.job.run.quiet, save_code=False, disable_git=True)
+    @property
+    def url(self) -> str | None:
+        return run_url(self.run, self.mode)
 
     def log_epoch(self, metrics: dict, class_names: list[str]) -> None:
-        row = epoch_row(metrics)
-        per_class = metrics.get("val_per_class_accuracy")
-        if per_class is not None:
-            row["val/per_class_accuracy"] = self.wandb.Table(
-                columns=["class", "val_accuracy"], data=[[n, float(a)] for n, a in zip(class_names, per_class)])
-        self.run.log(row, step=int(metrics["epoch"]))
+        self.last_epoch = int(metrics["epoch"])
+        self.run.log(epoch_row(metrics, class_names), step=self.last_epoch)
 
     def log_history(self, history: list[dict], class_names: list[str]) -> None:
-        """On resume, the checkpointed epochs this W&B run has not got: a killed attempt can die
-        before wandb-core flushes its last rows. Online, the server says where the run stands
-        (starting_step); an offline segment starts at 0 and carries them all again."""
+        """The checkpointed epochs this W&B run has not got. Online, the server says where the
+        run stands (starting_step); an offline segment starts at 0 and carries them all again."""
         for metrics in history:
             if metrics["epoch"] >= self.run.starting_step:
                 self.log_epoch(metrics, class_names)
@@ -93,42 +68,40 @@ class WandbTracker:
         flat = {k: v for k, v in summary.items() if k != "per_class_test_accuracy"}
         self.run.summary.update(flat)
         per_class = summary.get("per_class_test_accuracy") or {}
-        if per_class:
-            self.run.summary.update({f"test/accuracy/{k}": v for k, v in per_class.items()})
-            self.log_table("test/per_class_accuracy", ["class", "test_accuracy"],
-                           [[k, float(v)] for k, v in per_class.items()])
+        self.run.summary.update({f"test/accuracy/{k}": v for k, v in per_class.items()})
         curves = [(self.run_dir / name, name.removesuffix(".png")) for name in RunDir.CURVES]
         self.log_images([(str(p), c) for p, c in curves if p.is_file()], key="curves")
         if self.job.tracking.log_checkpoints:
-            self.log_checkpoints(summary)
+            self.log_checkpoints(summary.get("best_checkpoint"))
 
     def update_summary(self, values: dict) -> None:
         """Plain summary values, nothing else logged (log_summary also uploads the run's curves)."""
         self.run.summary.update(values)
 
     def log_images(self, images: list[tuple[str, str]], key: str = "analysis") -> None:
-        if images:
-            self.run.log({key: [self.wandb.Image(str(path), caption=caption) for path, caption in images]})
+        import wandb
+        if images:  # in the last epoch's row: no history row without an epoch
+            step = {"step": self.last_epoch} if self.last_epoch else {}
+            self.run.log({key: [wandb.Image(str(path), caption=caption) for path, caption in images]}, **step)
 
-    def log_table(self, key: str, columns: list[str], rows: list[list]) -> None:
-        self.run.log({key: self.wandb.Table(columns=list(columns), data=[list(r) for r in rows])})
+    def log_checkpoints(self, best: str | None) -> None:
+        """Kept checkpoints as versions of the `model-<run id>` artifact: aliases epoch-N,
+        latest (the last) and best; tracking.log_checkpoints true logs the best and the last,
+        "all" every checkpoint still kept (run.keep_last)."""
+        by_epoch = checkpoint_folders(self.run_dir, best)
+        if not by_epoch:
+            return
+        last = max(by_epoch)
+        best_epoch = checkpoint_epoch_of(best) if best else None
+        chosen = by_epoch if self.job.tracking.log_checkpoints == "all" else {
+            e: f for e, f in by_epoch.items() if e in (last, best_epoch)}
+        for epoch, folder in sorted(chosen.items()):
+            aliases = [f"epoch-{epoch}"] + ["latest"] * (epoch == last) + ["best"] * (epoch == best_epoch)
+            self.run.log_artifact(checkpoint_artifact(folder, self.info.id), aliases=aliases)
 
-    def log_checkpoints(self, summary: dict) -> None:
-        """The best and the last checkpoint folders as `model` artifacts."""
-        folders = {"best": summary.get("best_checkpoint")}
-        last = RunDir(self.run_dir).checkpoints()
-        if last:
-            folders["last"] = str(last[-1])
-        for alias, folder in folders.items():
-            if folder and Path(folder).is_dir():
-                art = self.wandb.Artifact(f"{self.job.run.name}-model", type="model",
-                                          metadata={"folder": Path(folder).name})
-                art.add_dir(folder)
-                self.run.log_artifact(art, aliases=[alias, Path(folder).name])
-
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: str, failed: bool = True) -> None:
         self.run.summary["stop_reason"] = reason
-        self.exit_code = 1
+        self.exit_code = int(failed)
 
     def finish(self) -> None:
         if self.run is not None:
@@ -137,3 +110,27 @@ class WandbTracker:
 
     def __repr__(self) -> str:
         return f"WandbTracker(mode={self.mode!r}, run_dir={os.fspath(self.run_dir)!r})"
+
+
+def define_metrics(run) -> None:
+    """epoch is the x-axis of every training metric; the summary keeps the best validation
+    accuracy (max) and loss (min), not the last, e.g. for an ASHA-stopped trial."""
+    run.define_metric("epoch")
+    for pattern in ("train/*", "val/*", "lr", "images_per_second", "epoch_seconds"):
+        run.define_metric(pattern, step_metric="epoch")
+    run.define_metric("val/accuracy", step_metric="epoch", summary="max")
+    run.define_metric("val/loss", step_metric="epoch", summary="min")
+
+
+def checkpoint_epoch_of(folder: str) -> int:
+    from convlens.checkpoint import checkpoint_epoch
+    return checkpoint_epoch(Path(folder))
+
+
+def checkpoint_folders(run_dir: Path, best: str | None) -> dict[int, Path]:
+    """epoch -> folder over the kept checkpoint_epoch* folders and the best (the former preferred)."""
+    from convlens.checkpoint import checkpoint_epoch
+    run = RunDir(run_dir)
+    found = {checkpoint_epoch(Path(best)): Path(best)} if best and Path(best).is_dir() else {}
+    found.update({checkpoint_epoch(p): p for p in run.checkpoints()})
+    return found

@@ -26,7 +26,7 @@ def compute(ctx) -> dict:
     feats = base.features(ctx, ctx.images[:n])  # (N, D)
     labels = ctx.labels[:n].numpy()
     k = max(1, min(5, n // 2 - 1))
-    out = {"labels": labels, "names": ctx.classes}
+    out = {"labels": labels, "names": ctx.classes, "thumbs": base.display(ctx.images[:n])}
     for name, fn in (("tsne", tsne), ("pca", pca)):
         xy = fn(feats, ctx.opts.seed)
         out[name] = xy

@@ -6,7 +6,6 @@ PNGs and JSON atomically; the driver then writes index.json and the compare page
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from pathlib import Path
 
@@ -130,8 +129,9 @@ def analyze(job: AnalyzeJob) -> Path:
         found, table = ray.get(similar)
         entries += found
         tables.update({similarity.NAME: table} if table else {})
-    index = write_index(out, job.name, chosen, methods, entries, time.time() - t0, tables)
-    log_to_wandb(entries)
+    from convlens.analysis.wandb_log import log_analysis
+    wandb_ids = log_analysis(job.name, out, entries)  # each analysed run's own analysis run
+    index = write_index(out, job.name, chosen, methods, entries, time.time() - t0, tables, wandb_ids)
     if not job.quiet:
         print(f"[convlens] analysis {job.name}: {len(entries)} files from {len(chosen)} checkpoints x "
               f"{len(methods)} methods in {index['seconds']} s -> {out / AnalysisDir.INDEX}", flush=True)
@@ -139,7 +139,8 @@ def analyze(job: AnalyzeJob) -> Path:
 
 
 def write_index(out: Path, name: str, chosen: list[tuple[str, int, Path]], methods: list[str],
-                entries: list[dict], seconds: float, tables: dict | None = None) -> dict:
+                entries: list[dict], seconds: float, tables: dict | None = None,
+                wandb_ids: dict[str, str] | None = None) -> dict:
     """index.json (format in rundir.AnalysisDir): the job, each method's words for the report,
     every file written, its path relative to `out`, and the methods' number tables."""
     from convlens.analysis import compare, similarity
@@ -150,6 +151,7 @@ def write_index(out: Path, name: str, chosen: list[tuple[str, int, Path]], metho
             about[step.NAME] = step.ABOUT
     index = {"name": name, "runs": sorted({r for r, _, _ in chosen}), "methods": about,
              "checkpoints": [str(f) for _, _, f in chosen], "seconds": round(seconds, 1),
+             "wandb_run_ids": wandb_ids or {},
              "files": [{**e, "file": str(Path(e["file"]).relative_to(out))} for e in entries],
              "tables": tables or {}}
     AnalysisDir(out).write_index(index)
@@ -169,52 +171,3 @@ def gather(refs: list, quiet: bool) -> list[dict]:
     finally:
         progress.close()
     return [e for ref in refs for e in results[ref]]
-
-
-def log_to_wandb(entries: list[dict]) -> None:
-    """Each analysed run's figures (captioned images) and kNN / embedding numbers (tables) go
-    to that run's own W&B run, with the tracking settings of its config.yaml."""
-    from convlens.specs.base import read_yaml, validate
-    from convlens.specs.train import TrainJob
-    from convlens.tracking import open_tracker
-    runs: dict[Path, list[dict]] = {}
-    for entry in entries:
-        if entry.get("checkpoint"):  # a page composed across runs belongs to none
-            runs.setdefault(Path(entry["checkpoint"]).parent, []).append(entry)
-    for run_dir, items in runs.items():
-        config = run_dir / RunDir.CONFIG
-        if not config.is_file():  # an explicit checkpoint outside a run directory
-            continue
-        try:
-            train_job = validate(TrainJob, read_yaml(config), str(config))
-        except ConfigError as err:
-            print(f"[convlens] not logging the analysis of {run_dir} to W&B: {err}", flush=True)
-            continue
-        tracker = open_tracker(train_job, run_dir)
-        try:
-            log_run_analysis(tracker, items)
-        finally:
-            tracker.finish()
-
-
-def log_run_analysis(tracker, items: list[dict]) -> None:
-    from convlens.analysis.registry import load_all
-    registry = load_all()
-    methods = sorted({e["method"] for e in items})
-    for method in methods:
-        tracker.log_images([(e["file"], f"epoch {e['epoch']}: {e['caption']}") for e in items
-                            if e["method"] == method and e["file"].endswith(".png")], key=f"analysis/{method}")
-    for method in methods:
-        columns = list(registry[method].table) if method in registry else []
-        if not columns:
-            continue
-        rows = []
-        for e in items:
-            if e["method"] == method and e["file"].endswith(".json"):
-                result = json.loads(Path(e["file"]).read_text())["result"]
-                rows.append([e["epoch"], *(result.get(c) for c in columns)])
-        if rows:
-            rows = sorted(rows)
-            tracker.log_table(f"analysis/{method}", ["epoch", *columns], rows)
-            tracker.update_summary({f"analysis/{method}/{c}": v for c, v in zip(columns, rows[-1][1:])
-                                 if v is not None})  # the last analysed epoch

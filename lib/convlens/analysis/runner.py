@@ -1,6 +1,7 @@
 """One method on one checkpoint: compute, draw, write PNGs and a JSON summary atomically."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convlens.analysis import plots
+from convlens.analysis import plots, tables
 from convlens.analysis.registry import load_all
 from convlens.files import write_atomic
 
@@ -53,6 +54,11 @@ def run_method(ctx, name: str, out_dir: Path, meta: dict,
                "images": len(ctx.images), "files": [e["file"] for e in entries], "result": scalars(result),
                "host": socket.gethostname(), "pid": os.getpid()}
     path = out_dir / f"{name}.json"
+    raw = tables.raw_arrays(name, result, list(ctx.classes))
+    if raw is not None:  # the arrays of this method's W&B table, for the driver
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **raw)
+        write_atomic(path.with_suffix(".npz"), buffer.getvalue())
     write_atomic(path, json.dumps(summary, indent=1).encode())
     entries.append({**meta, "method": name, "file": str(path), "caption": f"{method.caption}: numbers"})
     return entries

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from convlens.report.html import esc, img, table
+from convlens.report.html import img, table
 from convlens.rundir import AnalysisDir, RunDir
 
 PROBES = (("linear", "linear_accuracy"), ("MLP", "mlp_accuracy"), ("kNN", "knn_accuracy"))

@@ -53,6 +53,9 @@ def setup_rows(cfg: dict, summary: dict) -> list[list]:
             ["batch / epochs / workers", f"{data.get('batch_size')} / {summary.get('epochs')} / "
                                          f"{summary.get('workers', run.get('workers'))}"],
             ["augmentation", f"crop padding {data.get('crop_padding')}, flip {data.get('flip')}"]]
+    if summary.get("wandb_run_id"):
+        rows.append(["W&B run", summary.get("wandb_url") or f"{summary['wandb_run_id']} (offline: "
+                                f"`convlens sync {summary.get('run', 'RUN_DIR')}` uploads it)"])
     return rows
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -91,13 +91,15 @@ class ScheduleConfig(Strict):
 
 
 class TrackingConfig(Strict):
-    mode: Literal["online", "offline", "disabled"] = "disabled"  # WANDB_MODE overrides
+    mode: Literal["online", "offline", "disabled"] = "offline"  # WANDB_MODE overrides; offline: no account
     project: str = "convlens"
     entity: str | None = None
-    group: str | None = None
+    group: str | None = None  # default: the run's name; a sweep's trials and the demo's runs share one
+    tags: list[str] = Field(default_factory=list)  # besides task, dataset and model
+    params: dict[str, Any] = Field(default_factory=dict)  # top-level W&B config keys (a trial's drawn values)
     dir: str | None = None  # where wandb writes; default: the run directory
     init_timeout: float = Field(20.0, gt=0)  # seconds before online falls back to offline
-    log_checkpoints: bool = False  # upload best and final checkpoints as artifacts
+    log_checkpoints: bool | Literal["all"] = False  # `model-<run id>` artifacts: true best and last, all every kept one
 
 
 class RunSection(Strict):

@@ -37,7 +37,13 @@ def trial_row(tid, run_dir, sampled, history, summary, stopped, error) -> dict:
     return {"trial_id": tid, "run": run_dir.name, **{f"config/{k}": v for k, v in sampled.items()},
             "status": status, "stop_reason": reason, "epochs": history[-1]["epoch"] if history else 0,
             "best_epoch": best["epoch"] if best else "", "best_val_accuracy": best["val_accuracy"] if best else "",
-            "test_accuracy": (summary or {}).get("test_accuracy", ""), "run_dir": str(run_dir)}
+            "test_accuracy": (summary or {}).get("test_accuracy", ""), "wandb_run_id": wandb_id(run_dir),
+            "run_dir": str(run_dir)}
+
+
+def wandb_id(run_dir: Path) -> str:
+    path = Path(run_dir) / RunDir.WANDB_ID
+    return path.read_text().strip() if path.is_file() else ""
 
 
 def rank_rows(rows: list[dict]) -> list[dict]:
@@ -57,6 +63,7 @@ def write_outputs(job: SweepJob, spec: dict, rows: list[dict]) -> None:
     print(format_table(rows, list(job.space)), flush=True)
     print(f"[convlens] {epochs_line(rows, planned_epochs(spec, rows, list(job.space)))}", flush=True)
     best = rows[0] if rows and rows[0]["best"] else None
+    log_sweep_run(job, spec, rows, best)
     if best is not None:
         path = write_best_job(job, spec, best)
         print(f"[convlens] best trial {best['trial_id']}: val acc {best['best_val_accuracy']:.4f}, "
@@ -89,6 +96,15 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         for row in rows:
             writer.writerow({k: (yaml.safe_dump(v, default_flow_style=True).strip()
                                  if isinstance(v, (list, dict)) else v) for k, v in row.items()})
+
+
+def log_sweep_run(job: SweepJob, spec: dict, rows: list[dict], best: dict | None) -> None:
+    """The sweep's own W&B run (job_type sweep, in the trials' group): the trials table and the
+    best configuration."""
+    from convlens.wandb_jobs import log_sweep
+    tracking = validate(TrainJob, spec).tracking
+    best_config = {k: best[f"config/{k}"] for k in job.space} if best else None
+    log_sweep(job.sweep_dir, job.name, job.group, tracking, rows, best_config)
 
 
 def format_table(rows: list[dict], space_keys: list[str]) -> str:

@@ -44,6 +44,7 @@ def trial_job(spec: dict, sampled: dict, sweep: str, trials_dir: str, trial_id: 
     """The TrainJob a trial runs: base spec + sampled values, named after its trial id."""
     spec = apply_overrides(copy.deepcopy(spec), sampled)
     spec = apply_overrides(spec, {"run.name": trial_run_name(sweep, trial_id), "run.root": trials_dir})
+    spec.setdefault("tracking", {})["params"] = {**sampled, "trial": trial_id}  # W&B top-level config keys
     return validate(TrainJob, spec, f"trial {trial_id}")
 
 

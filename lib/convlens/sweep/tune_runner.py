@@ -122,6 +122,7 @@ def collect_rows(job: SweepJob, results) -> list[dict]:
         row = run_row(job, trial_id(result.config[TRIAL]), sampled, result.error)
         if row["status"] == "early_stopped":
             add_judged_epoch(row, result.metrics or {})
+            close_stopped_trial(job, row)
         rows.append(row)
     return rank_rows(rows)
 
@@ -135,3 +136,19 @@ def add_judged_epoch(row: dict, seen: dict) -> None:
         if row["best_val_accuracy"] == "" or seen["val_accuracy"] > row["best_val_accuracy"]:
             row["best_epoch"], row["best_val_accuracy"] = seen["epoch"], seen["val_accuracy"]
 
+
+def close_stopped_trial(job: SweepJob, row: dict) -> None:
+    """An ASHA-stopped trial's actors were killed mid-run: close its W&B run here with every
+    epoch it did and the stop reason in its summary."""
+    from pathlib import Path
+    from convlens.data.load import load_dataset
+    from convlens.specs.base import read_yaml
+    from convlens.rundir import RunDir
+    from convlens.tracking import close_run, tracking_mode
+    from convlens.training.tasks import class_names
+    run_dir = Path(row["run_dir"])
+    train = validate(TrainJob, read_yaml(run_dir / RunDir.CONFIG))
+    if tracking_mode(train.tracking) == "disabled":
+        return
+    names = class_names(train.run.task, load_dataset(train.data, verbose=False).classes)
+    close_run(train, run_dir, names, stop_reason=row["stop_reason"], failed=False)

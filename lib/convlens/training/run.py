@@ -16,7 +16,7 @@ from convlens.raycluster import check_fits, ensure_ray, forwarded_env, log_level
 from convlens.restore import load_model_and_data
 from convlens.rundir import RunDir
 from convlens.specs.train import TrainJob
-from convlens.tracking import open_tracker
+from convlens.tracking import close_run, wandb_run_id
 from convlens.training import curves, tasks
 from convlens.training.evaluate import evaluate
 
@@ -53,6 +53,7 @@ def train(job: TrainJob, trainer_kwargs: dict | None = None) -> dict:
     fit(job, **(trainer_kwargs or {}))
     stopped = run.read_stopped()  # written by rank 0 when the run ended on a non-retryable error
     if stopped:
+        close_run(job, run.path, tasks.class_names(job.run.task, data.classes), stop_reason=stopped["stop_reason"])
         raise RunStopped(f"run {job.run.name} stopped: {stopped['stop_reason']}")
     summary = finalize(job, data, run, time.time() - start)
     if not job.run.quiet:
@@ -131,11 +132,11 @@ def finalize(job: TrainJob, data: ImageData, run: RunDir, wall: float) -> dict:
                "best_val_accuracy": best_row["val_accuracy"], "test_accuracy": test["accuracy"],
                "test_loss": test["loss"], "per_class_test_accuracy": dict(zip(names, test["per_class_accuracy"])),
                "best_checkpoint": str(best_dir), "wall_seconds": wall,
-               "train_seconds": sum(h["epoch_seconds"] for h in history), "workers": job.run.workers}
+               "train_seconds": sum(h["epoch_seconds"] for h in history), "workers": job.run.workers,
+               "wandb_run_id": wandb_run_id(job, run.path)}
+    url = close_run(job, run.path, names, summary=summary)
+    summary.update({"wandb_url": url} if url else {})
     run.write_summary(summary)
-    tracker = open_tracker(job, run.path, 0)
-    tracker.log_summary(summary)
-    tracker.finish()
     return summary
 
 

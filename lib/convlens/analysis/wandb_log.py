@@ -1,0 +1,74 @@
+"""The analysis job's W&B runs: one per analysed training run (job_type analysis, in its group).
+
+Each checkpoint epoch is one step, so W&B's step slider walks through the epochs: every figure
+under a stable key (`<method>` or `<method>_<panel>`), each method's numbers as `<method>/<name>`
+scalars, and the W&B tables built from the raw arrays a task saved (`<method>.npz`): kNN
+retrievals with image columns, t-SNE/PCA points with thumbnails, CAM/Grad-CAM rows.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from convlens.analysis import tables
+from convlens.analysis.compare import NAME as COMPARE
+from convlens.wandb_jobs import open_linked_run
+
+
+def log_analysis(name: str, out_dir: Path, entries: list[dict]) -> dict[str, str]:
+    """Run name -> W&B run id of its analysis run, for every analysed run that is tracked."""
+    by_run: dict[Path, list[dict]] = {}
+    for entry in entries:
+        if entry["method"] == COMPARE or not entry.get("checkpoint"):  # composites: the slider does that
+            continue
+        by_run.setdefault(Path(entry["checkpoint"]).parent, []).append(entry)
+    ids = {}
+    for run_dir, items in by_run.items():
+        config = {"analysis": name, "methods": sorted({e["method"] for e in items}),
+                  "epochs": sorted({e["epoch"] for e in items})}
+        job = open_linked_run(run_dir, "analysis", f"{name}-{run_dir.name}", out_dir, config)
+        if job is None:
+            continue
+        try:
+            log_run(job, items)
+            ids[run_dir.name] = job.id
+        finally:
+            job.finish()
+    return ids
+
+
+def log_run(job, items: list[dict]) -> None:
+    import wandb
+    for folder in sorted({e["checkpoint"] for e in items}):
+        job.use_checkpoint(Path(folder), job.info.config["train_run_id"])
+    for epoch in sorted({e["epoch"] for e in items}):
+        row: dict = {"epoch": epoch}
+        for e in items:
+            if e["epoch"] != epoch:
+                continue
+            path = Path(e["file"])
+            if path.suffix == ".png":
+                row[path.stem] = wandb.Image(str(path), caption=f"epoch {epoch}: {e['caption']}")
+            elif path.suffix == ".json":
+                row.update(scalars(e["method"], json.loads(path.read_text())["result"]))
+                row.update(method_tables(e["method"], path.with_suffix(".npz")))
+        job.log(row, step=epoch)
+
+
+def scalars(method: str, result: dict) -> dict:
+    return {f"{method}/{k}": v for k, v in result.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def method_tables(method: str, npz: Path) -> dict:
+    """`<method>/table` for the methods that have one, from the task's saved arrays."""
+    import wandb
+    build = tables.BUILDERS.get(method)
+    if build is None or not npz.is_file():
+        return {}
+    with np.load(npz, allow_pickle=False) as raw:
+        columns, rows = build({k: raw[k] for k in raw.files})
+    cells = [[wandb.Image(c) if isinstance(c, np.ndarray) else c for c in row] for row in rows]
+    return {f"{method}/table": wandb.Table(columns=columns, data=cells)}

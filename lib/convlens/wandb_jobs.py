@@ -1,0 +1,133 @@
+"""W&B runs of the jobs that read a training run: analysis, probe and sweep.
+
+Each is a run of its own (job_type analysis / probe / sweep) in the training run's group, its
+config naming the training run's W&B id, so it never writes into the training run (whose
+offline segments `convlens sync` would have to merge) and the lineage stays visible: the
+analysis and probe runs use the `model-<run id>` artifact of every checkpoint they read.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from convlens.rundir import RunDir
+from convlens.tracking import tracking_mode
+from convlens.wandb_run import RunInfo, checkpoint_artifact, model_tag, new_run_id, open_run, run_id, run_url
+
+
+class JobRun:
+    """One open W&B run of a job; `id` and `url` for the job's own outputs."""
+
+    def __init__(self, info: RunInfo, tracking, mode: str):
+        self.info = info
+        self.run, self.mode = open_run(info, tracking, mode)
+        self.run.define_metric("epoch")
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    @property
+    def url(self) -> str | None:
+        return run_url(self.run, self.mode)
+
+    def use_checkpoint(self, folder: Path, train_run_id: str) -> None:
+        """Mark a checkpoint as this run's input: the training run's `model-<id>` version with
+        the same content. Offline, wandb's public use_artifact refuses; the call below is what it
+        makes online for a draft artifact (log it, then record the use), so sync links the same."""
+        from convlens.checkpoint import checkpoint_epoch
+        art = checkpoint_artifact(folder, train_run_id)
+        aliases = [f"epoch-{checkpoint_epoch(Path(folder))}"]
+        if self.mode == "online":
+            self.run.use_artifact(art, aliases=aliases)
+        else:
+            self.run._log_artifact(art, aliases=aliases, is_user_created=True, use_after_commit=True)
+
+    def log(self, row: dict, step: int | None = None) -> None:
+        self.run.log(row, **({"step": step} if step is not None else {}))
+
+    def table(self, columns: list[str], rows: list[list]):
+        import wandb
+        return wandb.Table(columns=list(columns), data=[list(r) for r in rows])
+
+    def finish(self) -> None:
+        self.run.finish()
+
+
+def train_job_of(run_dir: Path):
+    """The TrainJob of a training run directory (its config.yaml), or None outside one."""
+    from convlens.errors import ConfigError
+    from convlens.specs.base import read_yaml, validate
+    from convlens.specs.train import TrainJob
+    config = Path(run_dir) / RunDir.CONFIG
+    if not config.is_file():
+        return None
+    try:
+        return validate(TrainJob, read_yaml(config), str(config))
+    except ConfigError as err:
+        print(f"[convlens] no W&B run for the job on {run_dir}: {err}", flush=True)
+        return None
+
+
+def open_linked_run(run_dir: Path, job_type: str, name: str, folder: Path, config: dict) -> JobRun | None:
+    """A new run of job_type in the group of the training run in run_dir, with its tracking
+    settings; None when that run is not tracked (or not a convlens run directory)."""
+    train = train_job_of(run_dir)
+    id_file = Path(run_dir) / RunDir.WANDB_ID  # none: the training run was not tracked, nothing to link to
+    if train is None or tracking_mode(train.tracking) == "disabled" or not id_file.is_file():
+        return None
+    cfg = train.tracking
+    info = RunInfo(id=new_run_id(), name=name, group=cfg.group or train.run.name, job_type=job_type,
+                   dir=Path(cfg.dir).expanduser() if cfg.dir else Path(folder),
+                   tags=[train.run.task, train.data.dataset, model_tag(train.model.model_dump()), *cfg.tags],
+                   config={**config, "train_run": train.run.name, "train_run_id": id_file.read_text().strip()})
+    return JobRun(info, cfg, tracking_mode(cfg))
+
+
+def log_probe(run_dir: Path, results: dict, config: dict) -> dict:
+    """A probe run for one network: stage x (linear, MLP, kNN) as a table and summary values;
+    returns its {"wandb_run_id", "wandb_url"} (empty when not tracked)."""
+    job = open_linked_run(run_dir, "probe", f"probe-{Path(run_dir).name}", Path(run_dir), config)
+    if job is None:
+        return {}
+    try:
+        job.use_checkpoint(Path(results["checkpoint"]), job.info.config["train_run_id"])
+        heads = ("linear", "mlp", "knn")
+        rows = [[results["run"], results["task"], int(s), m["feature_dim"], *(m[f"{h}_accuracy"] for h in heads)]
+                for s, m in results["stages"].items()]
+        job.log({"probes": job.table(["run", "task", "stage", "feature_dim", *heads], rows)})
+        job.run.summary.update({f"probe/stage{s}/{h}": m[f"{h}_accuracy"]
+                                for s, m in results["stages"].items() for h in heads})
+        return {"wandb_run_id": job.id, **({"wandb_url": job.url} if job.url else {})}
+    finally:
+        job.finish()
+
+
+def cell(value):
+    """A trials.csv value as a W&B table cell: "" (not reached) is missing, lists are text."""
+    if value in ("", None):
+        return None
+    return value if isinstance(value, (int, float, str, bool)) else str(value)
+
+
+def log_sweep(sweep_dir: Path, name: str, group: str, tracking, rows: list[dict], best_config: dict | None) -> str | None:
+    """The sweep-level run: every trial as a table row (with its W&B run id), the best config
+    in the summary. Its id lives in <sweep_dir>/wandb_id.txt, so a resumed sweep rewrites it."""
+    mode = tracking_mode(tracking)
+    if mode == "disabled":
+        return None
+    info = RunInfo(id=run_id(sweep_dir), name=name, group=group, job_type="sweep",
+                   dir=Path(tracking.dir).expanduser() if tracking.dir else Path(sweep_dir),
+                   tags=["sweep"], config={"sweep": name, "trials": len(rows)})
+    job = JobRun(info, tracking, mode)
+    try:
+        columns = list(rows[0]) if rows else ["trial_id"]
+        cells = [[cell(row.get(c)) for c in columns] for row in rows]
+        job.log({"trials": job.table(columns, cells)})
+        best = rows[0] if rows and rows[0].get("best") else None
+        job.run.summary.update({"completed": sum(r["status"] == "completed" for r in rows),
+                                **({"best_trial": best["trial_id"], "best_run_id": best.get("wandb_run_id"),
+                                    "best_val_accuracy": best["best_val_accuracy"],
+                                    "best_config": best_config} if best else {})})
+        return job.id
+    finally:
+        job.finish()
