@@ -1,7 +1,6 @@
 """The command line as a user meets it: --version, help, `show`, exit codes, progress output."""
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess

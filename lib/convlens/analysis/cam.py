@@ -164,7 +164,7 @@ def pick_per_class(pred: np.ndarray, true: np.ndarray, conf: np.ndarray, n_class
 
 def compute_kind(ctx, kind: str) -> dict:
     x_u8, y, names = ctx.head_batch()
-    maps, logits, targets = [], [], []
+    maps, logits = [], []
     for i in range(0, len(x_u8), ctx.opts.batch_size):
         m, out = saliency(ctx.model, ctx.norm(x_u8[i:i + ctx.opts.batch_size]), kind, ctx.stage,
                           ctx.model.stage_names[-1])
