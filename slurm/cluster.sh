@@ -22,7 +22,8 @@
 # Node: NodeName=localhost NodeAddr=127.0.0.1, resources from `slurmd -C`; one partition "local".
 # No accounting (slurmdbd): sacct fails, so callers must never wait on a job without a timeout
 # (convlens.launch.slurm.wait_for polls scontrol instead).
-# Needs root and the Debian packages slurmctld slurmd slurm-client munge (installed if missing).
+# Needs root and the Debian packages slurmctld slurmd slurm-client munge, and for N>1 iproute2 and
+# util-linux's unshare/nsenter (installed if missing).
 # Settings and why: /work/shared/notes/slurm-local.md.
 set -euo pipefail
 
@@ -45,10 +46,11 @@ alive() {  # alive PIDFILE: the process named in PIDFILE is running
 ensure_packages() {
     local missing=()
     for b in slurmctld slurmd sbatch munged; do command -v "$b" >/dev/null || missing+=("$b"); done
+    command -v ip >/dev/null || missing+=(ip)  # iproute2: namespaces, veths, bridge (N > 1)
     ((${#missing[@]} == 0)) && return
     log "installing slurm packages (missing: ${missing[*]})"
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        slurmctld slurmd slurm-client munge >/dev/null
+        slurmctld slurmd slurm-client munge iproute2 >/dev/null
 }
 
 hw_field() { sed -n "s/.*\b$1=\([0-9]*\).*/\1/p" <<<"$HW"; }

@@ -31,7 +31,7 @@ DDP = dict(model={"layers": [1, 1], "width": 8, "sync_bn": True}, optim={"lr": 0
 def nodes() -> dict[str, str]:
     """The two-node cluster, started for this module: {node name: its address}."""
     start = time.time()
-    subprocess.run(["bash", str(REPO / "slurm/cluster.sh"), "start", "--nodes", "2"], check=True, timeout=300)
+    subprocess.run(["bash", str(REPO / "slurm/cluster.sh"), "start", "--nodes", "2"], check=True, timeout=600)
     print(f"\n[test_multinode] cluster.sh start --nodes 2 took {time.time() - start:.1f} s")
     out = subprocess.run(["sinfo", "-N", "-h", "-o", "%N %T %o"], capture_output=True, text=True, check=True)
     print(out.stdout)
@@ -45,7 +45,7 @@ def work(tmp_path_factory, cache_dir):
     """The two-node profile with outputs in a temp dir, and a factory of tiny train specs."""
     tmp = tmp_path_factory.mktemp("multinode")
     profile = yaml.safe_load((REPO / "slurm/local2.yaml").read_text())
-    profile.update(log_dir=str(tmp / "logs"), runs_root=str(tmp / "runs"), time_minutes=10)
+    profile.update(log_dir=str(tmp / "logs"), runs_root=str(tmp / "runs"), time_minutes=20)
 
     def spec(name, **sections):
         return write_yaml(tmp / f"{name}.yaml", tiny_spec(tmp / "elsewhere", cache_dir, name, **sections))
@@ -86,7 +86,7 @@ def ddp_run(nodes, work) -> tuple[Path, float, str]:
     start = time.time()
     job = submit(profile, "train", spec("ddp2", run={"workers": 2, "epochs": 3}, **DDP))
     from convlens.launch.slurm import wait_for
-    assert wait_for(job, timeout=300) == 0
+    assert wait_for(job, timeout=600) == 0
     seconds = time.time() - start
     print(f"\n[test_multinode] 2-node DDP job (submit to result): {seconds:.1f} s")
     return runs / "ddp2", seconds, Path(job.paths.stdout).read_text()
@@ -120,7 +120,7 @@ def test_analysis_tasks_run_on_both_nodes(nodes, work, ddp_run):
     spec = write_yaml(profile.parent / "analyze.yaml", {
         "kind": "analyze", "name": "two_nodes", "runs": [str(ddp_run[0])], "epochs": "all",
         "methods": ["filters", "gradcam"], "options": {"num_images": 16, "num_train": 64}})
-    assert submit(profile, "analyze", spec, wait=True, timeout=300) == 0
+    assert submit(profile, "analyze", spec, wait=True, timeout=600) == 0
     out = runs / "analysis/two_nodes"
     index = json.loads((out / "index.json").read_text())
     assert {(e["epoch"], e["method"]) for e in index["files"]} >= {(e, m) for e in (1, 2, 3)
@@ -137,14 +137,14 @@ def test_sweep_trials_run_on_both_nodes(nodes, work):
         "kind": "sweep", "name": "sweep2", "base": str(spec("base", run={"cpus_per_worker": 0.5})),
         "space": {"optim.lr": {"grid": [0.1, 0.05]}}, "search": "grid", "num_samples": 1,
         "scheduler": {"name": "none"}, "resources": {"trial_cpus": 0.5}})
-    assert submit(profile, "sweep", sweep, wait=True, timeout=300) == 0
+    assert submit(profile, "sweep", sweep, wait=True, timeout=600) == 0
     with open(runs / "sweep2/trials.csv") as f:
         trials = list(csv.DictReader(f))
     assert [r["status"] for r in trials] == ["completed", "completed"], trials
     assert sorted(r["node"] for r in trials) == sorted(nodes.values()), [r["node"] for r in trials]
 
 
-def first_checkpoint(run_dir: Path, job, timeout: float = 200) -> int:
+def first_checkpoint(run_dir: Path, job, timeout: float = 400) -> int:
     """Wait until the run has committed a checkpoint; the epochs committed by then."""
     from convlens.launch.slurm import slurm_state
     deadline = time.time() + timeout
@@ -165,7 +165,7 @@ def test_requeue_of_two_node_job_resumes(nodes, work):
     before = first_checkpoint(run_dir, job)
     assert before < 4, "run finished before the requeue; make epochs slower"
     subprocess.run(["scontrol", "requeue", job.job_id], check=True)
-    assert wait_for(job, timeout=300) == 0
+    assert wait_for(job, timeout=600) == 0
     attempts = read_attempts(run_dir)
     assert len(attempts) == 2 and attempts[1]["start_epoch"] >= before + 1, attempts
     assert all(sorted(n["address"] for n in a["nodes"]) == sorted(nodes.values()) for a in attempts)
@@ -199,7 +199,7 @@ def test_worker_node_lost_mid_run(nodes, work):
     [raylet] = raylet_pids(2)
     os.kill(raylet, signal.SIGKILL)
     try:
-        assert wait_for(job, timeout=300) == 0
+        assert wait_for(job, timeout=600) == 0
     except JobFailed as err:  # the other acceptable end: a clear error naming the lost node
         assert "node2" in str(err) and "10.77.0.12" in str(err), err
     else:
@@ -230,7 +230,7 @@ def test_unwritable_runs_root_on_a_node_fails_before_the_job(nodes, work, tmp_pa
     try:
         with pytest.raises(JobFailed, match=rf"runs_root {root} is not writable on node node2 \(10.77.0.12\): "
                                             r".*Read-only file system"):
-            submit(ro_profile, "train", spec("ro"), wait=True, timeout=200)
+            submit(ro_profile, "train", spec("ro"), wait=True, timeout=600)
     finally:
         subprocess.run([*in_node2, "umount", str(root)], check=True)
     assert not (root / "ro").exists()

@@ -163,14 +163,15 @@ def worker_node(name: str, ip: str, head: str, cpus: int, gpus: int, done_file: 
     raise RuntimeError(f"Ray on node {name} ({ip}) was lost {rejoins + 1} times; giving up")
 
 
-def node_address(name: str) -> str:
+def node_address(name: str, shared: bool = True) -> str:
     """The IP address other nodes reach Slurm node `name` at: its NodeAddr in the cluster's
-    config (the node name itself on most clusters), resolved. A loopback address is refused:
-    no other node could join a Ray head there (Debian maps the host name to 127.0.1.1)."""
+    config (the node name itself on most clusters), resolved. shared (more than one node): a
+    loopback address is refused, no other node could join a Ray head there (Debian maps the
+    host name to 127.0.1.1)."""
     out = subprocess.run(["scontrol", "show", "node", "-o", name], capture_output=True, text=True).stdout
     addr = next((t.split("=", 1)[1] for t in out.split() if t.startswith("NodeAddr=")), name)
     ip = socket.gethostbyname(addr)
-    if ip.startswith("127."):
+    if shared and ip.startswith("127."):
         raise RuntimeError(f"node {name} resolves to the loopback address {ip}; other nodes cannot reach it "
                            f"(set its NodeAddr, or map {addr} to the node's network address)")
     return ip

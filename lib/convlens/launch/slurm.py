@@ -189,9 +189,10 @@ def wait_for(sjob, timeout: float | None = None, poll_s: float = 2.0) -> int:
 
 
 def finish(sjob) -> int:
+    """The job's status: on several nodes, rank 0's (the driver's); the other ranks only host Ray."""
     import submitit
     try:
-        return sjob.result()
+        return sjob.task(0).result()
     except submitit.core.utils.FailedJobError as err:
         raise JobFailed(f"slurm job {sjob.job_id} failed:\n{err}\n{log_tail(sjob)}") from None
 

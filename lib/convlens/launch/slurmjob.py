@@ -59,7 +59,7 @@ class SlurmJob:
         """Rank 0: the Ray head and the driver; the other ranks: a Ray worker until the driver is done.
         Every address is the one Slurm reaches the node at (raynodes.node_address), never loopback."""
         from convlens.launch import raynodes
-        head_ip = raynodes.node_address(env.hostnames[0])
+        head_ip = raynodes.node_address(env.hostnames[0], shared=self.nodes > 1)
         port = raynodes.ray_port(env.job_id)
         done = Path(os.environ.get("CONVLENS_SLURM_FOLDER", ".")) / f"ray_done_{env.job_id}_{restarts}"
         if env.global_rank > 0:
