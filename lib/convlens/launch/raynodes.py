@@ -123,12 +123,8 @@ def head_node(ip: str, port: int, nodes: int, cpus: int, gpus: int, timeout: flo
     import ray
     use_token_auth()
     started = time.time()
-    proc = subprocess.Popen(head_command(ip, port, cpus, gpus), stdin=subprocess.DEVNULL,
-                            env=with_address(f"{ip}:{port}"))
+    proc = start_head(ip, port, cpus, gpus, timeout)
     try:
-        wait_port(ip, port, timeout, proc)
-        os.environ["RAY_ADDRESS"] = f"{ip}:{port}"
-        ray.init(address=f"{ip}:{port}")
         wait_nodes(nodes, timeout, started)
         yield f"{ip}:{port}"
     finally:
@@ -137,6 +133,38 @@ def head_node(ip: str, port: int, nodes: int, cpus: int, gpus: int, timeout: flo
                 print(f"[convlens] Ray node {node} was lost during the job", file=sys.stderr, flush=True)
             ray.shutdown()
         stop_tree(proc)
+
+
+def start_head(ip: str, port: int, cpus: int, gpus: int, timeout: float, tries: int = 3) -> subprocess.Popen:
+    """`ray start --head`, and this process connected to it as the driver. Ray gives its raylet a
+    fixed 30 s to register, which an overloaded node can miss; the head is then started again."""
+    import ray
+    os.environ["RAY_ADDRESS"] = f"{ip}:{port}"
+    for attempt in range(1, tries + 1):
+        proc = subprocess.Popen(head_command(ip, port, cpus, gpus), stdin=subprocess.DEVNULL,
+                                env=with_address(f"{ip}:{port}"))
+        try:
+            wait_port(ip, port, timeout, proc)
+            ray.init(address=f"{ip}:{port}")
+            return proc
+        except (RuntimeError, ConnectionError) as err:
+            ray.shutdown()
+            stop_tree(proc)
+            if attempt == tries:
+                raise
+            print(f"[convlens] Ray head on {ip} did not start ({err}); starting it again", flush=True)
+            wait_port_free(ip, port)
+
+
+def wait_port_free(host: str, port: int, timeout: float = 30) -> None:
+    """Until nothing listens on host:port any more (a stopped head's GCS)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+        except OSError:
+            return
+        time.sleep(1)
 
 
 def worker_node(name: str, ip: str, head: str, cpus: int, gpus: int, done_file: Path, rejoins: int = 2,
