@@ -159,11 +159,14 @@ def wait_all(tasks: dict, timeout: float | None) -> dict[str, JobFailed]:
 
 
 def slurm_state(job_id: str) -> str:
-    """The job's state from slurmctld (no accounting needed); "GONE" once it is purged."""
+    """The job's state from slurmctld (no accounting needed); "GONE" once it is purged, and
+    "UNREACHABLE" while slurmctld does not answer (a busy controller times out: ask again)."""
     out = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True)
     for token in out.stdout.split():
         if token.startswith("JobState="):
             return token.split("=", 1)[1]
+    if out.returncode != 0 and "Invalid job id" not in out.stderr:
+        return "UNREACHABLE"
     return "GONE"
 
 
