@@ -1,9 +1,11 @@
 # All set-up a fresh Debian machine needs, then the demo or the tests.
 #   make demo   - train both networks, a small sweep, the analysis and the report (CPU, ~10 min)
-#   make test   - the test suite (starts the local one-node Slurm cluster it needs)
+#   make test   - the test suite (starts the local one-node Slurm cluster; tests/test_multinode.py
+#                 switches it to two nodes, `cluster.sh start --nodes 2`, and tests/test_slurm.py back)
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DEBS := dataset-fashion-mnist slurmctld slurmd slurm-client munge chromium
+# iproute2 and util-linux (unshare, nsenter, mount): the two-node cluster's namespaces, veths and bridge
+DEBS := dataset-fashion-mnist slurmctld slurmd slurm-client munge chromium iproute2 util-linux
 
 .PHONY: setup debs venv demo test clean-slurm
 

@@ -131,8 +131,8 @@ def test_requeue_resumes_from_checkpoint(cluster, setup, monkeypatch):
 
 
 def test_two_node_script_and_multinode_bootstrap(cluster, setup, tmp_path):
-    """Two nodes cannot run here: check the batch script and Ray commands for nodes=2, then run
-    the head+workers bootstrap path for real on one node."""
+    """The batch script and Ray commands of a 4-node GPU profile, then the head+workers bootstrap
+    path for real on one node (two real nodes: tests/test_multinode.py)."""
     from convlens.launch import raynodes
     from convlens.specs.cluster import load_profile
     from convlens.launch.sbatch import sbatch_script

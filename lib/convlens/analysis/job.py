@@ -108,8 +108,9 @@ def analyze(job: AnalyzeJob) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     ensure_ray(quiet=job.quiet)
     device = "cuda" if job.gpus_per_task > 0 else "cpu"
+    # SPREAD: on several nodes the tasks go to all of them, not first to fill the driver's node
     resources = dict(num_cpus=job.cpus_per_task, num_gpus=job.gpus_per_task, max_retries=2,
-                     runtime_env={"env_vars": forwarded_env()})
+                     scheduling_strategy="SPREAD", runtime_env={"env_vars": forwarded_env()})
     task = ray.remote(**resources)(analyze_one)
     opts = job.options
     refs = []

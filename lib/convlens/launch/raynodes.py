@@ -60,6 +60,13 @@ def worker_command(ip: str, head: str, cpus: int, gpus: int) -> list[str]:
     return [ray_bin(), "start", f"--address={head}", f"--node-ip-address={ip}", *common_args(cpus, gpus)]
 
 
+def with_address(head: str) -> dict:
+    """The environment of a `ray start`: its raylet passes RAY_ADDRESS on to every worker and
+    actor, whose state-API calls (Ray Train's placement group cleaner) then reach this cluster
+    instead of guessing among every Ray running on the machine."""
+    return {**os.environ, "RAY_ADDRESS": head}
+
+
 def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
     """Until host:port accepts connections; fails early if proc (our `ray start`) has exited."""
     deadline = time.time() + timeout
@@ -74,14 +81,15 @@ def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen | Non
     raise TimeoutError(f"Ray head {host}:{port} not reachable after {timeout:.0f} s")
 
 
-def wait_nodes(n: int, timeout: float) -> None:
-    """Block until n raylets are alive in the connected cluster."""
+def wait_nodes(n: int, timeout: float, started: float) -> None:
+    """Block until n raylets are alive in the connected cluster (started: when the head was)."""
     import ray
     deadline = time.time() + timeout
     while True:
         alive = sum(node["Alive"] for node in ray.nodes())
         if alive >= n:
-            print(f"[convlens] Ray cluster up: {alive} nodes, {ray.cluster_resources()}", flush=True)
+            print(f"[convlens] Ray cluster up: {alive} nodes in {time.time() - started:.1f} s, "
+                  f"{ray.cluster_resources()}", flush=True)
             return
         if time.time() > deadline:
             raise TimeoutError(f"only {alive} of {n} Ray nodes joined after {timeout:.0f} s")
@@ -90,6 +98,7 @@ def wait_nodes(n: int, timeout: float) -> None:
 
 def stop_tree(proc: subprocess.Popen) -> None:
     """SIGTERM the process we started and all its descendants, SIGKILL what remains after 10 s."""
+    import ray  # noqa: F401  (puts the psutil that Ray bundles on the path)
     import psutil
     try:
         procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
@@ -113,27 +122,117 @@ def head_node(ip: str, port: int, nodes: int, cpus: int, gpus: int, timeout: flo
     """Start the head, connect this process as the driver, wait for all nodes; tear down after."""
     import ray
     use_token_auth()
-    proc = subprocess.Popen(head_command(ip, port, cpus, gpus), stdin=subprocess.DEVNULL)
+    started = time.time()
+    proc = start_head(ip, port, cpus, gpus, timeout)
     try:
-        wait_port(ip, port, timeout, proc)
-        os.environ["RAY_ADDRESS"] = f"{ip}:{port}"
-        ray.init(address=f"{ip}:{port}")
-        wait_nodes(nodes, timeout)
+        wait_nodes(nodes, timeout, started)
         yield f"{ip}:{port}"
     finally:
         if ray.is_initialized():
+            for node in lost_nodes():
+                print(f"[convlens] Ray node {node} was lost during the job", file=sys.stderr, flush=True)
             ray.shutdown()
         stop_tree(proc)
 
 
-def worker_node(ip: str, head: str, cpus: int, gpus: int, done_file: Path, timeout: float = 300) -> None:
-    """Join the head, stay until the driver writes done_file (or the worker dies), then stop."""
+def start_head(ip: str, port: int, cpus: int, gpus: int, timeout: float, tries: int = 3) -> subprocess.Popen:
+    """`ray start --head`, and this process connected to it as the driver. Ray gives its raylet a
+    fixed 30 s to register, which an overloaded node can miss; the head is then started again."""
+    import ray
+    os.environ["RAY_ADDRESS"] = f"{ip}:{port}"
+    for attempt in range(1, tries + 1):
+        proc = subprocess.Popen(head_command(ip, port, cpus, gpus), stdin=subprocess.DEVNULL,
+                                env=with_address(f"{ip}:{port}"))
+        try:
+            wait_port(ip, port, timeout, proc)
+            ray.init(address=f"{ip}:{port}")
+            return proc
+        except (RuntimeError, ConnectionError) as err:
+            ray.shutdown()
+            stop_tree(proc)
+            if attempt == tries:
+                raise
+            print(f"[convlens] Ray head on {ip} did not start ({err}); starting it again", flush=True)
+            wait_port_free(ip, port)
+
+
+def wait_port_free(host: str, port: int, timeout: float = 30) -> None:
+    """Until nothing listens on host:port any more (a stopped head's GCS)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+        except OSError:
+            return
+        time.sleep(1)
+
+
+def worker_node(name: str, ip: str, head: str, cpus: int, gpus: int, done_file: Path, rejoins: int = 2,
+                timeout: float = 300) -> None:
+    """Join the head and stay until the driver writes done_file, then stop. If this node's Ray
+    dies before that (a killed raylet), start it again and rejoin, up to `rejoins` times, so
+    that a run retrying its lost workers (run.max_failures) finds the node back."""
     use_token_auth()
     host, port = head.rsplit(":", 1)
-    wait_port(host, int(port), timeout)
-    proc = subprocess.Popen(worker_command(ip, head, cpus, gpus), stdin=subprocess.DEVNULL)
+    for attempt in range(rejoins + 1):
+        wait_port(host, int(port), timeout)
+        proc = subprocess.Popen(worker_command(ip, head, cpus, gpus), stdin=subprocess.DEVNULL,
+                                env=with_address(head))
+        try:
+            while not done_file.exists() and proc.poll() is None:
+                time.sleep(2)
+        finally:
+            stop_tree(proc)
+        if done_file.exists():
+            return
+        print(f"[convlens] Ray on node {name} ({ip}) exited with status {proc.returncode} before the job "
+              f"ended" + (f"; rejoining {head} ({attempt + 1} of {rejoins})" if attempt < rejoins else ""),
+              flush=True)
+    raise RuntimeError(f"Ray on node {name} ({ip}) was lost {rejoins + 1} times; giving up")
+
+
+def node_address(name: str, shared: bool = True) -> str:
+    """The IP address other nodes reach Slurm node `name` at: its NodeAddr in the cluster's
+    config (the node name itself on most clusters), resolved. shared (more than one node): a
+    loopback address is refused, no other node could join a Ray head there (Debian maps the
+    host name to 127.0.1.1)."""
+    out = subprocess.run(["scontrol", "show", "node", "-o", name], capture_output=True, text=True).stdout
+    addr = next((t.split("=", 1)[1] for t in out.split() if t.startswith("NodeAddr=")), name)
+    ip = socket.gethostbyname(addr)
+    if shared and ip.startswith("127."):
+        raise RuntimeError(f"node {name} resolves to the loopback address {ip}; other nodes cannot reach it "
+                           f"(set its NodeAddr, or map {addr} to the node's network address)")
+    return ip
+
+
+def lost_nodes() -> list[str]:
+    """`name (address)` of every Ray node of this cluster that has died."""
+    import ray
+    return [f"{n['NodeManagerHostname']} ({n['NodeManagerAddress']})" for n in ray.nodes() if not n["Alive"]]
+
+
+def check_writable(path: str) -> None:
+    """Fail unless every node of the Ray cluster can create a file in `path` (the shared runs root)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    from convlens.errors import ConfigError
+    probe = ray.remote(num_cpus=0)(write_error)
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    errors = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                      .remote(path) for n in nodes])
+    bad = [f"node {n['NodeManagerHostname']} ({n['NodeManagerAddress']}): {err}"
+           for n, err in zip(nodes, errors) if err]
+    if bad:
+        raise ConfigError(f"runs_root {path} is not writable on {'; '.join(bad)}. Every node must mount the "
+                          f"same shared storage at the same path")
+
+
+def write_error(path: str) -> str | None:
+    """Why a file cannot be created in path on this node, or None."""
+    import tempfile
     try:
-        while not done_file.exists() and proc.poll() is None:
-            time.sleep(2)
-    finally:
-        stop_tree(proc)
+        Path(path).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".convlens-write-check-"):
+            return None
+    except OSError as err:
+        return str(err)

@@ -3,7 +3,7 @@
 The job is validated here, before anything is queued, then written as a resolved spec next
 to the logs (shared storage) and run on the allocation by the same `convlens` CLI entry point.
 On one node the job starts its own Ray in-process; on several, Ray is bootstrapped across
-the nodes (launch/raynodes.py). Preemption and time limits send USR2: submitit calls
+the nodes (slurmjob.py, raynodes.py). Preemption and time limits send USR2: submitit calls
 `checkpoint()` and requeues the same job, which resumes from what the run saved on disk
 (Ray Train checkpoints under run.root/run.name, or the sweep's state with --resume).
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -24,8 +23,9 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
-from convlens.errors import ConfigError, ConvlensError, JobFailed
+from convlens.errors import ConfigError, JobFailed
 from convlens.launch.sbatch import make_executor
+from convlens.launch.slurmjob import SlurmJob
 from convlens.rundir import SweepDir
 from convlens.specs.base import validate
 from convlens.specs.cluster import ClusterProfile, load_profile
@@ -33,85 +33,6 @@ from convlens.specs.load import load_job
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
             "DEADLINE", "PREEMPTED"}
-
-
-class SlurmJob:
-    """What runs on the allocation: `convlens <kind> <spec>` on one node, or across nodes with Ray."""
-
-    def __init__(self, kind: str, spec_path: str, nodes: int, cpus: int, gpus: int, multinode: bool):
-        self.kind, self.spec_path = kind, spec_path
-        self.nodes, self.cpus, self.gpus = nodes, cpus, gpus
-        self.multinode = multinode  # head+workers bootstrap even when nodes == 1
-        self.attempt = 0  # bumped by checkpoint(); SLURM_RESTART_COUNT covers external requeues
-
-    def argv(self, restarted: bool) -> list[str]:
-        resume = ["--resume"] if self.kind == "sweep" and restarted else []
-        return [self.kind, self.spec_path, *resume]
-
-    def run(self, restarted: bool) -> int:
-        """The job itself, as `convlens <kind> <spec>` would run it; 0 or a failure."""
-        from convlens.dispatch import run_job
-        try:
-            run_job(self.kind, self.spec_path, resume=self.kind == "sweep" and restarted)
-        except ConvlensError as err:
-            print(f"convlens: error: {err}", file=sys.stderr, flush=True)
-            return err.exit_code
-        return 0
-
-    def __call__(self) -> int:
-        import submitit
-        env = submitit.JobEnvironment()
-        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
-        restarted = restarts > 0 or self.attempt > 0
-        argv = self.argv(restarted)
-        print(f"[convlens] slurm job {env.job_id} rank {env.global_rank}/{env.num_tasks} on {env.hostname}: "
-              f"restart {restarts}, attempt {self.attempt}, convlens {' '.join(argv)}", flush=True)
-        if not self.multinode:
-            return check_status(argv, run_single_node(lambda: self.run(restarted), self.cpus, self.gpus))
-        return check_status(argv, self.run_multinode(env, restarted, restarts))
-
-    def run_multinode(self, env, restarted: bool, restarts: int) -> int:
-        import socket
-        from convlens.launch import raynodes
-        head_ip = socket.gethostbyname(env.hostnames[0])
-        port = raynodes.ray_port(env.job_id)
-        done = Path(os.environ.get("CONVLENS_SLURM_FOLDER", ".")) / f"ray_done_{env.job_id}_{restarts}"
-        if env.global_rank > 0:
-            raynodes.worker_node(socket.gethostbyname(env.hostname), f"{head_ip}:{port}", self.cpus,
-                                 self.gpus, done)
-            return 0
-        try:
-            with raynodes.head_node(head_ip, port, self.nodes, self.cpus, self.gpus):
-                return self.run(restarted)
-        finally:
-            done.touch()
-
-    def checkpoint(self, *args, **kwargs):
-        """USR2 (time limit or preemption): requeue this same job; the run resumes from disk."""
-        import submitit
-        self.attempt += 1
-        print(f"[convlens] checkpoint: requeueing (attempt {self.attempt})", flush=True)
-        return submitit.helpers.DelayedSubmission(self)
-
-
-def run_single_node(job, cpus: int, gpus: int) -> int:
-    """A private Ray sized to this allocation (not to the whole machine), then the job."""
-    import ray
-    os.environ.pop("RAY_ADDRESS", None)  # never join a cluster inherited from the submitter
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    # address="local": a new instance even if a `ray start` on this node left its address behind
-    ray.init(address="local", num_cpus=cpus, num_gpus=gpus)
-    try:
-        return job()
-    finally:
-        ray.shutdown()
-
-
-def check_status(argv: list[str], code: int) -> int:
-    if code:
-        raise RuntimeError(f"convlens {' '.join(argv)} exited with status {code}")
-    return code
 
 
 # ---------------------------------------------------------------- submitting side
@@ -133,6 +54,20 @@ def resolve_job(kind: str, spec: str | Path, overrides, profile: ClusterProfile)
     if isinstance(data.get("tracking"), dict) and not data["tracking"].get("group"):
         data["tracking"]["group"] = job_label(kind, data, Path(spec))
     return validate(type(job), data, f"{kind} spec {spec}")
+
+
+def check_runs_root(profile: ClusterProfile) -> str | None:
+    """The runs root, writable from here (a multi-node job checks it again on every node)."""
+    if not profile.runs_root:
+        return None
+    root = Path(profile.runs_root).expanduser().resolve()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / f".convlens-write-check-{os.getpid()}").touch()
+        (root / f".convlens-write-check-{os.getpid()}").unlink()
+    except OSError as err:
+        raise ConfigError(f"runs_root {root} is not writable from {os.uname().nodename}: {err}") from None
+    return str(root)
 
 
 def job_label(kind: str, data: dict, spec: Path) -> str:
@@ -165,7 +100,9 @@ def submit(cluster_yaml, kind: str, spec, overrides=(), wait: bool = False, arra
     label = job_label(kind, job.model_dump(mode="json"), Path(spec))
     spec_path = write_spec(job, profile, label)
     multinode = profile.nodes > 1 if multinode is None else multinode
-    work = SlurmJob(kind, str(spec_path), profile.nodes, profile.cpus_per_task, profile.gpus_per_node, multinode)
+    runs_root = check_runs_root(profile)
+    work = SlurmJob(kind, str(spec_path), profile.nodes, profile.cpus_per_task, profile.gpus_per_node, multinode,
+                    runs_root)
     sjob = make_executor(profile, f"convlens-{label}", multinode).submit(work)
     group = getattr(getattr(job, "tracking", None), "group", None)
     print(f"[convlens] submitted slurm job {sjob.job_id} ({label}, {profile.nodes} node(s))\n"
@@ -222,11 +159,14 @@ def wait_all(tasks: dict, timeout: float | None) -> dict[str, JobFailed]:
 
 
 def slurm_state(job_id: str) -> str:
-    """The job's state from slurmctld (no accounting needed); "GONE" once it is purged."""
+    """The job's state from slurmctld (no accounting needed); "GONE" once it is purged, and
+    "UNREACHABLE" while slurmctld does not answer (a busy controller times out: ask again)."""
     out = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True)
     for token in out.stdout.split():
         if token.startswith("JobState="):
             return token.split("=", 1)[1]
+    if out.returncode != 0 and "Invalid job id" not in out.stderr:
+        return "UNREACHABLE"
     return "GONE"
 
 
@@ -252,9 +192,10 @@ def wait_for(sjob, timeout: float | None = None, poll_s: float = 2.0) -> int:
 
 
 def finish(sjob) -> int:
+    """The job's status: on several nodes, rank 0's (the driver's); the other ranks only host Ray."""
     import submitit
     try:
-        return sjob.result()
+        return sjob.task(0).result()
     except submitit.core.utils.FailedJobError as err:
         raise JobFailed(f"slurm job {sjob.job_id} failed:\n{err}\n{log_tail(sjob)}") from None
 

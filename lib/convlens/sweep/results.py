@@ -1,5 +1,5 @@
 """A sweep's outputs, the same for a Tune sweep and an array sweep: one row per trial read from
-its run directory, ranked; trials.csv, the printed table, best_job.yaml (a ready train spec) and
+its run directory (with the nodes its workers ran on), ranked; trials.csv, the printed table, best_job.yaml (a ready train spec) and
 curves.png, all in the sweep directory.
 """
 from __future__ import annotations
@@ -20,7 +20,14 @@ from convlens.specs.train import TrainJob
 def run_row(job: SweepJob, tid: str, sampled: dict, error) -> dict:
     """One trial's row, read from its run directory (metrics.jsonl, summary.json, stopped.json)."""
     run = SweepDir(job.sweep_dir).trial_run(job.name, tid)
-    return trial_row(tid, run.path, sampled, run.read_metrics(), run.read_summary(), run.read_stopped(), error)
+    row = trial_row(tid, run.path, sampled, run.read_metrics(), run.read_summary(), run.read_stopped(), error)
+    return {**row, "node": worker_nodes(run.read_attempts())}
+
+
+def worker_nodes(attempts: list[dict]) -> str:
+    """The node addresses of the trial's Train workers in its last attempt, space-separated."""
+    nodes = attempts[-1].get("nodes", []) if attempts else []
+    return " ".join(dict.fromkeys(n["address"] for n in nodes))
 
 
 def trial_row(tid, run_dir, sampled, history, summary, stopped, error) -> dict:

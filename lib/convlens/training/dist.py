@@ -14,3 +14,12 @@ def all_reduce_(t: torch.Tensor, op=None) -> torch.Tensor:
     if world_size() > 1:
         dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
     return t
+
+
+def all_gather_objects(obj) -> list:
+    """obj from every worker, in rank order ([obj] on one worker)."""
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out

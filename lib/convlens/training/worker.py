@@ -1,7 +1,7 @@
 """The function each Ray Train worker runs, top to bottom.
 
-Rank 0 writes the checkpoint, the best copy and metrics.jsonl; every rank reports once per
-epoch in lockstep. Errors that would recur on retry (a NaN loss, a corrupt or foreign
+Rank 0 writes the checkpoint, the best copy, metrics.jsonl and the attempt (with every rank's
+node); every rank reports once per epoch in lockstep. Errors that would recur on retry (a NaN loss, a corrupt or foreign
 checkpoint) end the run through a final report carrying `stop_reason`, so no retries are
 spent on them.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from convlens.rundir import RunDir
 from convlens.specs.train import TrainJob
 from convlens.tracking import open_tracker
 from convlens.training import resume
+from convlens.training.dist import all_gather_objects
 from convlens.training.progress import EpochProgress
 from convlens.training.trainer import Trainer
 
@@ -46,8 +48,10 @@ def train_worker(config: dict) -> None:
         return
     if state is not None:
         trainer.load_state_dict(state)
+    nodes = all_gather_objects(this_node())  # every rank takes part
     if rank == 0:
-        resume.record_attempt(run, trainer.epoch + 1, source, trainer.hardware(), verbose=not job.run.quiet)
+        resume.record_attempt(run, trainer.epoch + 1, source, {**trainer.hardware(), "nodes": nodes},
+                              verbose=not job.run.quiet)
     tracker = open_tracker(job, run.path, rank)
     tracker.log_history(trainer.history, trainer.class_names)
     try:
@@ -66,6 +70,11 @@ def train_worker(config: dict) -> None:
             print_epoch(job, rank, metrics)
     finally:
         tracker.finish()
+
+
+def this_node() -> dict:
+    """Where this rank runs: host name and the node's address in the Ray cluster."""
+    return {"host": socket.gethostname(), "address": ray.util.get_node_ip_address()}
 
 
 def end_run(run: RunDir, rank: int, metrics: dict) -> None:
