@@ -13,6 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
+from convlens.raycluster import prepare_environment
 from convlens.specs.load import load_job
 from convlens.sweep.results import planned_epochs
 from convlens.sweep.trial import trial_spec
@@ -57,6 +58,7 @@ def main(argv=None) -> dict[str, dict]:
     p.add_argument("--root", default="runs/bench_asha")
     p.add_argument("--samples", type=int, default=None, help="trials (default: the spec's num_samples)")
     args = p.parse_args(argv)
+    prepare_environment()  # before anything imports ray, as the CLI does
     figures = compare(args.spec, Path(args.root), args.samples)
     print(format_table(figures), flush=True)
     return figures

@@ -12,6 +12,7 @@ import shutil
 import time
 from pathlib import Path
 
+from convlens.raycluster import prepare_environment
 from convlens.rundir import RunDir
 from convlens.specs.load import load_job
 
@@ -46,13 +47,14 @@ def main(argv=None) -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--root", default="runs/bench_scaling")
     args = p.parse_args(argv)
+    prepare_environment()  # before anything imports ray, as the CLI does
     root = Path(args.root).resolve()
     results = []
     for i, (label, overrides) in enumerate(ROWS):
         results.append((label, measure(args.spec, overrides, args.epochs, root, f"row{i}")))
         print(f"[scaling] {label}: {results[-1][1]['images_per_second']:.0f} images/s", flush=True)
     ref = results[0][1]
-    print(f"\n| run | images/s | epoch s | vs first row |\n|---|---|---|---|")
+    print("\n| run | images/s | epoch s | vs first row |\n|---|---|---|---|")
     for label, r in results:
         print(f"| {label} | {r['images_per_second']:.0f} | {r['epoch_seconds']:.1f} | "
               f"{r['images_per_second'] / ref['images_per_second']:.2f}x |")
