@@ -21,7 +21,7 @@ def test_demo_end_to_end_at_reduced_size(ray_cluster, tmp_path, cache_dir, monke
     for step, epochs in ((job.supervised, 2), (job.rotation, 2)):
         step.overrides.update(TINY, **{"run.epochs": epochs, "data.cache_dir": cache_dir})
     job.probes.overrides.update({"stages": [1, 2], "max_train": 512, "probe_epochs": 2})
-    job.sweep.overrides.update({"base_overrides": {**TINY, "run.epochs": 3, "data.cache_dir": cache_dir,
+    job.sweep.overrides.update({"base_overrides": {**TINY, "run.epochs": 4, "data.cache_dir": cache_dir,
                                                    "run.steps_per_epoch": 4}, "num_samples": 2})
     job.analysis.overrides.update({"epochs": [1, "last"], "options": {"num_images": 32, "num_train": 128,
                                                                       "inversion_steps": 5, "tsne_points": 60}})
@@ -89,7 +89,7 @@ def check_wandb(root: Path, index: dict, key: str) -> None:
         assert knn["columns"][:3] == ["query", "label", "neighbour_1"] and knn["data"]
         assert knn["data"][0][0]["_type"] == "image-file" and knn["data"][0][2]["_type"] == "image-file"
         points = read_tables(log, "embeddings/table")[0]
-        assert len(points["data"]) == 60 and points["data"][0][-1]["_type"] == "image-file"
+        assert len(points["data"]) == 32 and points["data"][0][-1]["_type"] == "image-file"  # min(tsne_points 60, num_images 32)
     for _, log in logs.values():
         assert log.summary.get("probe/stage2/knn", 0.5) >= 0 and log.exit_code == 0 or "stop_reason" in log.summary
     for path in root.rglob("*"):
