@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import sys
 
-MODES = ("bar", "lines", "off")
-
-
 def progress_mode(quiet: bool) -> str:
     if quiet:
         return "off"
