@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from convlens.files import write_atomic
+from convlens.raycluster import verbose
 from convlens.rundir import RunDir
 
 
@@ -47,14 +48,15 @@ class RunInfo:
     config: dict = field(default_factory=dict)
 
 
-def open_run(info: RunInfo, tracking, mode: str, quiet: bool = True):
-    """(wandb Run, the mode it ended up in); tracking: a TrackingConfig."""
+def open_run(info: RunInfo, tracking, mode: str):
+    """(wandb Run, the mode it ended up in); tracking: a TrackingConfig. wandb's own console
+    lines (its banner, the run summary with sparklines) only with `convlens --verbose`."""
     import wandb
     Path(info.dir).mkdir(parents=True, exist_ok=True)
     args = dict(project=tracking.project, entity=tracking.entity, group=info.group, name=info.name,
                 id=info.id, resume="allow", dir=str(info.dir), config=info.config,
                 job_type=info.job_type, tags=sorted(set(info.tags)))
-    settings = wandb.Settings(init_timeout=tracking.init_timeout, console="off", silent=quiet,
+    settings = wandb.Settings(init_timeout=tracking.init_timeout, console="off", silent=not verbose(),
                               save_code=False, disable_git=True)  # console off: nothing of the env
     try:
         return wandb.init(mode=mode, settings=settings, **args), mode

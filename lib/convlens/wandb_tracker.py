@@ -46,7 +46,7 @@ class WandbTracker:
         self.job, self.run_dir = job, Path(run_dir)
         self.exit_code, self.last_epoch = 0, None
         self.info = train_run_info(job, self.run_dir)
-        self.run, self.mode = open_run(self.info, job.tracking, mode, quiet=job.run.quiet)
+        self.run, self.mode = open_run(self.info, job.tracking, mode)
         define_metrics(self.run)
 
     @property

@@ -141,14 +141,14 @@ def close_stopped_trial(job: SweepJob, row: dict) -> None:
     """An ASHA-stopped trial's actors were killed mid-run: close its W&B run here with every
     epoch it did and the stop reason in its summary."""
     from pathlib import Path
-    from convlens.data.load import load_dataset
+    from convlens.checkpoint import latest_verified, read_manifest
     from convlens.specs.base import read_yaml
     from convlens.rundir import RunDir
     from convlens.tracking import close_run, tracking_mode
-    from convlens.training.tasks import class_names
     run_dir = Path(row["run_dir"])
     train = validate(TrainJob, read_yaml(run_dir / RunDir.CONFIG))
     if tracking_mode(train.tracking) == "disabled":
         return
-    names = class_names(train.run.task, load_dataset(train.data, verbose=False).classes)
+    newest = latest_verified(run_dir)  # its manifest names the classes: no need to load the data
+    names = read_manifest(newest).get("classes", []) if newest is not None else []
     close_run(train, run_dir, names, stop_reason=row["stop_reason"], failed=False)

@@ -91,7 +91,8 @@ def report_epoch(trainer: Trainer, metrics: dict) -> None:
         return
     epoch, run = metrics["epoch"], trainer.run
     state = trainer.state_dict()
-    meta = {"epoch": epoch, "val_error": metrics["val_error"], "arch": trainer.arch}
+    meta = {"epoch": epoch, "val_error": metrics["val_error"], "arch": trainer.arch,
+            "classes": trainer.class_names}
     if trainer.best["epoch"] == epoch:
         save_best(state, meta, run, epoch)
     with tempfile.TemporaryDirectory(prefix="convlens-ckpt-") as tmp:
