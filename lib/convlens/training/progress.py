@@ -13,8 +13,9 @@ import torch
 
 
 class EpochProgress:
-    def __init__(self, mode: str, label: str, steps: int, interval_s: float = 1.0):
+    def __init__(self, mode: str, label: str, steps: int, workers: int = 1, interval_s: float = 1.0):
         self.mode, self.label, self.steps, self.interval_s = mode, label, steps, interval_s
+        self.workers = workers  # DDP ranks step in lockstep: the job's rate is this rank's times this
         self.start = self.last = time.perf_counter()
         self.shown_tenths = 0
         self.bar = None
@@ -37,7 +38,7 @@ class EpochProgress:
 
     def figures(self, sums: torch.Tensor, now: float) -> str:
         loss, _, images = sums.tolist()
-        return f"loss {loss / max(images, 1):.4f}, {images / max(now - self.start, 1e-9):.0f} img/s"
+        return f"loss {loss / max(images, 1):.4f}, {self.workers * images / max(now - self.start, 1e-9):.0f} img/s"
 
     def close(self) -> None:
         if self.bar is not None:

@@ -57,7 +57,7 @@ def train_worker(config: dict) -> None:
     try:
         for epoch in range(trainer.epoch + 1, job.run.epochs + 1):
             progress = EpochProgress(config["progress"] if rank == 0 else "off",
-                                     f"{job.run.name} epoch {epoch}/{job.run.epochs}", trainer.steps)
+                                     f"{job.run.name} epoch {epoch}/{job.run.epochs}", trainer.steps, trainer.world)
             metrics = trainer.run_epoch(epoch, on_step=progress.step)
             progress.close()
             if "stop_reason" in metrics:
