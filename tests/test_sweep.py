@@ -62,6 +62,8 @@ def test_spec_is_validated_at_the_door(tmp_path, cache_dir):
         load_job(path, ["space.optim.lr={grid: [0.1, 0.0]}"], "sweep")
     with pytest.raises(ConfigError, match="base = '/nope.yaml': train spec not found"):
         load_job(path, ["base=/nope.yaml"], "sweep")
+    with pytest.raises(ConfigError, match="scheduler.grace_period: 3 leaves ASHA nothing to stop in the base's 3 epochs"):
+        load_job(path, ["scheduler.grace_period=3"], "sweep")
     with pytest.raises(ConfigError, match="loguniform cannot be enumerated"):
         load_job(path, ["space.optim.lr={loguniform: [0.001, 0.1]}"], "sweep")
 
@@ -81,7 +83,8 @@ def test_asha_sweep_stops_weak_trials_and_writes_best_job(ray_cluster, tmp_path,
     stopped = [r for r in trials if r["status"] == "early_stopped"]
     # ASHA decides on the epoch Tune saw; the nested Train run may write one more before it dies.
     stopped_at = [int(re.search(r"ASHA stopped it after epoch (\d+)", r["stop_reason"]).group(1)) for r in stopped]
-    assert any(epoch < FAST["epochs"] for epoch in stopped_at), trials
+    # ASHA's rungs lie before the last epoch: a trial that trained every epoch gets its test run.
+    assert stopped and all(epoch < FAST["epochs"] for epoch in stopped_at), trials
     assert all(r["test_accuracy"] == "" and int(r["epochs"]) <= FAST["epochs"] for r in stopped), trials
     trained = sum(int(r["epochs"]) for r in trials)
     assert (f"4 trials trained {trained} of 12 epochs; early stopping saved {12 - trained} "

@@ -109,6 +109,10 @@ class SweepJob(Strict):
                 raise ValueError(f"space.{key}: {dist.kind} cannot be enumerated; search: grid needs choice or grid")
             for value in dist.candidates():
                 check_train(apply_overrides(copy.deepcopy(base), {key: value}), f"space.{key} = {value!r}")
+        epochs = check_train(base, "base").run.epochs
+        if self.scheduler.name == "asha" and self.scheduler.grace_period >= epochs:
+            raise ValueError(f"scheduler.grace_period: {self.scheduler.grace_period} leaves ASHA nothing to "
+                             f"stop in the base's {epochs} epochs; choose fewer than {epochs}")
         return self
 
     @property

@@ -44,7 +44,7 @@ def sweep(job: SweepJob, resume: bool = False) -> list[dict]:
 
 def build_tuner(job: SweepJob, spec: dict, resume: bool):
     import ray.tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
     train = validate(TrainJob, spec)
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(run_trial, spec=spec, sweep=job.name,
@@ -54,11 +54,7 @@ def build_tuner(job: SweepJob, spec: dict, resume: bool):
         return ray.tune.Tuner.restore(str(job.sweep_dir), trainable=trainable, resume_unfinished=True,
                                       resume_errored=False, restart_errored=False)
     sched = job.scheduler
-    # max_t past the last epoch: ASHA stops a trial that reaches max_t, which would cut off
-    # the trial's own finalize (test accuracy, summary.json) after its last epoch report.
-    scheduler = (ASHAScheduler(time_attr="epoch", max_t=train.run.epochs + 1, grace_period=sched.grace_period,
-                               reduction_factor=sched.reduction_factor)
-                 if sched.name == "asha" else FIFOScheduler())
+    scheduler = asha(sched, train.run.epochs) if sched.name == "asha" else FIFOScheduler()
     return ray.tune.Tuner(
         trainable, param_space=param_space(draw_trials(job)),
         tune_config=ray.tune.TuneConfig(metric=sched.metric, mode=sched.mode, scheduler=scheduler,
@@ -112,6 +108,16 @@ def concurrency(job: SweepJob, train: TrainJob) -> int:
     if fit < job.max_concurrent:
         print(f"[convlens] max_concurrent {job.max_concurrent} -> {fit}: what the cluster fits", flush=True)
     return min(fit, job.max_concurrent)
+
+
+def asha(sched, epochs: int):
+    """ASHA with its rungs before the last epoch only: a trial judged at its last epoch has paid
+    for every epoch already, and stopping it there would cut off its test evaluation. Rungs are
+    grace_period * reduction_factor**k up to max_t; trials past max_t run on to their end.
+    The sweep spec makes sure grace_period < epochs."""
+    from ray.tune.schedulers import ASHAScheduler
+    return ASHAScheduler(time_attr="epoch", max_t=epochs - 1, grace_period=sched.grace_period,
+                         reduction_factor=sched.reduction_factor, stop_last_trials=False)
 
 
 def collect_rows(job: SweepJob, results) -> list[dict]:
