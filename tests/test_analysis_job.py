@@ -65,6 +65,9 @@ def test_analyze_two_runs_two_epochs_all_methods(two_runs, tmp_path):
     assert [r[:2] for r in faith["rows"]] == [["rot", 1], ["rot", 2], ["sup", 1], ["sup", 2]]
     assert all(0 <= v <= 1 for r in faith["rows"] for v in r[2:])
     assert (out / "compare" / "sup__faithfulness__trend.png").is_file()
+    depth = index["tables"]["gradcam_depth"]  # two-stage networks: no columns for stages 3 and 4
+    assert depth["columns"] == ["run", "epoch", *(f"{m}_auc_stage{i}" for m in ("deletion", "insertion")
+                                                  for i in (1, 2))]
     cka = index["tables"]["similarity"]  # the two networks, stage by stage, at each common epoch
     assert cka["columns"] == ["run", "epoch", "cka_layer1", "cka_layer2"]
     assert [r[:2] for r in cka["rows"]] == [["rot vs sup", 1], ["rot vs sup", 2]]

@@ -23,8 +23,14 @@ def collect(entries: list[dict], columns: dict[str, tuple[str, ...]]) -> dict[st
                 result = json.loads(Path(e["file"]).read_text())["result"]
                 rows.append([e["run"], e["epoch"], *(result.get(c) for c in cols)])
         if cols and rows:
-            out[method] = {"columns": ["run", "epoch", *cols], "rows": sorted(rows, key=lambda r: (r[0], r[1]))}
+            out[method] = drop_empty_columns(["run", "epoch", *cols], sorted(rows, key=lambda r: (r[0], r[1])))
     return out
+
+
+def drop_empty_columns(columns: list[str], rows: list[list]) -> dict:
+    """Without the columns no row has a value for (e.g. stage 4 of three-stage networks)."""
+    keep = [i for i in range(len(columns)) if any(row[i] is not None for row in rows)]
+    return {"columns": [columns[i] for i in keep], "rows": [[row[i] for i in keep] for row in rows]}
 
 
 def series(table: dict, run: str) -> tuple[list[int], dict[str, dict[str, np.ndarray]]]:

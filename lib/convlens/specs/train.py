@@ -125,6 +125,9 @@ class RunSection(Strict):
     on_corrupt_checkpoint: Literal["fallback", "stop"] = "fallback"
     steps_per_epoch: int | None = Field(None, gt=0)  # cap, for smoke runs
     eval_batch_size: int = Field(512, gt=0)
+    # batch-norm statistics recomputed on this many training images before each validation
+    # (training/precise_bn.py); 0 validates with the running averages
+    precise_bn_images: int = Field(4096, ge=0)
     quiet: bool = False
 
 

@@ -35,7 +35,7 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         var = global_sum(centred.pow(2).sum((0, 2, 3), dtype=torch.float64)) / n  # biased, as BN normalizes
         with torch.no_grad():
             self.num_batches_tracked += 1
-            m = self.momentum
+            m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)  # None: cumulative
             self.running_mean.mul_(1 - m).add_(mean.detach().to(x.dtype), alpha=m)
             self.running_var.mul_(1 - m).add_((var.detach() * n / (n - 1)).to(x.dtype), alpha=m)
         y = centred * torch.rsqrt(var + self.eps).to(x.dtype)[None, :, None, None]

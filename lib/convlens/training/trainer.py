@@ -20,7 +20,7 @@ from convlens.data.images import ImageData, split_indices
 from convlens.models import build_model
 from convlens.rundir import RunDir
 from convlens.specs.train import TrainJob
-from convlens.training import tasks
+from convlens.training import precise_bn, tasks
 from convlens.training.dist import all_reduce_
 from convlens.training.evaluate import evaluate
 from convlens.training.nonfinite import NonFiniteWatch, due, nonfinite_stop
@@ -84,6 +84,14 @@ class Trainer:
             idx = plan.order[pos]
             yield self.inputs(self.augment.train(self.train_x[idx], plan, pos), self.train_y[idx])
 
+    def bn_batches(self) -> Iterator[torch.Tensor]:
+        """This rank's slice of each global batch of the first run.precise_bn_images training
+        images, in the evaluation view: the same fixed images every epoch, for any worker count."""
+        B, b = self.job.data.batch_size, self.local_batch
+        for start in range(0, min(self.job.run.precise_bn_images, len(self.train_y)) // B * B, B):
+            rows = slice(start + self.rank * b, start + (self.rank + 1) * b)
+            yield self.inputs(self.augment.eval(self.train_x[rows]), self.train_y[rows])[0]
+
     def inputs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A normalized batch as the model takes it: the task's inputs and targets, memory format."""
         x, y = tasks.prepare(self.job.run.task, x, y)
@@ -115,6 +123,9 @@ class Trainer:
             return train
         if not self.per_step:
             self.sched.step()
+        if self.job.run.precise_bn_images:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                precise_bn.recompute(self.raw_model, self.bn_batches(), synced=self.job.model.sync_bn)
         val = evaluate(self.model, self.val_x, self.val_y, self.job.run.task, self.num_out, self.augment.eval,
                        self.job.run.eval_batch_size, self.device, self.amp, self.channels_last)
         return {"epoch": epoch, **train,
