@@ -39,7 +39,7 @@ def load_run(folder: Path) -> dict:
     return {"dir": folder, "summary": run.read_summary(), "config": config or {}}
 
 
-def setup_rows(cfg: dict, summary: dict) -> list[list]:
+def setup_rows(cfg: dict, summary: dict, folder: Path) -> list[list]:
     run, data, model = cfg.get("run", {}), cfg.get("data", {}), cfg.get("model", {})
     optim, sched = cfg.get("optim", {}), cfg.get("schedule", {})
     rows = [["task", summary.get("task", run.get("task", "?"))],
@@ -55,7 +55,7 @@ def setup_rows(cfg: dict, summary: dict) -> list[list]:
             ["augmentation", f"crop padding {data.get('crop_padding')}, flip {data.get('flip')}"]]
     if summary.get("wandb_run_id"):
         rows.append(["W&B run", summary.get("wandb_url") or f"{summary['wandb_run_id']} (offline: "
-                                f"`convlens sync {summary.get('run', 'RUN_DIR')}` uploads it)"])
+                                f"`convlens sync {folder}` uploads it)"])
     return rows
 
 
@@ -68,7 +68,7 @@ def run_section(run: dict) -> str:
              f"{esc(s.get('epochs'))}; that checkpoint scores <b>{fmt(s.get('test_accuracy'))}</b> on the test "
              f"set (test loss {fmt(s.get('test_loss', float('nan')))}); wall time "
              f"{duration(float(s.get('wall_seconds', 0)))}.</p>",
-             "<h3>Setup</h3>", table(["", "value"], setup_rows(run["config"], s))]
+             "<h3>Setup</h3>", table(["", "value"], setup_rows(run["config"], s, run["dir"]))]
     if run["config"]:
         parts.append(f"<details><summary>Full {RunDir.CONFIG}</summary><pre>"
                      f"{esc(yaml.safe_dump(run['config'], sort_keys=False))}</pre></details>")
