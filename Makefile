@@ -1,5 +1,5 @@
 # All set-up a fresh Debian machine needs, then the demo or the tests.
-#   make demo   - train both networks, a small sweep, the analysis and the report (CPU, ~10 min)
+#   make demo   - train both networks, a small sweep, the analysis and the report (CPU, about 8 min)
 #   make test   - the test suite (starts the local one-node Slurm cluster; tests/test_multinode.py
 #                 switches it to two nodes, `cluster.sh start --nodes 2`, and tests/test_slurm.py back)
 VENV ?= .venv

@@ -100,7 +100,8 @@ def main(argv=None) -> list[dict]:
         return [print_captum(versus_captum(ctx), len(ctx.images))]
     rows = []
     print(f"{'method':16s} {'images/s':>10s} {'compute s':>10s} {'draw s':>8s}   "
-          f"({args.images} images 28x28, ResNet [1,1] width {args.width}, "
+          f"({len(ctx.images)} images {ctx.images.shape[-2]}x{ctx.images.shape[-1]}, "
+          f"ResNet {ctx.model.arch['layers']} width {ctx.model.arch['width']}, "
           f"{torch.get_num_threads()} threads, {args.device})")
     for name in args.methods or list(load_all()):
         r = measure(ctx, name)
