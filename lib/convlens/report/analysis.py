@@ -13,6 +13,11 @@ def figures(folder: Path, index: dict) -> list[dict]:
     return [e for e in index.get("files", []) if e["file"].endswith(".png") and (folder / e["file"]).is_file()]
 
 
+def title(folder: Path) -> str:
+    """"Analysis <folder>", or just "Analysis" for a folder of that name (the demo's)."""
+    return "Analysis" if folder.name == "analysis" else f"Analysis {folder.name}"
+
+
 def analysis_section(folder: Path) -> str:
     index = AnalysisDir(folder).read_index()
     entries = figures(folder, index)
@@ -24,7 +29,7 @@ def analysis_section(folder: Path) -> str:
     tables = index.get("tables") if isinstance(index.get("tables"), dict) else {}
     order = [m for m in about if m in groups or m in tables]
     order += sorted(m for m in set(groups) | set(tables) if m not in about)
-    parts = [f"<h2 id='{anchor(folder)}'>Analysis {esc(folder.name)}</h2>",
+    parts = [f"<h2 id='{anchor(folder)}'>{esc(title(folder))}</h2>",
              f"<p>{len(entries)} figures from <code>{esc(folder)}</code>, grouped by method.</p>"]
     notes = set()
     for method in order:

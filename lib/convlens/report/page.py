@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from convlens.errors import ConfigError
-from convlens.report.analysis import analysis_section
+from convlens.report.analysis import analysis_section, title as analysis_title
 from convlens.report.html import anchor, esc, page
 from convlens.report.compare import comparison_section
 from convlens.report.runs import load_run, loss_section, run_section
@@ -82,7 +82,7 @@ def render(found: dict[str, list[Path]]) -> str:
 def intro(found: dict[str, list[Path]]) -> str:
     links = [("loss", "The loss")] + [(anchor(d), f"Run {d.name}") for d in found["runs"]]
     links += [(anchor(d), f"Sweep {d.name}") for d in found["sweeps"]]
-    links += [(anchor(d), f"Analysis {d.name}") for d in found["analyses"]]
+    links += [(anchor(d), analysis_title(d)) for d in found["analyses"]]
     nav = "".join(f"<a href='#{a}'>{esc(t)}</a>" for a, t in links)
     return ("<h1>Looking inside convolutional networks</h1>"
             "<p>Training runs, hyper-parameter sweeps and visualisations of what the networks learned, "

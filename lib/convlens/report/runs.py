@@ -39,6 +39,18 @@ def load_run(folder: Path) -> dict:
     return {"dir": folder, "summary": run.read_summary(), "config": config or {}}
 
 
+def augmentation(data: dict) -> str:
+    """The run's training augmentation in words: the set parts only."""
+    parts = [f"crop padding {data.get('crop_padding')}", f"flip {data.get('flip')}"]
+    if data.get("random_resized_crop"):
+        parts.append(f"random resized crop {data['random_resized_crop']}")
+    if data.get("color_jitter"):
+        parts.append(f"colour jitter {data['color_jitter']}")
+    if data.get("resize"):
+        parts.append(f"resized to {data['resize']} px")
+    return ", ".join(parts)
+
+
 def setup_rows(cfg: dict, summary: dict, folder: Path) -> list[list]:
     run, data, model = cfg.get("run", {}), cfg.get("data", {}), cfg.get("model", {})
     optim, sched = cfg.get("optim", {}), cfg.get("schedule", {})
@@ -52,7 +64,7 @@ def setup_rows(cfg: dict, summary: dict, folder: Path) -> list[list]:
             ["schedule", f"{sched.get('name')} {sched.get('milestones') or ''}"],
             ["batch / epochs / workers", f"{data.get('batch_size')} / {summary.get('epochs')} / "
                                          f"{summary.get('workers', run.get('workers'))}"],
-            ["augmentation", f"crop padding {data.get('crop_padding')}, flip {data.get('flip')}"]]
+            ["augmentation", augmentation(data)]]
     if summary.get("wandb_run_id"):
         rows.append(["W&B run", summary.get("wandb_url") or f"{summary['wandb_run_id']} (offline: "
                                 f"`convlens sync {folder}` uploads it)"])
