@@ -68,7 +68,21 @@ def test_spec_is_validated_at_the_door(tmp_path, cache_dir):
         load_job(path, ["space.optim.lr={loguniform: [0.001, 0.1]}"], "sweep")
 
 
-def test_asha_sweep_stops_weak_trials_and_writes_best_job(ray_cluster, tmp_path, cache_dir, capsys):
+@pytest.fixture
+def other_ray():
+    """A second private Ray on the machine, as another convlens command in another terminal runs."""
+    proc = subprocess.Popen([sys.executable, "-c", "import ray, sys; ray.init(address='local', num_cpus=1, "
+                             "include_dashboard=False, logging_level='ERROR'); print('up', flush=True); "
+                             "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "up"
+    yield
+    proc.stdin.close()
+    proc.wait(timeout=60)
+
+
+def test_asha_sweep_stops_weak_trials_and_writes_best_job(ray_cluster, other_ray, tmp_path, cache_dir, capsys):
+    """With another Ray on the machine too: Ray Train's placement group cleaner must still find
+    this cluster and free what the stopped trials held."""
     from convlens.sweep.tune_runner import sweep
     # Two useful learning rates run first; the two tiny ones lose at the first rung. Epochs of 50
     # steps put the useful ones near 0.7 validation error and the tiny ones at chance (0.9); with

@@ -59,8 +59,33 @@ def ensure_ray(quiet: bool = False, address: str | None = None) -> None:
         return
     # The dashboard (ray[default]) serves the state API that Ray Train's placement group
     # cleaner polls; without it the cleaner logs a warning every second and never cleans up.
-    ray.init(address=address or "local", log_to_driver=not quiet,
-             logging_level=log_level(), logging_config=ray.LoggingConfig(log_level=log_level()))
+    settings = dict(log_to_driver=not quiet, logging_level=log_level(),
+                    logging_config=ray.LoggingConfig(log_level=log_level()))
+    if address:
+        ray.init(address=address, **settings)
+    else:
+        init_local(**settings)
+
+
+def init_local(**init_kwargs) -> None:
+    """Start a private one-node Ray whose own tasks and actors know its address (RAY_ADDRESS).
+
+    Ray Train's placement group cleaner (an actor) asks the state API about its controller with
+    no address; with two Ray instances on the machine (two convlens commands at once, or a Slurm
+    job's Ray beside this one) that lookup fails or finds the other cluster, and the placement
+    groups of a stopped trial are never freed: the sweep waits forever. So the GCS port is chosen
+    here (RAY_GCS_SERVER_PORT, read by the head ray.init starts) and handed to every worker."""
+    import socket
+    import ray
+    host = ray.util.get_node_ip_address()
+    with socket.socket() as probe:  # a free port; the GCS binds it a moment later
+        probe.bind((host, 0))
+        port = probe.getsockname()[1]
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    try:
+        ray.init(address="local", runtime_env={"env_vars": {"RAY_ADDRESS": f"{host}:{port}"}}, **init_kwargs)
+    finally:
+        del os.environ["RAY_GCS_SERVER_PORT"]
 
 
 def worker_resources(run) -> dict[str, float]:
