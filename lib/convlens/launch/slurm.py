@@ -197,7 +197,15 @@ def finish(sjob) -> int:
     try:
         return sjob.task(0).result()
     except submitit.core.utils.FailedJobError as err:
-        raise JobFailed(f"slurm job {sjob.job_id} failed:\n{err}\n{log_tail(sjob)}") from None
+        raise JobFailed(f"slurm job {sjob.job_id} failed: {job_error(sjob)}\n{err}\n{log_tail(sjob)}") from None
+
+
+def job_error(sjob) -> str:
+    """The job's own `convlens: error: ...` line (Ray's shutdown messages may come after it)."""
+    path = Path(sjob.paths.stderr)
+    lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
+    errors = [line.removeprefix("convlens: error: ") for line in lines if line.startswith("convlens: error: ")]
+    return errors[-1] if errors else "see the log below"
 
 
 def log_tail(sjob, lines: int = 30) -> str:
