@@ -11,7 +11,7 @@ import sys
 import textwrap
 import traceback
 
-from convlens.errors import ConvlensError
+from convlens.errors import ERROR_PREFIX, ConvlensError
 
 COMMANDS = {  # name -> (one-line help, description, example)
     "train": ("train one network with Ray Train",
@@ -177,7 +177,7 @@ def main(argv=None) -> int:
             raise
         if args.verbose:
             traceback.print_exc()
-        print(f"convlens: error: {known}", file=sys.stderr)
+        print(f"{ERROR_PREFIX}{known}", file=sys.stderr)
         return known.exit_code
     return 0
 

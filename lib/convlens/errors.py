@@ -5,6 +5,9 @@ that ran and failed (a NaN stop, retries exhausted, a refused checkpoint, a fail
 This module imports nothing, so every layer can raise these.
 """
 
+# How the CLI and a Slurm job print a ConvlensError; the Slurm driver finds the job's error by it.
+ERROR_PREFIX = "convlens: error: "
+
 
 class ConvlensError(Exception):
     """Base of every error convlens explains in one message."""

@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
-from convlens.errors import ConfigError, JobFailed
+from convlens.errors import ERROR_PREFIX, ConfigError, JobFailed
 from convlens.launch.sbatch import make_executor
 from convlens.launch.slurmjob import SlurmJob
 from convlens.rundir import SweepDir
@@ -201,10 +201,10 @@ def finish(sjob) -> int:
 
 
 def job_error(sjob) -> str:
-    """The job's own `convlens: error: ...` line (Ray's shutdown messages may come after it)."""
+    """The error the job printed (after ERROR_PREFIX); Ray's shutdown messages may follow it."""
     path = Path(sjob.paths.stderr)
     lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
-    errors = [line.removeprefix("convlens: error: ") for line in lines if line.startswith("convlens: error: ")]
+    errors = [line.removeprefix(ERROR_PREFIX) for line in lines if line.startswith(ERROR_PREFIX)]
     return errors[-1] if errors else "see the log below"
 
 

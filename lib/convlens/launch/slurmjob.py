@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from convlens.errors import ConvlensError
+from convlens.errors import ERROR_PREFIX, ConvlensError
 
 
 class SlurmJob:
@@ -39,7 +39,7 @@ class SlurmJob:
                 before()
             run_job(self.kind, self.spec_path, resume=self.kind == "sweep" and restarted)
         except ConvlensError as err:
-            print(f"convlens: error: {err}", file=sys.stderr, flush=True)
+            print(f"{ERROR_PREFIX}{err}", file=sys.stderr, flush=True)
             return err.exit_code
         return 0
 

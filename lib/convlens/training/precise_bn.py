@@ -35,8 +35,9 @@ def recompute(model: torch.nn.Module, batches: Iterable[torch.Tensor], synced: b
     with torch.no_grad():
         for x in batches:
             model(x)
+    workers = 1 if synced else world_size()
     for m in norms:
         m.momentum = momenta[m]
-        if not synced and world_size() > 1:
+        if workers > 1:
             for buf in (m.running_mean, m.running_var):
-                all_reduce_(buf).div_(world_size())
+                all_reduce_(buf).div_(workers)
