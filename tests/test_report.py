@@ -111,6 +111,8 @@ def test_report_is_one_offline_page_with_every_figure(trained, tmp_path, capsys)
         where.append(page.index(section))
     assert where == sorted(where)
     assert "<td>T-shirt/top</td>" in page and "<td>270</td>" in page  # per-class rows of both runs
+    nav = page[page.index("<nav>"):page.index("</nav>")]
+    assert "<a href='#compare'>Supervised vs. rotation</a>" in nav  # the reader can jump to the comparison
     compare_part = page[page.index("<h2 id='compare'>"):page.index("<h2", page.index("<h2 id='compare'>") + 5)]
     probes = re.findall(r"<tr><td>(\d?)</td><td>(\w+)</td>((?:<td class='num'>[-\d.]+</td>){3})</tr>", compare_part)
     assert [(s, n) for s, n, _ in probes] == [("1", "sup"), ("1", "rot"), ("1", "gap"), ("2", "sup"), ("2", "rot"),

@@ -9,6 +9,7 @@ from pathlib import Path
 from convlens.report.html import img, table
 from convlens.rundir import AnalysisDir, RunDir
 
+COMPARE_ANCHOR = "compare"
 PROBES = (("linear", "linear_accuracy"), ("MLP", "mlp_accuracy"), ("kNN", "knn_accuracy"))
 
 INTRO = ("<p>The supervised network is trained on the class labels. The rotation network never sees a "
@@ -28,7 +29,7 @@ def comparison_section(runs: list[dict], analyses: list[Path]) -> str:
     rot = next(r for r in runs if r["summary"].get("task") == "rotation")
     rows = [[r["summary"].get("run"), r["summary"].get("task"), r["summary"].get("best_val_accuracy"),
              r["summary"].get("test_accuracy"), r["summary"].get("epochs")] for r in (sup, rot)]
-    parts = ["<h2 id='compare'>Supervised vs. rotation pre-training</h2>", INTRO,
+    parts = [f"<h2 id='{COMPARE_ANCHOR}'>Supervised vs. rotation pre-training</h2>", INTRO,
              table(["run", "task", "best val accuracy", "test accuracy", "epochs"], rows)]
     probes = [read_probes(r["dir"]) for r in (sup, rot)]
     if all(probes):

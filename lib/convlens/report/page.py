@@ -7,7 +7,7 @@ from pathlib import Path
 from convlens.errors import ConfigError
 from convlens.report.analysis import analysis_section, title as analysis_title
 from convlens.report.html import anchor, esc, page
-from convlens.report.compare import comparison_section
+from convlens.report.compare import COMPARE_ANCHOR, comparison_section
 from convlens.report.runs import load_run, loss_section, run_section
 from convlens.report.sweeps import sweep_section
 from convlens.rundir import AnalysisDir, RunDir, SweepDir
@@ -64,11 +64,12 @@ def walk(root: Path, depth: int = 3):
 def render(found: dict[str, list[Path]]) -> str:
     runs = sorted((load_run(d) for d in found["runs"]),  # supervised first, then pretext runs
                   key=lambda r: (r["summary"].get("task") != "supervised", str(r["dir"])))
-    body = [intro(found), loss_section()]
+    compare = {r["summary"].get("task") for r in runs} >= {"supervised", "rotation"}
+    body = [intro(found, compare), loss_section()]
     for run in runs:
         print(f"[convlens] report: run {run['summary'].get('run', run['dir'].name)}", flush=True)
         body.append(run_section(run))
-    if {r["summary"].get("task") for r in runs} >= {"supervised", "rotation"}:
+    if compare:
         body.append(comparison_section(runs, found["analyses"]))
     for folder in found["sweeps"]:
         print(f"[convlens] report: sweep {folder.name}", flush=True)
@@ -79,8 +80,9 @@ def render(found: dict[str, list[Path]]) -> str:
     return page(body)
 
 
-def intro(found: dict[str, list[Path]]) -> str:
+def intro(found: dict[str, list[Path]], compare: bool) -> str:
     links = [("loss", "The loss")] + [(anchor(d), f"Run {d.name}") for d in found["runs"]]
+    links += [(COMPARE_ANCHOR, "Supervised vs. rotation")] if compare else []
     links += [(anchor(d), f"Sweep {d.name}") for d in found["sweeps"]]
     links += [(anchor(d), analysis_title(d)) for d in found["analyses"]]
     nav = "".join(f"<a href='#{a}'>{esc(t)}</a>" for a, t in links)
