@@ -26,7 +26,7 @@ def test_analysis_bench_smoke():
 
 
 def test_analysis_bench_against_captum_gives_the_same_maps():
-    pytest.importorskip("captum")  # the optional `bench` extra
+    pytest.importorskip("captum")  # in the `test` extra; skipped only in a venv without it
     from convlens.bench.analysis import main
     (result,) = main(["--images", "16", "--width", "8", "--captum"])
     assert result["max_map_difference"] < 1e-5  # CAM and Grad-CAM equal Captum's LayerGradCam maps
