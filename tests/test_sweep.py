@@ -216,3 +216,20 @@ def test_tune_sweep_and_array_draw_the_same_trials(ray_cluster, tmp_path, cache_
     assert sorted(r["run"] for r in rows) == [f"tuned_trial_{tid}" for tid in sorted(recorded)]
     assert sorted(j.run.name for j in jobs.values()) == [f"arrayed_trial_{tid}" for tid in sorted(recorded)]
     assert all(Path(r["run_dir"]).parent == tuned.sweep_dir / "trials" for r in rows)
+
+
+def test_asha_bench_runs_the_same_trials_with_asha_and_in_full(ray_cluster, tmp_path, cache_dir, capsys):
+    """python -m convlens.bench.asha: both sweeps train the same seeded configs; ASHA trains fewer
+    epochs and the table says how many of the full run's."""
+    from convlens.bench.asha import main
+    path = write_sweep(tmp_path, cache_dir, "bench", {"optim.lr": {"grid": [0.1, 0.05, 1e-7]}},
+                       run={"epochs": 2, "steps_per_epoch": 20}, data={"train_subset": 2000})
+    figures = main([str(path), "--root", str(tmp_path / "bench")])
+    asha, full = (read_trials(tmp_path / "bench" / name) for name in ("asha", "full"))
+    configs = {name: {r["trial_id"]: r["config/optim.lr"] for r in rows} for name, rows in (("asha", asha), ("full", full))}
+    assert configs["asha"] == configs["full"] and len(configs["full"]) == 3
+    assert [int(r["epochs"]) for r in full] == [2] * 3 and figures["full"]["epochs"] == 6
+    assert figures["asha"]["epochs"] == sum(int(r["epochs"]) for r in asha) < 6  # 1e-7 stays at chance
+    assert figures["asha"]["planned"] == figures["full"]["planned"] == 6
+    out = capsys.readouterr().out
+    assert f"ASHA trained {figures['asha']['epochs'] / 6:.0%} of the epochs in " in out
