@@ -52,8 +52,12 @@ def analysis_dir(folder: Path, checkpoint: str) -> Path:
 
 def sweep_dir(folder: Path) -> Path:
     folder.mkdir(parents=True)
-    (folder / "trials.csv").write_text("trial,optim.lr,optim.weight_decay,val_accuracy\n"
-                                       "t0,0.1,0.0005,0.71\nt1,0.02,0.0001,0.78\nt2,0.5,0.0,0.42\n")
+    (folder / "trials.csv").write_text(  # the columns sweep/results.py writes
+        "trial_id,run,config/optim.lr,status,stop_reason,epochs,best_epoch,best_val_accuracy,test_accuracy,"
+        "wandb_run_id,run_dir,node,best\n"
+        "00001,s_trial_00001,0.1,completed,,4,4,0.78,0.77,12e45678,/r/1,10.0.0.1,True\n"
+        "00000,s_trial_00000,0.02,completed,,4,3,0.71,0.70,ab3k9x0q,/r/0,10.0.0.1,False\n"
+        "00002,s_trial_00002,0.5,early_stopped,ASHA stopped it after epoch 1,1,1,0.42,,zz09a1b2,/r/2,10.0.0.2,False\n")
     return folder
 
 
@@ -96,7 +100,7 @@ def test_report_is_one_offline_page_with_every_figure(trained, tmp_path, capsys)
     assert n_img == 2 * 2 + len(METHOD_FIGURES) + 1 + 2
     assert page.count("src='data:image/png;base64,") == n_img
     for title in ("Class activation maps (CAM)", "Guided Grad-CAM", "Embeddings (t-SNE / PCA)",
-                  "Supervised vs. rotation pre-training", "Best configuration (by val_accuracy)",
+                  "Supervised vs. rotation pre-training", "Best configuration (by best_val_accuracy)",
                   "Why CAM works on a ResNet", "<math display='block'>", "Per-class accuracy"):
         assert title in page
     assert page.count("Why CAM works on a ResNet") == 1
@@ -111,8 +115,15 @@ def test_report_is_one_offline_page_with_every_figure(trained, tmp_path, capsys)
         where.append(page.index(section))
     assert where == sorted(where)
     assert "<td>T-shirt/top</td>" in page and "<td>270</td>" in page  # per-class rows of both runs
+    trials = page[page.index(">Sweep sweep</h2>"):]
+    trials = trials[trials.index("<table>"):trials.index("</table>")]
+    assert trials.startswith("<table><tr><th>trial_id</th><th>best_val_accuracy</th><th>test_accuracy</th>")
+    assert "<td>00001</td>" in trials and "<td>12e45678</td>" in trials  # ids as written, not as numbers
+    assert "<tr><td>trial_id</td><td>00001</td></tr>" in page  # the best configuration names its trial
     nav = page[page.index("<nav>"):page.index("</nav>")]
     assert "<a href='#compare'>Supervised vs. rotation</a>" in nav  # the reader can jump to the comparison
+    targets = [page.index(f" id='{a}'") for a in re.findall(r"href='#([^']+)'", nav)]
+    assert len(targets) >= 5 and targets == sorted(targets)  # every link lands, in the page's order
     compare_part = page[page.index("<h2 id='compare'>"):page.index("<h2", page.index("<h2 id='compare'>") + 5)]
     probes = re.findall(r"<tr><td>(\d?)</td><td>(\w+)</td>((?:<td class='num'>[-\d.]+</td>){3})</tr>", compare_part)
     assert [(s, n) for s, n, _ in probes] == [("1", "sup"), ("1", "rot"), ("1", "gap"), ("2", "sup"), ("2", "rot"),

@@ -10,7 +10,7 @@ from pathlib import Path
 CSS = """
 body{font:16px/1.55 Georgia,'Times New Roman',serif;color:#222;max-width:60rem;margin:2rem auto;padding:0 1rem}
 h1,h2,h3{font-family:Helvetica,Arial,sans-serif;line-height:1.2}h2{border-bottom:2px solid #ddd;margin-top:2.5rem}
-table{border-collapse:collapse;margin:.8rem 0;font:14px Helvetica,Arial,sans-serif}
+table{border-collapse:collapse;margin:.8rem 0;font:14px Helvetica,Arial,sans-serif;display:block;max-width:100%;overflow-x:auto}  /* wide tables scroll, the page does not */
 td,th{border:1px solid #ccc;padding:.25rem .55rem;text-align:left}th{background:#f3f3f3}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 figure{display:inline-block;margin:.5rem;vertical-align:top;max-width:100%}
@@ -84,8 +84,12 @@ def duration(seconds: float) -> str:
     return f"{minutes} min {secs} s" if minutes else f"{secs} s"
 
 
+class Text(str):
+    """A table cell shown as written, though it may look like a number (trial id 00000, a W&B id)."""
+
+
 def as_number(v) -> float | int | None:
-    if isinstance(v, bool):
+    if isinstance(v, (bool, Text)):
         return None
     if isinstance(v, int):
         return v

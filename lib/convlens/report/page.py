@@ -65,7 +65,7 @@ def render(found: dict[str, list[Path]]) -> str:
     runs = sorted((load_run(d) for d in found["runs"]),  # supervised first, then pretext runs
                   key=lambda r: (r["summary"].get("task") != "supervised", str(r["dir"])))
     compare = {r["summary"].get("task") for r in runs} >= {"supervised", "rotation"}
-    body = [intro(found, compare), loss_section()]
+    body = [intro(found, [r["dir"] for r in runs], compare), loss_section()]
     for run in runs:
         print(f"[convlens] report: run {run['summary'].get('run', run['dir'].name)}", flush=True)
         body.append(run_section(run))
@@ -80,8 +80,9 @@ def render(found: dict[str, list[Path]]) -> str:
     return page(body)
 
 
-def intro(found: dict[str, list[Path]], compare: bool) -> str:
-    links = [("loss", "The loss")] + [(anchor(d), f"Run {d.name}") for d in found["runs"]]
+def intro(found: dict[str, list[Path]], run_dirs: list[Path], compare: bool) -> str:
+    """The title and a link to every section, in the page's order."""
+    links = [("loss", "The loss")] + [(anchor(d), f"Run {d.name}") for d in run_dirs]
     links += [(COMPARE_ANCHOR, "Supervised vs. rotation")] if compare else []
     links += [(anchor(d), f"Sweep {d.name}") for d in found["sweeps"]]
     links += [(anchor(d), analysis_title(d)) for d in found["analyses"]]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from convlens.report.html import anchor, as_number, esc, img, read_csv, table
+from convlens.report.html import Text, anchor, as_number, esc, img, read_csv, table
 from convlens.rundir import SweepDir
 
 
@@ -29,7 +29,7 @@ def sweep_section(folder: Path) -> str:
     if best:
         metric, row = best
         parts += [f"<h3>Best configuration (by {esc(metric)})</h3>",
-                  table(["parameter", "value"], [[c, v] for c, v in zip(cols, row)])]
+                  table(["parameter", "value"], [[c, Text(v) if c in IDS else v] for c, v in zip(cols, row)])]
     if (sweep / SweepDir.BEST_JOB).is_file():
         parts.append(f"<details><summary>{esc(SweepDir.BEST_JOB)}</summary>"
                      f"<pre>{esc((sweep / SweepDir.BEST_JOB).read_text())}</pre></details>")
@@ -37,8 +37,17 @@ def sweep_section(folder: Path) -> str:
     return "".join(parts)
 
 
+IDS = ("trial_id", "run", "wandb_run_id", "node")  # shown as written, never as numbers
+LEAD = ("trial_id", "best_val_accuracy", "test_accuracy", "status", "epochs", "best_epoch")  # the scores first
+
+
 def trials_table(cols: list[str], rows: list[list[str]]) -> str:
-    """trials.csv without its paths, the sampled values under their own field names."""
-    keep = [i for i, c in enumerate(cols) if c not in ("run", "run_dir", "best")
-            and (c != "stop_reason" or any(r[i] for r in rows))]
-    return table([cols[i].removeprefix("config/") for i in keep], [[r[i] for i in keep] for r in rows])
+    """trials.csv without its paths: scores first, then the sampled values under their own field
+    names, then the rest (why a trial stopped, its W&B id, its node)."""
+    shown = [c for c in cols if c not in ("run", "run_dir", "best")
+             and (c != "stop_reason" or any(r[cols.index(c)] for r in rows))]
+    order = ([c for c in LEAD if c in shown] + [c for c in shown if c.startswith("config/")]
+             + [c for c in shown if c not in LEAD and not c.startswith("config/")])
+    keep = [cols.index(c) for c in order]
+    return table([c.removeprefix("config/") for c in order],
+                 [[Text(r[i]) if cols[i] in IDS else r[i] for i in keep] for r in rows])
