@@ -44,7 +44,8 @@ def draw(r: dict, ctx) -> list[plots.Panel]:
                                                     f"images (cosine); kNN accuracy {r['accuracy']:.3f} "
                                                     f"on {r['num_test']} test images", size=1.2)
     return [plots.Panel("", fig, f"nearest train images by cosine similarity; "
-                                 f"{r['k']}-NN accuracy {r['accuracy']:.3f}")]
+                                 f"{r['k']}-NN accuracy {r['accuracy']:.3f} on {r['num_test']} test "
+                                 f"images, {r['num_train']} train images to vote")]
 
 
 register("knn", draw, title="k-nearest-neighbour evaluation",

@@ -39,7 +39,9 @@ def comparison_section(runs: list[dict], analyses: list[Path]) -> str:
     if all(retrievals):
         parts += ["<h3>Nearest neighbours in each network's feature space</h3>",
                   "<p>The same test images as queries and their nearest training images by cosine "
-                  "similarity of the features, supervised network left, rotation network right.</p>",
+                  "similarity of the features, supervised network left, rotation network right. Their "
+                  "kNN accuracy is on the analysis's sample of images (penultimate features), so it differs "
+                  "from the probe table's kNN on the whole test set.</p>",
                   "<div class='pair'>", *(img(folder / e["file"], f"{e['run']}, epoch {e['epoch']}: {e['caption']}",
                                               "48%") for folder, e in retrievals), "</div>"]
     return "".join(parts)
