@@ -54,10 +54,10 @@ def sweep_dir(folder: Path) -> Path:
     folder.mkdir(parents=True)
     (folder / "trials.csv").write_text(  # the columns sweep/results.py writes
         "trial_id,run,config/optim.lr,status,stop_reason,epochs,best_epoch,best_val_accuracy,test_accuracy,"
-        "wandb_run_id,run_dir,node,best\n"
-        "00001,s_trial_00001,0.1,completed,,4,4,0.78,0.77,12e45678,/r/1,10.0.0.1,True\n"
-        "00000,s_trial_00000,0.02,completed,,4,3,0.71,0.70,ab3k9x0q,/r/0,10.0.0.1,False\n"
-        "00002,s_trial_00002,0.5,early_stopped,ASHA stopped it after epoch 1,1,1,0.42,,zz09a1b2,/r/2,10.0.0.2,False\n")
+        "wandb_run_id,run_dir,node,best,planned_epochs\n"
+        "00001,s_trial_00001,0.1,completed,,4,4,0.78,0.77,12e45678,/r/1,10.0.0.1,True,4\n"
+        "00000,s_trial_00000,0.02,completed,,4,3,0.71,0.70,ab3k9x0q,/r/0,10.0.0.1,False,4\n"
+        "00002,s_trial_00002,0.5,early_stopped,ASHA stopped it after epoch 1,1,1,0.42,,zz09a1b2,/r/2,10.0.0.2,False,4\n")
     return folder
 
 
@@ -120,6 +120,7 @@ def test_report_is_one_offline_page_with_every_figure(trained, tmp_path, capsys)
     assert trials.startswith("<table><tr><th>trial_id</th><th>best_val_accuracy</th><th>test_accuracy</th>")
     assert "<td>00001</td>" in trials and "<td>12e45678</td>" in trials  # ids as written, not as numbers
     assert "<tr><td>trial_id</td><td>00001</td></tr>" in page  # the best configuration names its trial
+    assert "The trials trained 9 of the 12 epochs planned; early stopping saved 3 (25%)." in page
     nav = page[page.index("<nav>"):page.index("</nav>")]
     assert "<a href='#compare'>Supervised vs. rotation</a>" in nav  # the reader can jump to the comparison
     targets = [page.index(f" id='{a}'") for a in re.findall(r"href='#([^']+)'", nav)]

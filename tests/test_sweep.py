@@ -101,6 +101,7 @@ def test_asha_sweep_stops_weak_trials_and_writes_best_job(ray_cluster, other_ray
     assert stopped and all(epoch < FAST["epochs"] for epoch in stopped_at), trials
     assert all(r["test_accuracy"] == "" and int(r["epochs"]) <= FAST["epochs"] for r in stopped), trials
     trained = sum(int(r["epochs"]) for r in trials)
+    assert [r["planned_epochs"] for r in trials] == [str(FAST["epochs"])] * 4  # for the report's line
     assert (f"4 trials trained {trained} of 12 epochs; early stopping saved {12 - trained} "
             in capsys.readouterr().out)
     best = [r for r in trials if r["best"] == "True"]

@@ -15,8 +15,6 @@ from pathlib import Path
 
 from convlens.raycluster import prepare_environment
 from convlens.specs.load import load_job
-from convlens.sweep.results import planned_epochs
-from convlens.sweep.trial import trial_spec
 
 SPEC = "sweeps/asha_bench.yaml"
 
@@ -29,7 +27,7 @@ def run_sweep(spec: str, overrides: dict) -> dict:
     rows = sweep(job)
     best = max((r["best_val_accuracy"] for r in rows if isinstance(r["best_val_accuracy"], float)), default=0.0)
     return {"trials": len(rows), "epochs": sum(int(r["epochs"]) for r in rows),
-            "planned": planned_epochs(trial_spec(job), rows, list(job.space)),
+            "planned": sum(r["planned_epochs"] for r in rows),
             "wall_seconds": time.time() - start, "best_val_accuracy": best,
             "best_trial": next((r["trial_id"] for r in rows if r["best_val_accuracy"] == best), "")}
 

@@ -24,7 +24,8 @@ def sweep_section(folder: Path) -> str:
     cols, rows = read_csv(sweep / SweepDir.TRIALS)
     parts = [f"<h2 id='{anchor(folder)}'>Sweep {esc(folder.name)}</h2>",
              f"<p>{len(rows)} trials from <code>{esc(folder)}</code>. Each row is one training run with the "
-             f"sampled hyper-parameters and its final score.</p>", trials_table(cols, rows)]
+             f"sampled hyper-parameters and its final score.{epochs_sentence(cols, rows)}</p>",
+             trials_table(cols, rows)]
     best = best_row(cols, rows)
     if best:
         metric, row = best
@@ -38,13 +39,24 @@ def sweep_section(folder: Path) -> str:
 
 
 IDS = ("trial_id", "run", "wandb_run_id", "node")  # shown as written, never as numbers
+def epochs_sentence(cols: list[str], rows: list[list[str]]) -> str:
+    """What early stopping saved, from trials.csv's epochs and planned_epochs columns."""
+    if not {"epochs", "planned_epochs"} <= set(cols):
+        return ""
+    trained = sum(int(r[cols.index("epochs")]) for r in rows)
+    planned = sum(int(r[cols.index("planned_epochs")]) for r in rows)
+    saved = (f"; early stopping saved {planned - trained} ({1 - trained / planned:.0%})"
+             if planned > trained else "")
+    return f" The trials trained {trained} of the {planned} epochs planned{saved}."
+
+
 LEAD = ("trial_id", "best_val_accuracy", "test_accuracy", "status", "epochs", "best_epoch")  # the scores first
 
 
 def trials_table(cols: list[str], rows: list[list[str]]) -> str:
     """trials.csv without its paths: scores first, then the sampled values under their own field
     names, then the rest (why a trial stopped, its W&B id, its node)."""
-    shown = [c for c in cols if c not in ("run", "run_dir", "best")
+    shown = [c for c in cols if c not in ("run", "run_dir", "best", "planned_epochs")
              and (c != "stop_reason" or any(r[cols.index(c)] for r in rows))]
     order = ([c for c in LEAD if c in shown] + [c for c in shown if c.startswith("config/")]
              + [c for c in shown if c not in LEAD and not c.startswith("config/")])

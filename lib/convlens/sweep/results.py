@@ -66,9 +66,11 @@ def rank_rows(rows: list[dict]) -> list[dict]:
 
 
 def write_outputs(job: SweepJob, spec: dict, rows: list[dict]) -> None:
+    for row in rows:  # so trials.csv alone tells what early stopping saved
+        row["planned_epochs"] = int(row.get("config/run.epochs", spec["run"]["epochs"]))
     write_csv(job.sweep_dir / SweepDir.TRIALS, rows)
     print(format_table(rows, list(job.space)), flush=True)
-    print(f"[convlens] {epochs_line(rows, planned_epochs(spec, rows, list(job.space)))}", flush=True)
+    print(f"[convlens] {epochs_line(rows)}", flush=True)
     best = rows[0] if rows and rows[0]["best"] else None
     log_sweep_run(job, spec, rows, best)
     if best is not None:
@@ -82,15 +84,11 @@ def write_outputs(job: SweepJob, spec: dict, rows: list[dict]) -> None:
     print(f"[convlens] sweep outputs in {job.sweep_dir}", flush=True)
 
 
-def planned_epochs(spec: dict, rows: list[dict], space_keys: list[str]) -> int:
-    """Epochs every trial would train without early stopping (run.epochs, itself maybe searched)."""
-    if "run.epochs" in space_keys:
-        return sum(int(row["config/run.epochs"]) for row in rows)
-    return len(rows) * int(spec["run"]["epochs"])
-
-
-def epochs_line(rows: list[dict], planned: int) -> str:
+def epochs_line(rows: list[dict]) -> str:
+    """How many epochs the trials trained of those they would have trained without early stopping
+    (planned_epochs: run.epochs, itself maybe searched). Also read back from trials.csv by the report."""
     trained = sum(int(row["epochs"]) for row in rows)
+    planned = sum(int(row["planned_epochs"]) for row in rows)
     saved = f"; early stopping saved {planned - trained} ({1 - trained / planned:.0%})" if planned > trained else ""
     return f"{len(rows)} trials trained {trained} of {planned} epochs{saved}"
 
