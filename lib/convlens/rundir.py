@@ -143,6 +143,18 @@ def trial_run_name(sweep: str, trial_id: str) -> str:
     return f"{sweep}_trial_{trial_id}"
 
 
+def trial_epochs(rows) -> tuple[int, int]:
+    """Rows of trials.csv (dicts): the epochs the trials trained, and those they would have trained
+    without early stopping (planned_epochs: each trial's run.epochs, itself maybe searched)."""
+    rows = list(rows)
+    return sum(int(r["epochs"]) for r in rows), sum(int(r["planned_epochs"]) for r in rows)
+
+
+def early_stopping_saved(trained: int, planned: int) -> str:
+    """'; early stopping saved N (P%)', or nothing when every planned epoch was trained."""
+    return f"; early stopping saved {planned - trained} ({1 - trained / planned:.0%})" if planned > trained else ""
+
+
 class AnalysisDir:
     """`convlens analyze`'s output: <run>/<checkpoint folder>/<method>[_<suffix>].png and
     <method>.json per checkpoint, compare/ pages, and index.json, the report's only source:

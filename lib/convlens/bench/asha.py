@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from convlens.raycluster import prepare_environment
+from convlens.rundir import trial_epochs
 from convlens.specs.load import load_job
 
 SPEC = "sweeps/asha_bench.yaml"
@@ -25,10 +26,10 @@ def run_sweep(spec: str, overrides: dict) -> dict:
     shutil.rmtree(job.sweep_dir, ignore_errors=True)
     start = time.time()
     rows = sweep(job)
+    wall = time.time() - start
     best = max((r["best_val_accuracy"] for r in rows if isinstance(r["best_val_accuracy"], float)), default=0.0)
-    return {"trials": len(rows), "epochs": sum(int(r["epochs"]) for r in rows),
-            "planned": sum(r["planned_epochs"] for r in rows),
-            "wall_seconds": time.time() - start, "best_val_accuracy": best,
+    trained, planned = trial_epochs(rows)
+    return {"trials": len(rows), "epochs": trained, "planned": planned, "wall_seconds": wall, "best_val_accuracy": best,
             "best_trial": next((r["trial_id"] for r in rows if r["best_val_accuracy"] == best), "")}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from convlens.report.html import Text, anchor, as_number, esc, img, read_csv, table
-from convlens.rundir import SweepDir
+from convlens.rundir import SweepDir, early_stopping_saved, trial_epochs
 
 
 def best_row(cols: list[str], rows: list[list[str]]) -> tuple[str, list[str]] | None:
@@ -30,7 +30,7 @@ def sweep_section(folder: Path) -> str:
     if best:
         metric, row = best
         parts += [f"<h3>Best configuration (by {esc(metric)})</h3>",
-                  table(["parameter", "value"], [[c, Text(v) if c in IDS else v] for c, v in zip(cols, row)])]
+                  table(["parameter", "value"], [[c, cell(c, v)] for c, v in zip(cols, row)])]
     if (sweep / SweepDir.BEST_JOB).is_file():
         parts.append(f"<details><summary>{esc(SweepDir.BEST_JOB)}</summary>"
                      f"<pre>{esc((sweep / SweepDir.BEST_JOB).read_text())}</pre></details>")
@@ -38,16 +38,20 @@ def sweep_section(folder: Path) -> str:
     return "".join(parts)
 
 
-IDS = ("trial_id", "run", "wandb_run_id", "node")  # shown as written, never as numbers
 def epochs_sentence(cols: list[str], rows: list[list[str]]) -> str:
     """What early stopping saved, from trials.csv's epochs and planned_epochs columns."""
     if not {"epochs", "planned_epochs"} <= set(cols):
         return ""
-    trained = sum(int(r[cols.index("epochs")]) for r in rows)
-    planned = sum(int(r[cols.index("planned_epochs")]) for r in rows)
-    saved = (f"; early stopping saved {planned - trained} ({1 - trained / planned:.0%})"
-             if planned > trained else "")
+    trained, planned = trial_epochs(dict(zip(cols, r)) for r in rows)
+    saved = early_stopping_saved(trained, planned)
     return f" The trials trained {trained} of the {planned} epochs planned{saved}."
+
+
+IDS = ("trial_id", "run", "wandb_run_id", "node")  # shown as written, never as numbers
+
+
+def cell(column: str, value: str):
+    return Text(value) if column in IDS else value
 
 
 LEAD = ("trial_id", "best_val_accuracy", "test_accuracy", "status", "epochs", "best_epoch")  # the scores first
@@ -62,4 +66,4 @@ def trials_table(cols: list[str], rows: list[list[str]]) -> str:
              + [c for c in shown if c not in LEAD and not c.startswith("config/")])
     keep = [cols.index(c) for c in order]
     return table([c.removeprefix("config/") for c in order],
-                 [[Text(r[i]) if cols[i] in IDS else r[i] for i in keep] for r in rows])
+                 [[cell(cols[i], r[i]) for i in keep] for r in rows])

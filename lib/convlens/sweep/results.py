@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from convlens.rundir import RunDir, SweepDir
+from convlens.rundir import RunDir, SweepDir, early_stopping_saved, trial_epochs
 from convlens.specs.base import apply_overrides, validate
 from convlens.specs.sweep import SweepJob
 from convlens.specs.train import TrainJob
@@ -85,12 +85,8 @@ def write_outputs(job: SweepJob, spec: dict, rows: list[dict]) -> None:
 
 
 def epochs_line(rows: list[dict]) -> str:
-    """How many epochs the trials trained of those they would have trained without early stopping
-    (planned_epochs: run.epochs, itself maybe searched). Also read back from trials.csv by the report."""
-    trained = sum(int(row["epochs"]) for row in rows)
-    planned = sum(int(row["planned_epochs"]) for row in rows)
-    saved = f"; early stopping saved {planned - trained} ({1 - trained / planned:.0%})" if planned > trained else ""
-    return f"{len(rows)} trials trained {trained} of {planned} epochs{saved}"
+    trained, planned = trial_epochs(rows)
+    return f"{len(rows)} trials trained {trained} of {planned} epochs{early_stopping_saved(trained, planned)}"
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
