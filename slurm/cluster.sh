@@ -23,9 +23,13 @@
 # No accounting (slurmdbd): sacct fails, so callers must never wait on a job without a timeout
 # (convlens.launch.slurm.wait_for polls scontrol instead).
 # Needs root and the Debian packages slurmctld slurmd slurm-client munge, and for N>1 iproute2 and
-# util-linux's unshare/nsenter (installed if missing).
+# util-linux's unshare/nsenter (installed if missing). Without root `start` says so in one line and
+# exits 3 (`make test` goes on and the Slurm tests skip).
 # Settings and why: /work/shared/notes/slurm-local.md.
 set -euo pipefail
+# the daemons live in /usr/sbin, which a user's PATH often lacks
+PATH=$PATH:/usr/sbin:/sbin
+CANNOT_RUN_HERE=3
 
 STATE=${CONVLENS_SLURM_STATE:-/var/lib/convlens-slurm}
 CONF=$STATE/slurm.conf
@@ -232,6 +236,10 @@ parse_nodes() {
 
 cmd_start() {
     local fresh=""
+    if ((EUID != 0)); then
+        log "not started: a local Slurm cluster needs root (slurmctld and slurmd run as root, munged as munge)"
+        exit $CANNOT_RUN_HERE
+    fi
     ensure_packages
     mkdir -p "$STATE/ctld" "$STATE/d"
     write_conf

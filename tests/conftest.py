@@ -1,18 +1,98 @@
 """Shared fixtures: one Ray cluster per test session, tiny real Fashion-MNIST jobs."""
 from __future__ import annotations
 
+import collections
+import contextlib
+import http.server
 import json
 import os
+import shutil
+import threading
 from pathlib import Path
 
 import pytest
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
+FMNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                "t10k-labels-idx1-ubyte.gz")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # Ray Train polls its workers every 2 s by default; each run ends, and each report lands, at a poll.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+
+
+# ---------------------------------------------------------------- what a test needs of the machine
+# A test that needs root, the local Slurm cluster, network namespaces or a browser skips with a
+# reason that starts with NEEDS where the machine lacks it (a user without root); under CI
+# (CI=true, as root) such a skip is a failure: CI must run everything.
+NEEDS = "needs "
+IN_CI = os.environ.get("CI") == "true"
+SBIN = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])  # where Debian puts daemons
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def missing_programs(*names: str) -> list[str]:
+    return [n for n in names if shutil.which(n, path=SBIN) is None]
+
+
+def lacking(part: str) -> str | None:
+    """Why this machine cannot give a test `part` (root, slurm, namespaces, chromium), or None."""
+    if part == "chromium":
+        return None if Path(CHROMIUM).exists() else f"{NEEDS}chromium ({CHROMIUM}) to render the report"
+    if os.geteuid() != 0:
+        return {"root": f"{NEEDS}root to create a user",
+                "slurm": f"{NEEDS}root to run a local Slurm cluster (slurm/cluster.sh)",
+                "namespaces": f"{NEEDS}root to make the two-node cluster's network namespaces"}[part]
+    programs = {"root": (), "slurm": ("slurmctld", "slurmd", "munged", "sbatch"),
+                "namespaces": ("ip", "unshare", "nsenter")}[part]
+    gone = missing_programs(*programs)
+    return f"{NEEDS}{' '.join(gone)} (Debian packages of the {part} part)" if gone else None
+
+
+def require(*parts: str) -> None:
+    """Skip the calling test or fixture, with the reason, unless the machine has every part."""
+    for part in parts:
+        reason = lacking(part)
+        if reason:
+            pytest.skip(reason)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if IN_CI and report.skipped and isinstance(report.longrepr, tuple) and NEEDS in report.longrepr[2]:
+        report.outcome = "failed"
+        report.longrepr = f"CI=true runs every test, but this one skipped: {report.longrepr[2].removeprefix('Skipped: ')}"
+
+
+@contextlib.contextmanager
+def file_server(folder: Path):
+    """An HTTP server on 127.0.0.1 serving `folder`, as a dataset's mirror: yields its base URL and
+    a Counter of the files it sent (by name), counted once a GET has sent the whole file."""
+    sent = collections.Counter()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(folder), **kwargs)
+
+        def do_GET(self):
+            super().do_GET()  # raises if the client hung up before the whole file was sent
+            if Path(self.translate_path(self.path)).is_file():
+                sent[self.path.lstrip("/")] += 1
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/", sent
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,8 @@ network namespaces node1 and node2 on a private bridge, one slurmd each, the fil
 Ray's head runs on node1, a Ray worker on node2; DDP runs over gloo between the two addresses.
 
 Needs root and the Debian Slurm packages plus iproute2. The cluster replaces the one-node cluster
-while this module runs (tests/test_slurm.py brings that one back). Never skipped; about 5.5 min.
+while this module runs (tests/test_slurm.py brings that one back). About 5.5 min; skipped with the
+reason where the machine lacks root or those packages (a user), never under CI.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pytest
 import yaml
 
 from conftest import (assert_nothing_lost, committed_epochs, read_attempts, read_metrics, reordering_tolerance,
-                      steps_per_epoch, tiny_spec)
+                      require, steps_per_epoch, tiny_spec)
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "convlens-node"  # node K runs in network namespace convlens-nodeK (cluster.sh)
@@ -31,6 +32,7 @@ DDP = dict(model={"layers": [1, 1], "width": 8, "sync_bn": True}, optim={"lr": 0
 @pytest.fixture(scope="module")
 def nodes() -> dict[str, str]:
     """The two-node cluster, started for this module: {node name: its address}."""
+    require("slurm", "namespaces")
     start = time.time()
     subprocess.run(["bash", str(REPO / "slurm/cluster.sh"), "start", "--nodes", "2"], check=True, timeout=600)
     print(f"\n[test_multinode] cluster.sh start --nodes 2 took {time.time() - start:.1f} s")

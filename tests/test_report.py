@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import CHROMIUM, require
 from convlens.analysis import compare, similarity
 from convlens.analysis.registry import load_all, names
 from convlens.report.html import esc
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 METHOD_FIGURES = [*names(), compare.NAME, similarity.NAME]  # every registered method, and the post-steps'
 FAITH_TABLE = {"columns": ["run", "epoch", "deletion_auc_cam", "insertion_auc_cam", "deletion_auc_stage4"],
                "rows": [["sup", 1, 0.2125, 0.5575, None], ["sup", 2, 0.1875, 0.625, None]]}
@@ -139,8 +139,7 @@ def test_report_is_one_offline_page_with_every_figure(trained, tmp_path, capsys)
     assert "<th>deletion auc cam</th><th>insertion auc cam</th></tr>" in faith  # an empty column is left out
     assert "<td>sup / epoch 2</td><td class='num'>0.1875</td><td class='num'>0.6250</td>" in faith
 
-    if not Path(CHROMIUM).exists():
-        pytest.skip("no chromium to render the page")
+    require("chromium")
     dom = chromium(["--dump-dom", out.as_uri()], tmp_path / "profile").stdout
     loaded = re.search(r'data-images-ok="(\d+)/(\d+)"', dom)
     assert loaded, "the onload check did not run"

@@ -1,6 +1,7 @@
 """`convlens submit` on a real one-node Slurm cluster (slurm/cluster.sh), with real Ray inside.
 
-Needs root and the Debian Slurm packages (cluster.sh installs them when missing); never skipped.
+Needs root and the Debian Slurm packages (cluster.sh installs them when missing); skipped with the
+reason where they are not (a user without root), never under CI.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import read_attempts, tiny_spec
+from conftest import read_attempts, require, tiny_spec
 from convlens.checkpoint import checkpoint_epoch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,6 +25,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def cluster():
+    require("slurm")
     start = time.time()
     subprocess.run(["bash", str(REPO / "slurm/cluster.sh"), "start"], check=True, timeout=300)
     print(f"\n[test_slurm] cluster.sh start took {time.time() - start:.1f} s")
