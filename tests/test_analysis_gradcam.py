@@ -1,5 +1,5 @@
 """Grad-CAM at any layer against an independent implementation, and what a saliency pass
-leaves behind on the model (nothing: no .grad, the same mode)."""
+leaves behind on the model (nothing: no .grad, the same mode in every sub-module)."""
 from __future__ import annotations
 
 import copy
@@ -70,3 +70,27 @@ def test_saliency_leaves_no_grad_and_the_mode_it_found():
     eval_maps, _ = cam.saliency(model.eval(), x, "gradcam", "layer2", "layer3")
     train_maps, _ = cam.saliency(model.train(), x, "gradcam", "layer2", "layer3")
     assert torch.equal(eval_maps, train_maps)
+
+
+def modes(model: torch.nn.Module) -> dict[str, bool]:
+    return {name: m.training for name, m in model.named_modules()}
+
+
+def test_frozen_eval_gives_back_every_sub_modules_own_mode():
+    """A training model with parts in eval mode: the frozen stem and layer1 (model.freeze), a
+    batch norm put in eval by hand, and a plain nn.Sequential without ResNet's train() override
+    around it. Saliency passes (eval inside) leave each module in the mode it had."""
+    resnet = trained_looking_resnet("cifar")
+    resnet.freeze(["stem", "layer1"])
+    wrapped = torch.nn.Sequential(torch.nn.BatchNorm2d(1), resnet).train()
+    wrapped[0].eval(), resnet.layer2[0].bn2.eval()
+    for model in (resnet, wrapped):
+        before = modes(model)
+        assert not all(before.values()) and any(before.values())
+        with cam.frozen_eval(model):
+            assert not any(modes(model).values())
+        assert modes(model) == before
+    before = modes(resnet)
+    for kind in cam.KINDS:
+        cam.saliency(resnet, torch.randn(2, 1, 16, 16), kind, "layer2", resnet.stage_names[-1])
+    assert modes(resnet) == before

@@ -133,6 +133,32 @@ def test_nan_trial_does_not_stop_the_others(ray_cluster, tmp_path, cache_dir, mo
     assert trials["00000"]["status"] == "completed" and trials["00000"]["best"] == "True"
 
 
+def test_stopped_trial_is_closed_without_reading_its_dataset(tmp_path, cache_dir, monkeypatch):
+    """The driver closes an ASHA-stopped trial's W&B run with the class names its checkpoint
+    recorded (what the trial logged under): it reads neither the dataset's files nor its cache."""
+    from convlens import checkpoint as ckpt
+    from convlens import tracking
+    from convlens.data import fashion_mnist, load
+    from convlens.rundir import RunDir
+    from convlens.sweep.tune_runner import close_stopped_trial
+    run = RunDir(tmp_path / "asha_trial_00001")
+    run.path.mkdir()
+    spec = tiny_spec(tmp_path, cache_dir, run.name)
+    (run / RunDir.CONFIG).write_text(yaml.safe_dump(spec))
+    ckpt.save_checkpoint({"epoch": 1}, run / RunDir.folder_name(RunDir.CHECKPOINT, 1),
+                         {"epoch": 1, "classes": fashion_mnist.CLASSES})
+    reads = []
+    monkeypatch.setattr(load, "read_cache", lambda path, real=load.read_cache: reads.append(path) or real(path))
+    monkeypatch.setitem(load.LOADERS, "fashion_mnist",
+                        lambda path, cfg, real=load.LOADERS["fashion_mnist"]: reads.append(path) or real(path, cfg))
+    closed = []
+    monkeypatch.setattr(tracking, "close_run", lambda job, run_dir, names, **kw: closed.append((names, kw)))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    close_stopped_trial({"run_dir": str(run.path), "stop_reason": "ASHA stopped it after epoch 1"})
+    assert reads == []
+    assert closed == [(fashion_mnist.CLASSES, {"stop_reason": "ASHA stopped it after epoch 1", "failed": False})]
+
+
 def sweep_cli(spec: Path, *args: str) -> subprocess.Popen:
     import ray
     env = {**os.environ, "PYTHONPATH": LIB, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}

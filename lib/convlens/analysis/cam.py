@@ -78,8 +78,9 @@ def guided_relus(model: nn.Module):
 @contextmanager
 def frozen_eval(model: nn.Module):
     """Eval mode, and parameters that do not require grad, for the duration: gradients reach
-    only the tensors asked for and nothing accumulates in any `.grad`."""
-    training = model.training
+    only the tensors asked for and nothing accumulates in any `.grad`. Afterwards every
+    sub-module has its own mode back (a frozen stage's batch norms stay in eval mode)."""
+    modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]
     model.eval()
     for p, _ in flags:
@@ -89,7 +90,8 @@ def frozen_eval(model: nn.Module):
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
-        model.train(training)
+        for m, training in modes:  # not model.train(flag): that sets every sub-module alike
+            m.training = training
 
 
 def forward_backward(model, x: torch.Tensor, layer: str, target: torch.Tensor | None = None,

@@ -128,7 +128,7 @@ def collect_rows(job: SweepJob, results) -> list[dict]:
         row = run_row(job, trial_id(result.config[TRIAL]), sampled, result.error)
         if row["status"] == "early_stopped":
             add_judged_epoch(row, result.metrics or {})
-            close_stopped_trial(job, row)
+            close_stopped_trial(row)
         rows.append(row)
     return rank_rows(rows)
 
@@ -143,7 +143,7 @@ def add_judged_epoch(row: dict, seen: dict) -> None:
             row["best_epoch"], row["best_val_accuracy"] = seen["epoch"], seen["val_accuracy"]
 
 
-def close_stopped_trial(job: SweepJob, row: dict) -> None:
+def close_stopped_trial(row: dict) -> None:
     """An ASHA-stopped trial's actors were killed mid-run: close its W&B run here with every
     epoch it did and the stop reason in its summary."""
     from pathlib import Path
