@@ -26,12 +26,19 @@ def start_array(job: SweepJob) -> dict[str, TrainJob]:
     index = folder / SweepDir.ARRAY_INDEX
     if index.is_file() or (folder / SweepDir.TUNER).is_file():
         raise ConfigError(f"sweep {job.name} already exists in {job.sweep_dir}: choose another name")
-    spec = trial_spec(job)
-    trials = {trial_id(i): sampled for i, sampled in enumerate(draw_trials(job))}
-    jobs = {tid: trial_job(spec, sampled, job.name, str(folder.trials_dir), tid) for tid, sampled in trials.items()}
+    trials, jobs = plan_array(job)
     job.sweep_dir.mkdir(parents=True, exist_ok=True)
     index.write_text(json.dumps({"sweep": job.name, "trials": trials}, indent=1))
     return jobs
+
+
+def plan_array(job: SweepJob) -> tuple[dict[str, dict], dict[str, TrainJob]]:
+    """({trial id: sampled values}, {trial id: its TrainJob}), writing nothing."""
+    spec = trial_spec(job)
+    trials = {trial_id(i): sampled for i, sampled in enumerate(draw_trials(job))}
+    folder = SweepDir(job.sweep_dir)
+    return trials, {tid: trial_job(spec, sampled, job.name, str(folder.trials_dir), tid)
+                    for tid, sampled in trials.items()}
 
 
 def collect_array(job: SweepJob, errors: dict[str, Exception] | None = None) -> list[dict]:
