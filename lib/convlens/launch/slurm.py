@@ -117,13 +117,14 @@ def submit(cluster_yaml, kind: str, spec, overrides=(), wait: bool = False, arra
     label = job_label(kind, job.model_dump(mode="json"), Path(spec))
     multinode = profile.nodes > 1 if multinode is None else multinode
     paths = job_paths(profile, [job.model_dump(mode="json")]) if profile.container else []
+    if not dry_run:
+        check_mounts(profile, paths)
     executor = make_executor(profile, f"convlens-{label}", multinode, paths, preview=dry_run)
     if dry_run:
         spec_file = spec_path(profile, label, "<time>")
         argv = SlurmJob(kind, str(spec_file), profile.nodes, 1, 0, multinode).argv(restarted=False)
         return print_dry_run(profile, batch_script(executor), task_lines(profile, multinode, argv),
                              f"resolved spec, written at submission to {spec_file}", spec_text(job), paths)
-    check_mounts(profile, paths)
     spec_file = write_spec(job, profile, label)
     runs_root = check_runs_root(profile)
     work = SlurmJob(kind, str(spec_file), profile.nodes, profile.cpus_per_task, profile.gpus_per_node, multinode,
@@ -169,7 +170,7 @@ def submit_array(profile: ClusterProfile, kind: str, spec, overrides, wait: bool
     at most profile.array_parallelism at once. Returns the tasks' submitit Jobs; with wait=True,
     collects the results once every task has ended and returns 0 if any trial completed.
     dry_run: print the array's batch script, each task's trial and the sweep's spec instead."""
-    from convlens.sweep.array import collect_array, plan_array, start_array
+    from convlens.sweep.array import collect_array, plan_array, record_array
     if kind != "sweep":
         raise ConfigError(f"--array runs the trials of a sweep; a {kind} job is one allocation (drop --array)")
     job = resolve_job(kind, spec, overrides, profile)
@@ -180,6 +181,8 @@ def submit_array(profile: ClusterProfile, kind: str, spec, overrides, wait: bool
     one_node = profile.model_copy(update={"nodes": 1})
     sampled, trials = plan_array(job)
     paths = job_paths(profile, [t.model_dump(mode="json") for t in trials.values()]) if profile.container else []
+    if not dry_run:
+        check_mounts(profile, paths)
     executor = make_executor(one_node, f"convlens-sweep-{job.name}", paths=paths, preview=dry_run)
     if dry_run:
         runs = [f"[convlens] {len(trials)} array task(s), each one node with a Ray of its own, at most "
@@ -189,8 +192,8 @@ def submit_array(profile: ClusterProfile, kind: str, spec, overrides, wait: bool
         return print_dry_run(one_node, batch_script(executor, len(trials)), runs,
                              f"the sweep's resolved spec (trials drawn from it with seed {job.seed})",
                              spec_text(job), paths)
-    check_mounts(profile, paths)
-    specs = {tid: write_spec(train, profile, f"train-{train.run.name}") for tid, train in start_array(job).items()}
+    record_array(job, sampled)
+    specs = {tid: write_spec(train, profile, f"train-{train.run.name}") for tid, train in trials.items()}
     with executor.batch():  # one sbatch --array for all of them
         tasks = {tid: executor.submit(SlurmJob("train", str(path), 1, profile.cpus_per_task, profile.gpus_per_node,
                                                False)) for tid, path in specs.items()}

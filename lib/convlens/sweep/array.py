@@ -1,9 +1,10 @@
 """`convlens submit --array`: a sweep's trials as independent `convlens train` runs (one Slurm
 array task each, launch/slurm.py), and the sweep's outputs gathered from their run directories.
 
-start_array draws the trials up front (space.draw_trials: the same trials, and run names, as a
-Tune sweep of the same spec and seed) and records them in <sweep dir>/array.json; collect_array
-writes the same trials.csv, best_job.yaml and curves.png as a Tune sweep.
+start_array draws the trials up front (plan_array, space.draw_trials: the same trials, and run
+names, as a Tune sweep of the same spec and seed; `submit --dry-run` shows them) and records them
+in <sweep dir>/array.json; collect_array writes the same trials.csv, best_job.yaml and curves.png
+as a Tune sweep.
 """
 from __future__ import annotations
 
@@ -22,14 +23,19 @@ from convlens.sweep.trial import trial_job, trial_spec
 def start_array(job: SweepJob) -> dict[str, TrainJob]:
     """Draw the trials, record them in <sweep_dir>/array.json ({"sweep": name, "trials":
     {trial id: sampled}}); returns {trial id: its TrainJob}."""
+    trials, jobs = plan_array(job)
+    record_array(job, trials)
+    return jobs
+
+
+def record_array(job: SweepJob, trials: dict[str, dict]) -> None:
+    """array.json of the sweep's drawn trials ({trial id: sampled}); refused where the sweep exists."""
     folder = SweepDir(job.sweep_dir)
     index = folder / SweepDir.ARRAY_INDEX
     if index.is_file() or (folder / SweepDir.TUNER).is_file():
         raise ConfigError(f"sweep {job.name} already exists in {job.sweep_dir}: choose another name")
-    trials, jobs = plan_array(job)
     job.sweep_dir.mkdir(parents=True, exist_ok=True)
     index.write_text(json.dumps({"sweep": job.name, "trials": trials}, indent=1))
-    return jobs
 
 
 def plan_array(job: SweepJob) -> tuple[dict[str, dict], dict[str, TrainJob]]:
