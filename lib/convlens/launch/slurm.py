@@ -122,7 +122,8 @@ def submit(cluster_yaml, kind: str, spec, overrides=(), wait: bool = False, arra
     executor = make_executor(profile, f"convlens-{label}", multinode, paths, preview=dry_run)
     if dry_run:
         spec_file = spec_path(profile, label, "<time>")
-        argv = SlurmJob(kind, str(spec_file), profile.nodes, 1, 0, multinode).argv(restarted=False)
+        argv = SlurmJob(kind, str(spec_file), profile.nodes, profile.cpus_per_task, profile.gpus_per_node,
+                        multinode).argv(restarted=False)
         return print_dry_run(profile, batch_script(executor), task_lines(profile, multinode, argv),
                              f"resolved spec, written at submission to {spec_file}", spec_text(job), paths)
     spec_file = write_spec(job, profile, label)
@@ -170,7 +171,7 @@ def submit_array(profile: ClusterProfile, kind: str, spec, overrides, wait: bool
     at most profile.array_parallelism at once. Returns the tasks' submitit Jobs; with wait=True,
     collects the results once every task has ended and returns 0 if any trial completed.
     dry_run: print the array's batch script, each task's trial and the sweep's spec instead."""
-    from convlens.sweep.array import collect_array, plan_array, record_array
+    from convlens.sweep.array import check_new, collect_array, plan_array, record_array
     if kind != "sweep":
         raise ConfigError(f"--array runs the trials of a sweep; a {kind} job is one allocation (drop --array)")
     job = resolve_job(kind, spec, overrides, profile)
@@ -178,6 +179,7 @@ def submit_array(profile: ClusterProfile, kind: str, spec, overrides, wait: bool
         raise ConfigError("scheduler.name = asha: ASHA compares trials while they run, which independent "
                           "Slurm array tasks cannot; set scheduler.name=none or drop --array")
     job = job.model_copy(update={"base": str(Path(job.base).expanduser().resolve())})  # --collect from anywhere
+    check_new(job)  # a dry run too says what the submission would refuse
     one_node = profile.model_copy(update={"nodes": 1})
     sampled, trials = plan_array(job)
     paths = job_paths(profile, [t.model_dump(mode="json") for t in trials.values()]) if profile.container else []

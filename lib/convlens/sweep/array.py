@@ -30,12 +30,15 @@ def start_array(job: SweepJob) -> dict[str, TrainJob]:
 
 def record_array(job: SweepJob, trials: dict[str, dict]) -> None:
     """array.json of the sweep's drawn trials ({trial id: sampled}); refused where the sweep exists."""
-    folder = SweepDir(job.sweep_dir)
-    index = folder / SweepDir.ARRAY_INDEX
-    if index.is_file() or (folder / SweepDir.TUNER).is_file():
-        raise ConfigError(f"sweep {job.name} already exists in {job.sweep_dir}: choose another name")
+    check_new(job)
     job.sweep_dir.mkdir(parents=True, exist_ok=True)
-    index.write_text(json.dumps({"sweep": job.name, "trials": trials}, indent=1))
+    (job.sweep_dir / SweepDir.ARRAY_INDEX).write_text(json.dumps({"sweep": job.name, "trials": trials}, indent=1))
+
+
+def check_new(job: SweepJob) -> None:
+    folder = SweepDir(job.sweep_dir)
+    if (folder / SweepDir.ARRAY_INDEX).is_file() or (folder / SweepDir.TUNER).is_file():
+        raise ConfigError(f"sweep {job.name} already exists in {job.sweep_dir}: choose another name")
 
 
 def plan_array(job: SweepJob) -> tuple[dict[str, dict], dict[str, TrainJob]]:
