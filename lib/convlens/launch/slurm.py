@@ -146,7 +146,8 @@ def print_dry_run(profile: ClusterProfile, script: str, runs: list[str], spec_ti
     spec under spec_title, and what only a submission checks. Returns the text printed."""
     missing = missing_sources(profile, paths)
     lines = ["[convlens] dry run: nothing written, nothing submitted",
-             f"[convlens] batch script, as sbatch would get it (kept at submission in {profile.folder}/):", "",
+             f"[convlens] batch script, as sbatch would get it (a submission keeps it in {profile.folder.parent}/"
+             f"<job id>/):", "",
              script.rstrip("\n"), "", *runs,
              *([f"[convlens] not found here (a container binds existing paths only): {', '.join(missing)}"]
                if missing else []),
