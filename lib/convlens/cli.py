@@ -69,7 +69,8 @@ def cmd_report(args):
 
 def cmd_submit(args):
     from convlens.launch.slurm import submit
-    return submit(args.cluster, args.kind, args.spec, args.overrides, wait=args.wait, array=args.array)
+    return submit(args.cluster, args.kind, args.spec, args.overrides, wait=args.wait, array=args.array,
+                  dry_run=args.dry_run)
 
 
 def cmd_sync(args):
@@ -141,7 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "job, which resumes from its checkpoints.",
                     "convlens submit --cluster slurm/local.yaml --wait train jobs/fmnist_resnet.yaml")
     s.add_argument("--cluster", required=True, help="cluster profile (YAML), e.g. slurm/local.yaml")
-    s.add_argument("--wait", action="store_true", help="follow the job and exit with its status")
+    follow = s.add_mutually_exclusive_group()
+    follow.add_argument("--wait", action="store_true", help="follow the job and exit with its status")
+    follow.add_argument("--dry-run", action="store_true",
+                        help="print the batch script and the resolved spec; write and submit nothing (no Slurm needed)")
     s.add_argument("--array", action="store_true", help="sweep: one Slurm array task per trial")
     s.add_argument("kind", choices=["train", "sweep", "analyze", "demo"])
     job_arguments(s)

@@ -13,6 +13,7 @@ stop another job's Ray. Here every job gets its own ports and temp dir (ray_port
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -34,7 +35,10 @@ def ray_port(job_id: str) -> int:
 
 
 def ray_bin() -> str:
-    return str(Path(sys.executable).with_name("ray"))
+    """This Python's `ray`: beside it (a virtualenv), else on PATH (an image's system Python puts it
+    in /usr/local/bin)."""
+    beside = Path(sys.executable).with_name("ray")
+    return str(beside) if beside.is_file() else shutil.which("ray") or str(beside)
 
 
 def common_args(cpus: int, gpus: int) -> list[str]:
@@ -196,7 +200,10 @@ def node_address(name: str, shared: bool = True) -> str:
     config (the node name itself on most clusters), resolved. shared (more than one node): a
     loopback address is refused, no other node could join a Ray head there (Debian maps the
     host name to 127.0.1.1)."""
-    out = subprocess.run(["scontrol", "show", "node", "-o", name], capture_output=True, text=True).stdout
+    try:
+        out = subprocess.run(["scontrol", "show", "node", "-o", name], capture_output=True, text=True).stdout
+    except FileNotFoundError:  # no scontrol inside a container (profile.container): the name, as most NodeAddrs
+        out = ""
     addr = next((t.split("=", 1)[1] for t in out.split() if t.startswith("NodeAddr=")), name)
     ip = socket.gethostbyname(addr)
     if shared and ip.startswith("127."):

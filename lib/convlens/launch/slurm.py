@@ -24,7 +24,8 @@ import yaml
 from pydantic import BaseModel
 
 from convlens.errors import ERROR_PREFIX, ConfigError, JobFailed
-from convlens.launch.sbatch import make_executor
+from convlens.launch.container import job_paths, missing_sources
+from convlens.launch.sbatch import batch_script, make_executor
 from convlens.launch.slurmjob import SlurmJob
 from convlens.rundir import SweepDir
 from convlens.specs.base import validate
@@ -78,46 +79,100 @@ def job_label(kind: str, data: dict, spec: Path) -> str:
 
 def write_spec(job: BaseModel, profile: ClusterProfile, label: str) -> Path:
     """The resolved spec, beside the logs: shared storage every node (and every requeue) can read."""
-    folder = Path(profile.log_dir).expanduser().resolve() / "specs"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{label}-{datetime.now():%Y%m%d-%H%M%S-%f}.yaml"
-    path.write_text(yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False))
+    path = spec_path(profile, label, f"{datetime.now():%Y%m%d-%H%M%S-%f}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(spec_text(job))
     return path
 
 
+def spec_path(profile: ClusterProfile, label: str, stamp: str) -> Path:
+    return Path(profile.log_dir).expanduser().resolve() / "specs" / f"{label}-{stamp}.yaml"
+
+
+def spec_text(job: BaseModel) -> str:
+    return yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False)
+
+
+def check_mounts(profile: ClusterProfile, paths: list[str]) -> None:
+    missing = missing_sources(profile, paths)
+    if missing:
+        raise ConfigError(f"container: {', '.join(missing)} not found here; {profile.container.runtime} cannot "
+                          f"bind a missing path into the job: create it, or correct the spec or container.mounts")
+
+
 def submit(cluster_yaml, kind: str, spec, overrides=(), wait: bool = False, array: bool = False,
-           timeout: float | None = None, multinode: bool | None = None):
+           timeout: float | None = None, multinode: bool | None = None, dry_run: bool = False):
     """Queue `convlens <kind> <spec> <overrides>` on the cluster of cluster_yaml.
 
     Returns the submitit Job; with wait=True follows it to the end and returns its exit status
     (0), raising JobFailed when it failed, was cancelled or ran out of time (or after timeout s).
     multinode forces (or forbids) the head+workers Ray bootstrap; default: profile.nodes > 1.
+    dry_run: print the batch script and the resolved spec instead, write and queue nothing
+    (no Slurm needed here); returns the text printed.
     """
     profile = load_profile(cluster_yaml)
     if array:
-        return submit_array(profile, kind, spec, overrides, wait, timeout)
+        return submit_array(profile, kind, spec, overrides, wait, timeout, dry_run)
     job = resolve_job(kind, spec, overrides, profile)
     label = job_label(kind, job.model_dump(mode="json"), Path(spec))
-    spec_path = write_spec(job, profile, label)
     multinode = profile.nodes > 1 if multinode is None else multinode
+    paths = job_paths(profile, [job.model_dump(mode="json")]) if profile.container else []
+    if not dry_run:
+        check_mounts(profile, paths)
+    executor = make_executor(profile, f"convlens-{label}", multinode, paths, preview=dry_run)
+    if dry_run:
+        spec_file = spec_path(profile, label, "<time>")
+        argv = SlurmJob(kind, str(spec_file), profile.nodes, profile.cpus_per_task, profile.gpus_per_node,
+                        multinode).argv(restarted=False)
+        return print_dry_run(profile, batch_script(executor), task_lines(profile, multinode, argv),
+                             f"resolved spec, written at submission to {spec_file}", spec_text(job), paths)
+    spec_file = write_spec(job, profile, label)
     runs_root = check_runs_root(profile)
-    work = SlurmJob(kind, str(spec_path), profile.nodes, profile.cpus_per_task, profile.gpus_per_node, multinode,
+    work = SlurmJob(kind, str(spec_file), profile.nodes, profile.cpus_per_task, profile.gpus_per_node, multinode,
                     runs_root)
-    sjob = make_executor(profile, f"convlens-{label}", multinode).submit(work)
+    sjob = executor.submit(work)
     group = getattr(getattr(job, "tracking", None), "group", None)
     print(f"[convlens] submitted slurm job {sjob.job_id} ({label}, {profile.nodes} node(s))\n"
           f"  stdout: {sjob.paths.stdout}\n  stderr: {sjob.paths.stderr}\n"
-          f"  spec:   {spec_path}\n  W&B group: {group}", flush=True)
+          f"  spec:   {spec_file}\n  W&B group: {group}", flush=True)
     if wait:
         return wait_for(sjob, timeout)
     return sjob
 
 
-def submit_array(profile: ClusterProfile, kind: str, spec, overrides, wait: bool, timeout: float | None):
+def print_dry_run(profile: ClusterProfile, script: str, runs: list[str], spec_title: str, spec: str,
+                  paths: list[str]) -> str:
+    """What `submit --dry-run` shows: the batch script, what its tasks run (runs: lines), the resolved
+    spec under spec_title, and what only a submission checks. Returns the text printed."""
+    missing = missing_sources(profile, paths)
+    lines = ["[convlens] dry run: nothing written, nothing submitted",
+             f"[convlens] batch script, as sbatch would get it (a submission keeps it in {profile.folder.parent}/"
+             f"<job id>/):", "",
+             script.rstrip("\n"), "", *runs,
+             *([f"[convlens] not found here (a container binds existing paths only): {', '.join(missing)}"]
+               if missing else []),
+             *([f"[convlens] checked at submission, not now: runs_root {Path(profile.runs_root).expanduser().resolve()}"
+                f" is writable"] if profile.runs_root else []),
+             f"[convlens] {spec_title}:", "", spec.rstrip("\n")]
+    text = "\n".join(lines) + "\n"
+    print(text, end="", flush=True)
+    return text
+
+
+def task_lines(profile: ClusterProfile, multinode: bool, argv: list[str]) -> list[str]:
+    """What the pickled job does in the allocation (SlurmJob.__call__), in words."""
+    where = (f"on each of {profile.nodes} node(s) one task: rank 0 starts the Ray head and runs the job, "
+             f"the others a Ray worker" if multinode else "one task, with a Ray of its own")
+    return [f"[convlens] the job ({where}):", f"  convlens {' '.join(argv)}"]
+
+
+def submit_array(profile: ClusterProfile, kind: str, spec, overrides, wait: bool, timeout: float | None,
+                 dry_run: bool = False):
     """A sweep as a Slurm job array: one single-node `convlens train` task per sampled trial,
     at most profile.array_parallelism at once. Returns the tasks' submitit Jobs; with wait=True,
-    collects the results once every task has ended and returns 0 if any trial completed."""
-    from convlens.sweep.array import collect_array, start_array
+    collects the results once every task has ended and returns 0 if any trial completed.
+    dry_run: print the array's batch script, each task's trial and the sweep's spec instead."""
+    from convlens.sweep.array import check_new, collect_array, plan_array, record_array
     if kind != "sweep":
         raise ConfigError(f"--array runs the trials of a sweep; a {kind} job is one allocation (drop --array)")
     job = resolve_job(kind, spec, overrides, profile)
@@ -125,8 +180,23 @@ def submit_array(profile: ClusterProfile, kind: str, spec, overrides, wait: bool
         raise ConfigError("scheduler.name = asha: ASHA compares trials while they run, which independent "
                           "Slurm array tasks cannot; set scheduler.name=none or drop --array")
     job = job.model_copy(update={"base": str(Path(job.base).expanduser().resolve())})  # --collect from anywhere
-    specs = {tid: write_spec(train, profile, f"train-{train.run.name}") for tid, train in start_array(job).items()}
-    executor = make_executor(profile.model_copy(update={"nodes": 1}), f"convlens-sweep-{job.name}")
+    check_new(job)  # a dry run too says what the submission would refuse
+    one_node = profile.model_copy(update={"nodes": 1})
+    sampled, trials = plan_array(job)
+    paths = job_paths(profile, [t.model_dump(mode="json") for t in trials.values()]) if profile.container else []
+    if not dry_run:
+        check_mounts(profile, paths)
+    executor = make_executor(one_node, f"convlens-sweep-{job.name}", paths=paths, preview=dry_run)
+    if dry_run:
+        runs = [f"[convlens] {len(trials)} array task(s), each one node with a Ray of its own, at most "
+                f"{profile.array_parallelism} at once:"]
+        runs += [f"  convlens train {spec_path(profile, f'train-{train.run.name}', '<time>')}   # trial {tid}: "
+                 f"{' '.join(f'{k}={v}' for k, v in sampled[tid].items())}" for tid, train in trials.items()]
+        return print_dry_run(one_node, batch_script(executor, len(trials)), runs,
+                             f"the sweep's resolved spec (trials drawn from it with seed {job.seed})",
+                             spec_text(job), paths)
+    record_array(job, sampled)
+    specs = {tid: write_spec(train, profile, f"train-{train.run.name}") for tid, train in trials.items()}
     with executor.batch():  # one sbatch --array for all of them
         tasks = {tid: executor.submit(SlurmJob("train", str(path), 1, profile.cpus_per_task, profile.gpus_per_node,
                                                False)) for tid, path in specs.items()}

@@ -1,9 +1,10 @@
 """`convlens submit --array`: a sweep's trials as independent `convlens train` runs (one Slurm
 array task each, launch/slurm.py), and the sweep's outputs gathered from their run directories.
 
-start_array draws the trials up front (space.draw_trials: the same trials, and run names, as a
-Tune sweep of the same spec and seed) and records them in <sweep dir>/array.json; collect_array
-writes the same trials.csv, best_job.yaml and curves.png as a Tune sweep.
+start_array draws the trials up front (plan_array, space.draw_trials: the same trials, and run
+names, as a Tune sweep of the same spec and seed; `submit --dry-run` shows them) and records them
+in <sweep dir>/array.json; collect_array writes the same trials.csv, best_job.yaml and curves.png
+as a Tune sweep.
 """
 from __future__ import annotations
 
@@ -22,16 +23,31 @@ from convlens.sweep.trial import trial_job, trial_spec
 def start_array(job: SweepJob) -> dict[str, TrainJob]:
     """Draw the trials, record them in <sweep_dir>/array.json ({"sweep": name, "trials":
     {trial id: sampled}}); returns {trial id: its TrainJob}."""
+    trials, jobs = plan_array(job)
+    record_array(job, trials)
+    return jobs
+
+
+def record_array(job: SweepJob, trials: dict[str, dict]) -> None:
+    """array.json of the sweep's drawn trials ({trial id: sampled}); refused where the sweep exists."""
+    check_new(job)
+    job.sweep_dir.mkdir(parents=True, exist_ok=True)
+    (job.sweep_dir / SweepDir.ARRAY_INDEX).write_text(json.dumps({"sweep": job.name, "trials": trials}, indent=1))
+
+
+def check_new(job: SweepJob) -> None:
     folder = SweepDir(job.sweep_dir)
-    index = folder / SweepDir.ARRAY_INDEX
-    if index.is_file() or (folder / SweepDir.TUNER).is_file():
+    if (folder / SweepDir.ARRAY_INDEX).is_file() or (folder / SweepDir.TUNER).is_file():
         raise ConfigError(f"sweep {job.name} already exists in {job.sweep_dir}: choose another name")
+
+
+def plan_array(job: SweepJob) -> tuple[dict[str, dict], dict[str, TrainJob]]:
+    """({trial id: sampled values}, {trial id: its TrainJob}), writing nothing."""
     spec = trial_spec(job)
     trials = {trial_id(i): sampled for i, sampled in enumerate(draw_trials(job))}
-    jobs = {tid: trial_job(spec, sampled, job.name, str(folder.trials_dir), tid) for tid, sampled in trials.items()}
-    job.sweep_dir.mkdir(parents=True, exist_ok=True)
-    index.write_text(json.dumps({"sweep": job.name, "trials": trials}, indent=1))
-    return jobs
+    folder = SweepDir(job.sweep_dir)
+    return trials, {tid: trial_job(spec, sampled, job.name, str(folder.trials_dir), tid)
+                    for tid, sampled in trials.items()}
 
 
 def collect_array(job: SweepJob, errors: dict[str, Exception] | None = None) -> list[dict]:
