@@ -21,6 +21,8 @@ def write_idx(path, array):
 
 
 def make_idx_dataset(folder, n=40, n_test=10, label_max=9):
+    """Random IDX files under Fashion-MNIST's names: read with data.download false (they are not
+    Fashion-MNIST's content, which a downloading config verifies)."""
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
     write_idx(folder / "train-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
@@ -32,24 +34,24 @@ def make_idx_dataset(folder, n=40, n_test=10, label_max=9):
 
 def test_idx_roundtrip(tmp_path):
     folder = make_idx_dataset(tmp_path / "fm")
-    data = load_dataset(DataConfig(path=str(folder), cache_dir=str(tmp_path / "cache")))
+    data = load_dataset(DataConfig(path=str(folder), download=False, cache_dir=str(tmp_path / "cache")))
     assert data.train_x.shape == (40, 1, 28, 28) and data.train_x.dtype == torch.uint8
     assert data.test_y.shape == (10,) and data.num_classes == 10
     cached = list((tmp_path / "cache").glob("*.pt"))
     assert len(cached) == 1  # second load reads the cache
-    again = load_dataset(DataConfig(path=str(folder), cache_dir=str(tmp_path / "cache")))
+    again = load_dataset(DataConfig(path=str(folder), download=False, cache_dir=str(tmp_path / "cache")))
     assert torch.equal(again.train_x, data.train_x)
 
 
 def test_label_out_of_range_and_truncated_file(tmp_path):
     folder = make_idx_dataset(tmp_path / "bad", label_max=12)
     with pytest.raises(DataError, match="out of range"):
-        load_dataset(DataConfig(path=str(folder), cache_dir=str(tmp_path / "c")))
+        load_dataset(DataConfig(path=str(folder), download=False, cache_dir=str(tmp_path / "c")))
     folder = make_idx_dataset(tmp_path / "trunc")
     raw = gzip.decompress((folder / "train-images-idx3-ubyte.gz").read_bytes())
     (folder / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(raw[:-100]))
     with pytest.raises(DataError, match="truncated"):
-        load_dataset(DataConfig(path=str(folder), cache_dir=str(tmp_path / "c")))
+        load_dataset(DataConfig(path=str(folder), download=False, cache_dir=str(tmp_path / "c")))
 
 
 def write_cifar(root, n=20):
@@ -71,7 +73,7 @@ def write_cifar(root, n=20):
 
 def test_cifar_format(tmp_path):
     root = write_cifar(tmp_path / "cifar")
-    data = load_dataset(DataConfig(dataset="cifar10", path=str(root), cache_dir=str(tmp_path / "c")))
+    data = load_dataset(DataConfig(dataset="cifar10", path=str(root), download=False, cache_dir=str(tmp_path / "c")))
     assert data.train_x.shape == (100, 3, 32, 32) and data.test_x.shape == (20, 3, 32, 32)
     assert data.classes[0] == "airplane"
     # pixel layout: the first 1024 bytes are the red plane, row-major
@@ -89,7 +91,7 @@ def test_cifar_refuses_foreign_pickle(tmp_path):
     with open(root / "cifar-10-batches-py" / "test_batch", "wb") as f:
         pickle.dump({b"data": Evil()}, f)
     with pytest.raises(DataError, match="forbidden"):
-        load_dataset(DataConfig(dataset="cifar10", path=str(root), cache_dir=str(tmp_path / "c")))
+        load_dataset(DataConfig(dataset="cifar10", path=str(root), download=False, cache_dir=str(tmp_path / "c")))
     assert not marker.exists()
 
 

@@ -1,7 +1,8 @@
 """The `convlens` command: one subcommand per job kind, each a spec file plus dotted overrides.
 
 Exit status: 0 success; 1 the job ran and failed (a NaN stop, retries exhausted, a refused
-checkpoint, a failed Slurm job); 2 a bad spec, override, path or command line.
+checkpoint, a failed Slurm job, a dataset download that failed); 2 a bad spec, override, path or
+command line.
 """
 from __future__ import annotations
 
@@ -40,6 +41,12 @@ COMMANDS = {  # name -> (one-line help, description, example)
               "Images per second of the training step fed three ways: a fixed batch (the pure step), convlens's "
               "on-device pipeline, and a torchvision DataLoader of PIL images. Prints figures.",
               "convlens bench jobs/bench_pipeline.yaml device=cuda"),
+    "fetch-data": ("download and verify the datasets a spec trains on",
+                   "Download every dataset the spec trains on (a train job's, a sweep's base, a demo's networks, a "
+                   "bench's) into its data.path where it is missing, and verify the content of every file; one "
+                   "line per dataset. Run it where there is internet (a login node) before submitting to compute "
+                   "nodes without.",
+                   "convlens fetch-data jobs/cifar10_resnet18.yaml"),
     "show": ("print a spec resolved, with every default",
              "Validate a spec with its overrides and print it as the job will run it, defaults included; "
              "starts neither torch nor Ray.",
@@ -58,6 +65,11 @@ def cmd_show(args):
     from convlens.specs.load import load_job
     job = load_job(args.spec, args.overrides)
     print(yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False), end="")
+
+
+def cmd_fetch_data(args):
+    from convlens.dispatch import fetch_data
+    return fetch_data(args.spec, args.overrides)
 
 
 def cmd_report(args):
@@ -113,8 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"convlens {version()}")
     p.add_argument("--verbose", action="store_true", help="show Ray's own logs and full tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
-    for name in ("train", "analyze", "probe", "demo", "bench", "show"):
-        job_arguments(subcommand(sub, name, cmd_show if name == "show" else cmd_job))
+    for name in ("train", "analyze", "probe", "demo", "bench", "show", "fetch-data"):
+        job_arguments(subcommand(sub, name, {"show": cmd_show, "fetch-data": cmd_fetch_data}.get(name, cmd_job)))
     sw = subcommand(sub, "sweep", cmd_job)
     job_arguments(sw)
     mode = sw.add_mutually_exclusive_group()

@@ -1,7 +1,8 @@
 """The errors convlens reports to a user: one family, each with the exit code the CLI uses.
 
 Exit codes: 2 for a bad spec, override, path or dataset (fix the input and rerun); 1 for a job
-that ran and failed (a NaN stop, retries exhausted, a refused checkpoint, a failed Slurm job).
+that ran and failed (a NaN stop, retries exhausted, a refused checkpoint, a failed Slurm job, a
+dataset download that failed).
 This module imports nothing, so every layer can raise these.
 """
 
@@ -22,6 +23,11 @@ class ConfigError(ConvlensError, ValueError):
 class DataError(ConvlensError, ValueError):
     """The dataset on disk is missing, malformed or unusable; the message names the path."""
     exit_code = 2
+
+
+class DownloadError(ConvlensError, RuntimeError):
+    """A dataset could not be fetched (no network, a refused download); the message names the
+    files, where they come from and the folder they belong in."""
 
 
 class CheckpointError(ConvlensError, ValueError):

@@ -17,7 +17,7 @@ VERBOSE = "CONVLENS_VERBOSE"
 # Settings from the user's shell that every Ray worker, Tune trial and analysis task must see;
 # the API key stays in the cluster's own environment so Ray never stores it.
 FORWARDED_ENV = ("WANDB_MODE", "WANDB_BASE_URL", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_DIR",
-                 "CONVLENS_FAULTS", VERBOSE)
+                 "CONVLENS_FAULTS", "CONVLENS_DATA", "CONVLENS_DATA_MIRROR", VERBOSE)
 
 
 def forwarded_env() -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""Loading a configured dataset: its path checked, read by its format's loader, cached on disk."""
+"""Loading a configured dataset: fetched when missing, its path checked, read by its format's
+loader, verified and cached on disk."""
 from __future__ import annotations
 
 import hashlib
@@ -9,18 +10,25 @@ from pathlib import Path
 
 import torch
 
-from convlens.data import cifar, fashion_mnist, image_folder
+from convlens.data import cifar, download, fashion_mnist, image_folder
 from convlens.data.images import ImageData, subset
 from convlens.errors import ConfigError, DataError
 from convlens.files import write_atomic
 
 LOADERS = {"fashion_mnist": fashion_mnist.load, "cifar10": cifar.load, "image_folder": image_folder.load}
+# The downloadable datasets: each module's ensure(path, mirror) and verify(path, skip).
+SOURCES = {"fashion_mnist": fashion_mnist, "cifar10": cifar}
+
+
+def fetches(cfg) -> bool:
+    return cfg.download and cfg.dataset in SOURCES
 
 
 def check_path(cfg) -> None:
-    """A missing, unreadable or empty dataset folder fails in the driver, naming data.path."""
+    """A missing, unreadable or empty dataset folder fails in the driver, naming data.path (one
+    that downloads may be missing or empty: the files are fetched into it)."""
     path = Path(os.path.expanduser(cfg.path))
-    if cfg.dataset == "cifar10" and cfg.download:
+    if not path.exists() and fetches(cfg):
         return
     if not path.exists():
         raise ConfigError(f"data.path = {cfg.path!r}: does not exist")
@@ -28,14 +36,38 @@ def check_path(cfg) -> None:
         raise ConfigError(f"data.path = {cfg.path!r}: not a directory")
     if not os.access(path, os.R_OK | os.X_OK):
         raise ConfigError(f"data.path = {cfg.path!r}: not readable")
-    if not any(path.iterdir()):
+    if not fetches(cfg) and not any(path.iterdir()):
         raise ConfigError(f"data.path = {cfg.path!r}: is empty")
 
 
+def fetch(cfg) -> list[str]:
+    """Download what the configured dataset lacks into data.path; returns the files fetched."""
+    if not fetches(cfg):
+        return []
+    path = Path(os.path.expanduser(cfg.path)).resolve()
+    return SOURCES[cfg.dataset].ensure(path, download.mirror_url(cfg.mirror))
+
+
+def fetch_and_verify(cfg) -> str:
+    """`convlens fetch-data` for one dataset: download what data.path lacks, verify every file;
+    returns the line saying what was done."""
+    path = Path(os.path.expanduser(cfg.path)).resolve()
+    if cfg.dataset not in SOURCES:
+        return f"{cfg.dataset} in {path}: not a downloadable dataset, left as it is"
+    if not cfg.download:
+        return f"{cfg.dataset} in {path}: data.download is false, left as it is"
+    fetched = fetch(cfg)
+    SOURCES[cfg.dataset].verify(path, skip=fetched)
+    return f"{cfg.dataset} in {path}: " + (f"downloaded {', '.join(fetched)}; verified" if fetched else "verified")
+
+
 def fingerprint(path: Path, extra: dict) -> str:
-    """Cache key from the files' names, sizes and mtimes plus loader options."""
+    """Cache key from the files' names, sizes and mtimes plus loader options (the download lock
+    and a download in progress do not count)."""
     h = hashlib.sha1(json.dumps(extra, sort_keys=True).encode())
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    transient = (download.LOCK_NAME, download.TEMP_PREFIX)
+    files = [path] if path.is_file() else sorted(
+        p for p in path.rglob("*") if p.is_file() and not p.relative_to(path).parts[0].startswith(transient))
     for p in files:
         st = p.stat()
         h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
@@ -45,8 +77,7 @@ def fingerprint(path: Path, extra: dict) -> str:
 def load_dataset(cfg, verbose: bool = False) -> ImageData:
     """Load the configured dataset (a DataConfig), from the cache when the files are unchanged."""
     path = Path(os.path.expanduser(cfg.path)).resolve()
-    if cfg.dataset == "cifar10" and cfg.download:
-        cifar.ensure_downloaded(path)
+    fetched = fetch(cfg)
     if not path.exists():
         raise DataError(f"data.path = {str(path)!r}: does not exist")
     opts = {"dataset": cfg.dataset, "image_size": cfg.image_size, "corrupt": cfg.corrupt_images, "v": 1}
@@ -55,6 +86,8 @@ def load_dataset(cfg, verbose: bool = False) -> ImageData:
     if data is None:
         if verbose:
             print(f"[convlens] reading {cfg.dataset} from {path} (cached at {cache})", flush=True)
+        if fetches(cfg):  # once per change of the files: a cache hit skips it
+            SOURCES[cfg.dataset].verify(path, skip=fetched)
         data = LOADERS[cfg.dataset](path, cfg)
         data.check(f"data.path = {str(path)!r}")
         write_cache(cache, data)

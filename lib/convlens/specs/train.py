@@ -1,12 +1,34 @@
 """The train job: run, data, model, optimizer, schedule and tracking sections."""
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from convlens.specs.base import RUN_NAME, Strict
+
+
+# Where a dataset lives when data.path is unset: Debian's Fashion-MNIST (package
+# dataset-fashion-mnist) when its folder holds the four archives, else the dataset's folder in the
+# user cache, which convlens.data.download fetches into.
+DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_ARCHIVES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                          "t10k-labels-idx1-ubyte.gz")
+DATA_ENV = "CONVLENS_DATA"  # root of the cache folders
+DATA_CACHE = "~/.cache/convlens/datasets"
+CACHE_FOLDERS = {"fashion_mnist": "fashion-mnist", "cifar10": "cifar10"}
+
+
+def default_data_path(dataset: str) -> str:
+    """fashion_mnist: Debian's folder when it holds the four archives; else (and cifar10)
+    $CONVLENS_DATA/<folder> or ~/.cache/convlens/datasets/<folder>, made absolute."""
+    debian = Path(DEBIAN_FASHION_MNIST)
+    if dataset == "fashion_mnist" and all((debian / name).is_file() for name in FASHION_MNIST_ARCHIVES):
+        return DEBIAN_FASHION_MNIST
+    return str(Path(os.environ.get(DATA_ENV) or DATA_CACHE).expanduser().absolute() / CACHE_FOLDERS[dataset])
 
 
 class RandomResizedCrop(Strict):
@@ -31,9 +53,16 @@ class ColorJitter(Strict):
 
 class DataConfig(Strict):
     dataset: Literal["fashion_mnist", "cifar10", "image_folder"] = "fashion_mnist"
-    # Folder with the dataset files (IDX files, cifar-10-batches-py/, or class sub-folders).
-    path: str = "/usr/share/datasets/fashion-mnist"
-    download: bool = False  # cifar10 only: fetch with torchvision when missing
+    # Folder with the dataset files (IDX files, cifar-10-batches-py/, or class sub-folders); unset:
+    # default_data_path (image_folder needs one). Resolved here, so `convlens show` and the run's
+    # config.yaml name the folder.
+    path: str | None = None
+    # fashion_mnist, cifar10: download what data.path lacks from the published locations and
+    # verify the files' content; false reads data.path as it is, unverified.
+    download: bool = True
+    # Base URL of a site's copy of the published files (<mirror>/<file name>), replacing the
+    # published locations; unset: $CONVLENS_DATA_MIRROR when set.
+    mirror: str | None = None
     image_size: int = Field(32, gt=0)  # image_folder only: every image resized to this square
     batch_size: int = Field(128, gt=0)  # global batch, split evenly across workers
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # held out from train, seeded
@@ -46,6 +75,23 @@ class DataConfig(Strict):
     test_subset: int | None = Field(None, gt=0)
     corrupt_images: Literal["fail", "skip"] = "fail"  # image_folder: unreadable files
     cache_dir: str = "~/.cache/convlens"
+
+    @field_validator("path")
+    @classmethod
+    def _default_path(cls, path: str | None, info: ValidationInfo) -> str | None:
+        dataset = info.data.get("dataset")  # absent when invalid: that error is reported
+        if path is not None or dataset is None:
+            return path
+        if dataset == "image_folder":
+            raise ValueError("required for data.dataset = 'image_folder': the folder of class sub-folders")
+        return default_data_path(dataset)
+
+    @field_validator("mirror")
+    @classmethod
+    def _url(cls, mirror: str | None) -> str | None:
+        if mirror is not None and not re.match(r"(https?|ftp|file)://", mirror):
+            raise ValueError("expected a base URL: http(s)://, ftp:// or file://")
+        return mirror
 
     @model_validator(mode="after")
     def _one_crop(self):

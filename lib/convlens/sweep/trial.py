@@ -24,8 +24,11 @@ TRIAL = "trial"  # the key of a Tune trial's config that holds its index in spac
 
 
 def trial_spec(job: SweepJob) -> dict:
-    """The base train spec every trial starts from."""
-    return absolute_paths(base_spec(job))
+    """The base train spec every trial starts from, data.path resolved by the driver (the folder
+    it fetched the dataset into, whatever a trial's node would default to)."""
+    spec = base_spec(job)
+    spec.setdefault("data", {})["path"] = validate(TrainJob, spec).data.path
+    return absolute_paths(spec)
 
 
 def absolute_paths(spec: dict) -> dict:

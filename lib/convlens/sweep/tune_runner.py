@@ -24,9 +24,11 @@ from convlens.sweep.trial import TRIAL, run_trial, trial_spec
 
 def sweep(job: SweepJob, resume: bool = False) -> list[dict]:
     """Run (or resume) the sweep; returns the trials.csv rows, best first."""
+    from convlens.data.load import fetch
     from convlens.raycluster import check_fits, ensure_ray
     spec = trial_spec(job)
     train = validate(TrainJob, spec)
+    fetch(train.data)  # here, once, rather than in every trial at once
     ensure_ray(quiet=train.run.quiet, address=train.run.ray_address)
     check_fits(train.run)
     state = job.sweep_dir / SweepDir.TUNER

@@ -22,7 +22,8 @@ from convlens.training.evaluate import evaluate
 
 
 def prepare(job: TrainJob, verbose: bool = True) -> tuple[TrainJob, ImageData]:
-    """Every check that can fail before a worker starts: paths, data, sizes. Creates nothing."""
+    """Every check that can fail before a worker starts: paths, data, sizes. Creates nothing but
+    the dataset's files, downloaded into data.path when missing."""
     job = job.model_copy(deep=True)
     job.run.root = str(job.run_dir.parent)
     check_path(job.data)
