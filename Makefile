@@ -17,9 +17,9 @@ namespaces|iproute2 util-linux|the two-node test cluster (network namespaces, ve
 endef
 export SYSTEM_PARTS
 
-.PHONY: setup debs venv demo test clean-slurm
+.PHONY: setup debs venv data demo test clean-slurm
 
-setup: debs venv
+setup: debs venv data
 
 # As root: apt-get installs whatever is missing. Without root: one line per missing part, and on.
 debs:
@@ -40,13 +40,18 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
 	touch $@
 
+# The demo's and the tests' Fashion-MNIST: Debian's copy where installed, else downloaded and verified
+# into $CONVLENS_DATA (default ~/.cache/convlens/datasets), from CONVLENS_DATA_MIRROR where set.
+data: venv
+	$(VENV)/bin/convlens fetch-data jobs/demo.yaml
+
 demo: setup
 	$(VENV)/bin/convlens demo jobs/demo.yaml
 
 # cluster.sh exits 3 where it cannot run (no root): the Slurm tests then skip with that reason.
 test: setup
 	@bash slurm/cluster.sh start || (($$? == 3))
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15
 
 clean-slurm:
 	bash slurm/cluster.sh stop

@@ -8,13 +8,15 @@ import json
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
-FMNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
-                "t10k-labels-idx1-ubyte.gz")
+from convlens.specs.train import default_data_path
+
+# Debian's Fashion-MNIST where it is installed, else the user cache that `make setup` filled
+FMNIST = Path(default_data_path("fashion_mnist"))
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -67,32 +69,56 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"CI=true runs every test, but this one skipped: {report.longrepr[2].removeprefix('Skipped: ')}"
 
 
+class MirrorFiles:
+    """What a mirror server serves: name -> bytes; GETs counted per name; `truncate` names are sent
+    with their full Content-Length but only half the body; `delay` seconds after each MiB."""
+
+    def __init__(self):
+        self.files: dict[str, bytes] = {}
+        self.gets: collections.Counter = collections.Counter()
+        self.truncate: set[str] = set()
+        self.delay = 0.0
+        self.url = ""
+
+
 @contextlib.contextmanager
-def file_server(folder: Path):
-    """An HTTP server on 127.0.0.1 serving `folder`, as a dataset's mirror: yields its base URL and
-    a Counter of the files it sent (by name), counted once a GET has sent the whole file."""
-    sent = collections.Counter()
+def mirror_server():
+    """An HTTP server on 127.0.0.1 as a dataset's mirror: yields its MirrorFiles (url set)."""
+    files = MirrorFiles()
 
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(folder), **kwargs)
-
-        def do_GET(self):
-            super().do_GET()  # raises if the client hung up before the whole file was sent
-            if Path(self.translate_path(self.path)).is_file():
-                sent[self.path.lstrip("/")] += 1
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            name = self.path.lstrip("/")
+            files.gets[name] += 1
+            body = files.files.get(name)
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            sent = body[:len(body) // 2] if name in files.truncate else body
+            try:
+                for i in range(0, len(sent), 1 << 20):
+                    self.wfile.write(sent[i:i + (1 << 20)])
+                    time.sleep(files.delay)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
 
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
+    files.url = f"http://127.0.0.1:{httpd.server_address[1]}/"
     try:
-        yield f"http://127.0.0.1:{server.server_port}/", sent
+        yield files
     finally:
-        server.shutdown()
-        server.server_close()
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="session")

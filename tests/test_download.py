@@ -2,7 +2,6 @@
 stops: verified content, atomic files, one download among many processes, the offline error."""
 from __future__ import annotations
 
-import collections
 import gzip
 import hashlib
 import io
@@ -13,10 +12,8 @@ import socket
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -29,7 +26,7 @@ from convlens.errors import ConfigError, DataError, DownloadError
 from convlens.specs import train as train_spec
 from convlens.specs.base import validate
 from convlens.specs.train import DataConfig
-from conftest import FMNIST
+from conftest import FMNIST, mirror_server
 from test_data import make_idx_dataset, write_cifar
 
 LIB = str(Path(__file__).resolve().parents[1] / "lib")
@@ -37,53 +34,10 @@ NAMES = [r.name for r in fashion_mnist.REMOTES.values()]  # the four .gz archive
 LABELS = "train-labels-idx1-ubyte.gz"  # the smallest file, for the refusal tests
 
 
-class Files:
-    """What the server serves: name -> bytes; GETs counted per name; `truncate` names are sent
-    with their full Content-Length but only half the body; `delay` seconds after each MiB."""
-
-    def __init__(self):
-        self.files: dict[str, bytes] = {}
-        self.gets: collections.Counter = collections.Counter()
-        self.truncate: set[str] = set()
-        self.delay = 0.0
-        self.url = ""
-
-
 @pytest.fixture
 def server():
-    files = Files()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - http.server's name
-            name = self.path.lstrip("/")
-            files.gets[name] += 1
-            body = files.files.get(name)
-            if body is None:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            sent = body[:len(body) // 2] if name in files.truncate else body
-            try:
-                for i in range(0, len(sent), 1 << 20):
-                    self.wfile.write(sent[i:i + (1 << 20)])
-                    time.sleep(files.delay)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    files.url = f"http://127.0.0.1:{httpd.server_address[1]}/"
-    yield files
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=10)
+    with mirror_server() as files:
+        yield files
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import pwd
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -21,7 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import FMNIST_FILES, IN_CI, file_server, lacking, require
+from conftest import IN_CI, lacking, mirror_server, require
+from convlens.data.fashion_mnist import REMOTES
 
 REPO = Path(__file__).resolve().parents[1]
 USER = "convlens-user"
@@ -29,6 +29,7 @@ PARTS = ("fashion-mnist", "slurm", "browser", "namespaces")  # the Makefile's SY
 HIDDEN_DEBS = ("dataset-fashion-mnist", "slurmctld", "slurmd", "slurm-client", "munge", "chromium", "iproute2",
                "util-linux")
 DEBIAN_DATA = "/usr/share/datasets"
+FMNIST_FILES = [r.name for r in REMOTES.values()]  # the four .gz archives
 
 
 @pytest.mark.skipif(not IN_CI, reason="checks CI's machine (CI=true)")
@@ -88,13 +89,12 @@ def as_user(home: Path, script: str, status: Path, env: dict, timeout: int) -> s
 @pytest.mark.slow
 def test_user_without_root_sets_up_and_trains_on_mirrored_data(user, tmp_path):
     home = user
-    mirror = tmp_path / "mirror"
-    mirror.mkdir()
-    for name in FMNIST_FILES:  # Debian's archives, served as a site's mirror would
-        shutil.copy(Path("/usr/share/datasets/fashion-mnist") / name, mirror / name)
     status = dpkg_status_without(HIDDEN_DEBS, tmp_path / "dpkg-status")
     status.chmod(0o644)
-    with file_server(mirror) as (url, sent):
+    with mirror_server() as mirror:
+        # Debian's archives, served as a site's mirror would
+        mirror.files = {name: (Path(DEBIAN_DATA) / "fashion-mnist" / name).read_bytes() for name in FMNIST_FILES}
+        url, sent = mirror.url, mirror.gets
         setup = as_user(home, "make setup", status, {"CONVLENS_DATA": f"{home}/datasets",
                                                      "CONVLENS_DATA_MIRROR": url}, timeout=600)
         assert setup.returncode == 0, setup.stderr[-3000:]
