@@ -108,7 +108,7 @@ def test_user_without_root_sets_up_and_trains_on_mirrored_data(user, tmp_path):
         data = home / "fmnist"  # a second folder: this time the train job downloads into it
         train = as_user(home, f".venv/bin/convlens train jobs/fmnist_resnet.yaml run.epochs=1 run.workers=1 "
                               f"run.root={home}/runs data.path={data} data.mirror={url} data.train_subset=2048 "
-                              f"data.test_subset=512 'model.layers=[1,1]' model.width=8 tracking.mode=off",
+                              f"data.test_subset=512 'model.layers=[1,1]' model.width=8 tracking.mode=disabled",
                         status, {}, timeout=300)
         assert train.returncode == 0, train.stderr[-3000:]
         assert dict(sent) == {name: 2 for name in FMNIST_FILES}
