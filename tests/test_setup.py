@@ -114,7 +114,7 @@ def test_user_without_root_sets_up_and_trains_on_mirrored_data(user, tmp_path):
         assert dict(sent) == {name: 2 for name in FMNIST_FILES}
     for name in FMNIST_FILES:
         assert (data / name).stat().st_uid == pwd.getpwnam(USER).pw_uid
-    assert "downloaded" in train.stdout and "verified" in train.stdout
+    assert f"reading fashion_mnist from {data} (verified, " in train.stdout
     run_dir = home / "runs/fmnist_resnet"
     spec = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert spec["data"]["path"] == str(data)

@@ -84,10 +84,11 @@ def load_dataset(cfg, verbose: bool = False) -> ImageData:
     cache = Path(os.path.expanduser(cfg.cache_dir)) / f"{cfg.dataset}-{fingerprint(path, opts)}.pt"
     data = read_cache(cache)
     if data is None:
-        if verbose:
-            print(f"[convlens] reading {cfg.dataset} from {path} (cached at {cache})", flush=True)
         if fetches(cfg):  # once per change of the files: a cache hit skips it
             SOURCES[cfg.dataset].verify(path, skip=fetched)
+        if verbose:
+            checked = "verified, " if fetches(cfg) else ""
+            print(f"[convlens] reading {cfg.dataset} from {path} ({checked}cached at {cache})", flush=True)
         data = LOADERS[cfg.dataset](path, cfg)
         data.check(f"data.path = {str(path)!r}")
         write_cache(cache, data)
