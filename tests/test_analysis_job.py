@@ -116,7 +116,7 @@ def test_analysis_is_its_own_wandb_run_one_step_per_epoch(two_runs, tmp_path, mo
     """The analysis of a tracked run: its own run (job_type analysis, the training run's group)
     that uses the checkpoint of every epoch it read, one step per epoch (W&B's slider), the
     figures under stable keys, and kNN / embedding tables with image columns."""
-    from convlens.sync import plan
+    from convlens.tracking.sync import plan
     from wandb_reader import read_run, read_tables, wait_finished
     sup = two_runs[0]
     monkeypatch.setenv("WANDB_MODE", "offline")  # the suite's default is disabled; the env wins

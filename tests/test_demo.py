@@ -41,7 +41,7 @@ def test_demo_end_to_end_at_reduced_size(ray_cluster, tmp_path, cache_dir, monke
 
 def check_wandb(root: Path, index: dict, key: str) -> None:
     """What `convlens sync` would upload of the demo: one run per job, all in group "demo"."""
-    from convlens.sync import plan
+    from convlens.tracking.sync import plan
     from wandb_reader import read_run, read_tables, wait_finished
     chosen, _ = plan(root)
     for seg in chosen:

@@ -1,5 +1,6 @@
 """The package's structure, read from the source: layers without upward imports or cycles,
-package __init__ files that import nothing, and modules a reader can take in at once."""
+package __init__ files that import nothing, modules a reader can take in at once, and W&B
+reached only through convlens.tracking's interface."""
 from __future__ import annotations
 
 import ast
@@ -14,14 +15,21 @@ PACKAGE = LIB / "convlens"
 LAYERS = [
     ["errors", "files", "progress"],  # dependency-free (progress: tqdm only)
     ["specs"],  # job schemas: pydantic and YAML only
-    ["data", "models", "checkpoint", "rundir", "restore", "faults", "tracking", "wandb_tracker", "wandb_run",
-     "wandb_jobs", "sync", "raycluster",
-     "knn"],
+    ["data", "models", "checkpoint", "rundir", "restore", "faults", "tracking", "raycluster", "knn"],
     ["training", "analysis", "probes"],
     ["sweep", "launch", "report", "bench", "demo", "dispatch"],
     ["cli"],
 ]
 MAX_LINES = 300
+TRACKING = "convlens.tracking"
+# All that the rest of the package may import from convlens.tracking (its __init__ lists them).
+TRACKING_INTERFACE = {
+    "convlens.tracking.tracker": {"open_tracker", "close_run", "wandb_run_id"},
+    "convlens.tracking.run": {"tracking_mode"},
+    "convlens.tracking.jobs": {"log_probe", "log_sweep"},
+    "convlens.tracking.media": {"log_analysis"},
+    "convlens.tracking.sync": {"sync"},
+}
 
 
 def modules() -> dict[str, Path]:
@@ -99,3 +107,94 @@ def test_package_inits_import_nothing():
 def test_module_fits_a_page(name):
     lines = len(modules()[name].read_text().splitlines())
     assert lines <= MAX_LINES, f"{name}: {lines} lines; split it by concern"
+
+
+def in_tracking(module: str) -> bool:
+    return module == TRACKING or module.startswith(TRACKING + ".")
+
+
+def is_wandb(name) -> bool:
+    return isinstance(name, str) and (name == "wandb" or name.startswith("wandb."))
+
+
+def wandb_uses(source: str) -> list[tuple[int, bool]]:
+    """(line, inside a function) of every way a source reaches wandb or a submodule of it:
+    import statements, importlib.import_module / __import__ / find_spec, and `python -m wandb`."""
+    found = []
+
+    def visit(node, in_function):
+        uses = False
+        if isinstance(node, ast.Import):
+            uses = any(is_wandb(a.name) for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            uses = node.level == 0 and is_wandb(node.module)
+        elif isinstance(node, ast.Call):
+            func = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            uses = (func in ("import_module", "__import__", "find_spec") and bool(node.args)
+                    and isinstance(node.args[0], ast.Constant) and is_wandb(node.args[0].value))
+        elif isinstance(node, (ast.List, ast.Tuple)):
+            items = [e.value if isinstance(e, ast.Constant) else None for e in node.elts]
+            uses = any(a == "-m" and is_wandb(b) for a, b in zip(items, items[1:]))
+        if uses:
+            found.append((node.lineno, in_function))
+        inner = in_function or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+        for child in ast.iter_child_nodes(node):
+            visit(child, inner)
+
+    visit(ast.parse(source), False)
+    return found
+
+
+@pytest.mark.parametrize("source, uses", [
+    ("import wandb", 1), ("import wandb.sdk as sdk", 1), ("from wandb.proto import wandb_internal_pb2", 1),
+    ("from wandb import Image", 1), ("importlib.import_module('wandb.apis')", 1), ("__import__('wandb')", 1),
+    ("subprocess.run([sys.executable, '-m', 'wandb', 'sync', path])", 1),
+    ("import wandbx", 0), ("from . import wandb", 0), ("WANDB = 'wandb'  # a folder name", 0)])
+def test_wandb_uses_finds_every_way_in(source, uses):
+    assert len(wandb_uses(source)) == uses
+
+
+def test_only_convlens_tracking_reaches_wandb():
+    """No module outside convlens.tracking imports wandb or any part of it, or runs it."""
+    outside = [f"{m}: line {line}" for m, path in modules().items() if not in_tracking(m)
+               for line, _ in wandb_uses(path.read_text())]
+    assert not outside, "W&B belongs in convlens.tracking:\n" + "\n".join(outside)
+    assert any(wandb_uses(p.read_text()) for m, p in modules().items() if in_tracking(m))
+
+
+def test_tracking_imports_wandb_only_inside_functions():
+    """Importing convlens.tracking.* never loads wandb (seconds at start-up): only a call that
+    logs does."""
+    eager = [f"{m}: line {line}" for m, path in modules().items() if in_tracking(m)
+             for line, lazy in wandb_uses(path.read_text()) if not lazy]
+    assert not eager, "\n".join(eager)
+
+
+def test_the_rest_reaches_tracking_through_its_interface():
+    """Outside convlens.tracking, imports from it name functions of TRACKING_INTERFACE, never a
+    module of it (e.g. `from convlens.tracking import run`) nor its internals (open_run, ...)."""
+    bad = []
+    for m, path in modules().items():
+        if in_tracking(m):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                bad += [f"{m}: import {a.name}" for a in node.names if in_tracking(a.name)]
+            elif isinstance(node, ast.ImportFrom) and node.module and (
+                    in_tracking(node.module) or node.module == "convlens"):
+                allowed = TRACKING_INTERFACE.get(node.module, set())
+                bad += [f"{m}: from {node.module} import {a.name}" for a in node.names
+                        if a.name not in allowed and (node.module != "convlens" or a.name == "tracking")]
+    assert not bad, "\n".join(bad)
+
+
+def test_tracking_init_maps_its_modules_and_interface():
+    """The package's docstring names each of its modules and each function of the interface."""
+    mods = modules()
+    doc = ast.get_docstring(ast.parse(mods[TRACKING].read_text()))
+    names = [f"{m.rsplit('.', 1)[1]}.py" for m in mods if m.startswith(TRACKING + ".")]
+    names += [f"{module.rsplit('.', 1)[1]}.{fn}" for module, fns in TRACKING_INTERFACE.items() for fn in fns]
+    assert not [n for n in names if n not in doc], doc
+    for module, fns in TRACKING_INTERFACE.items():
+        defined = {n.name for n in ast.parse(mods[module].read_text()).body if isinstance(n, ast.FunctionDef)}
+        assert fns <= defined, f"{module} lacks {fns - defined}"

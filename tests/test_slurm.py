@@ -119,7 +119,7 @@ def test_requeue_resumes_from_checkpoint(cluster, setup, monkeypatch):
     assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 4
     # W&B: one run id across the killed attempt, the requeued one and the driver's summary; what
     # `convlens sync` uploads is one segment of it with each epoch once, in order, and the summary
-    from convlens.sync import plan
+    from convlens.tracking.sync import plan
     from wandb_reader import read_run, wait_finished
     run_id = (run_dir / "wandb_id.txt").read_text().strip()
     segments = list((run_dir / "wandb").glob("offline-run-*"))

@@ -137,10 +137,10 @@ def test_stopped_trial_is_closed_without_reading_its_dataset(tmp_path, cache_dir
     """The driver closes an ASHA-stopped trial's W&B run with the class names its checkpoint
     recorded (what the trial logged under): it reads neither the dataset's files nor its cache."""
     from convlens import checkpoint as ckpt
-    from convlens import tracking
     from convlens.data import fashion_mnist, load
     from convlens.rundir import RunDir
     from convlens.sweep.tune_runner import close_stopped_trial
+    from convlens.tracking import tracker
     run = RunDir(tmp_path / "asha_trial_00001")
     run.path.mkdir()
     spec = tiny_spec(tmp_path, cache_dir, run.name)
@@ -152,7 +152,7 @@ def test_stopped_trial_is_closed_without_reading_its_dataset(tmp_path, cache_dir
     monkeypatch.setitem(load.LOADERS, "fashion_mnist",
                         lambda path, cfg, real=load.LOADERS["fashion_mnist"]: reads.append(path) or real(path, cfg))
     closed = []
-    monkeypatch.setattr(tracking, "close_run", lambda job, run_dir, names, **kw: closed.append((names, kw)))
+    monkeypatch.setattr(tracker, "close_run", lambda job, run_dir, names, **kw: closed.append((names, kw)))
     monkeypatch.setenv("WANDB_MODE", "offline")
     close_stopped_trial({"run_dir": str(run.path), "stop_reason": "ASHA stopped it after epoch 1"})
     assert reads == []

@@ -57,7 +57,7 @@ def assert_absent(secret: str, folders: list[Path], text: str) -> int:
 
 def synced(folder: Path) -> dict[str, RunLog]:
     """What `convlens sync` would upload under folder, read back: run id -> its one segment."""
-    from convlens.sync import plan
+    from convlens.tracking.sync import plan
     chosen, _ = plan(folder)
     for seg in chosen:
         wait_finished(seg.folder, seg.run_id)
@@ -188,7 +188,7 @@ EVERY_TRACKER_CALL = """
 import json, os, sys
 from convlens.specs.base import validate
 from convlens.specs.train import TrainJob
-from convlens.tracking import open_tracker
+from convlens.tracking.tracker import open_tracker
 job = validate(TrainJob, json.loads(sys.argv[1]))
 metrics = {"epoch": 1, "train_loss": 1.0, "val_accuracy": 0.5, "val_per_class_accuracy": [0.5]}
 tracker = open_tracker(job, job.run_dir, 0)

@@ -86,7 +86,7 @@ def cmd_submit(args):
 
 
 def cmd_sync(args):
-    from convlens.sync import sync
+    from convlens.tracking.sync import sync
     sync(args.path, dry_run=args.dry_run)
 
 

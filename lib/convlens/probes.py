@@ -20,7 +20,7 @@ from convlens.models import ResNet
 from convlens.restore import load_model_and_data
 from convlens.rundir import RunDir
 from convlens.specs.probe import ProbeJob
-from convlens.wandb_jobs import log_probe
+from convlens.tracking.jobs import log_probe
 
 
 @torch.no_grad()

@@ -130,8 +130,10 @@ def analyze(job: AnalyzeJob) -> Path:
         found, table = ray.get(similar)
         entries += found
         tables.update({similarity.NAME: table} if table else {})
-    from convlens.analysis.wandb_log import log_analysis
-    wandb_ids = log_analysis(job.name, out, entries)  # each analysed run's own analysis run
+    from convlens.analysis.tables import BUILDERS
+    from convlens.tracking.media import log_analysis
+    singles = [e for e in entries if e["method"] != compare.NAME]  # composites: W&B's step slider does that
+    wandb_ids = log_analysis(job.name, out, singles, BUILDERS)  # each analysed run's own analysis run
     index = write_index(out, job.name, chosen, methods, entries, time.time() - t0, tables, wandb_ids)
     if not job.quiet:
         print(f"[convlens] analysis {job.name}: {len(entries)} files from {len(chosen)} checkpoints x "

@@ -1,4 +1,4 @@
-"""Rows of the analysis tables W&B shows (analysis/wandb_log.py), from a method's raw arrays.
+"""Rows of the analysis tables W&B shows (tracking/media.py), from a method's raw arrays.
 
 Pure functions: arrays in, (columns, rows) out, images as uint8 arrays (H, W) or (H, W, 3).
 Each method that has a table keeps the arrays it needs in <method>.npz (RAW_KEYS).

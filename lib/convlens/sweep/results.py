@@ -102,7 +102,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 def log_sweep_run(job: SweepJob, spec: dict, rows: list[dict], best: dict | None) -> None:
     """The sweep's own W&B run (job_type sweep, in the trials' group): the trials table and the
     best configuration."""
-    from convlens.wandb_jobs import log_sweep
+    from convlens.tracking.jobs import log_sweep
     tracking = validate(TrainJob, spec).tracking
     best_config = {k: best[f"config/{k}"] for k in job.space} if best else None
     log_sweep(job.sweep_dir, job.name, job.group, tracking, rows, best_config)

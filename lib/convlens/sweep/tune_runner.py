@@ -152,7 +152,8 @@ def close_stopped_trial(row: dict) -> None:
     from convlens.checkpoint import latest_verified, read_manifest
     from convlens.specs.base import read_yaml
     from convlens.rundir import RunDir
-    from convlens.tracking import close_run, tracking_mode
+    from convlens.tracking.run import tracking_mode
+    from convlens.tracking.tracker import close_run
     run_dir = Path(row["run_dir"])
     train = validate(TrainJob, read_yaml(run_dir / RunDir.CONFIG))
     if tracking_mode(train.tracking) == "disabled":

@@ -16,7 +16,7 @@ from convlens.raycluster import check_fits, ensure_ray, forwarded_env, log_level
 from convlens.restore import load_model_and_data
 from convlens.rundir import RunDir
 from convlens.specs.train import TrainJob
-from convlens.tracking import close_run, wandb_run_id
+from convlens.tracking.tracker import close_run, wandb_run_id
 from convlens.training import curves, tasks
 from convlens.training.evaluate import evaluate
 

@@ -22,7 +22,7 @@ from convlens.errors import RunStopped
 from convlens.raycluster import log_level
 from convlens.rundir import RunDir
 from convlens.specs.train import TrainJob
-from convlens.tracking import open_tracker
+from convlens.tracking.tracker import open_tracker
 from convlens.training import resume
 from convlens.training.dist import all_gather_objects
 from convlens.training.progress import EpochProgress

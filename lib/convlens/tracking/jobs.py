@@ -4,14 +4,15 @@ Each is a run of its own (job_type analysis / probe / sweep) in the training run
 config naming the training run's W&B id, so it never writes into the training run (whose
 offline segments `convlens sync` would have to merge) and the lineage stays visible: the
 analysis and probe runs use the `model-<run id>` artifact of every checkpoint they read.
+What an analysis run logs (figures, scalars, tables) is in convlens.tracking.media.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from convlens.rundir import RunDir
-from convlens.tracking import tracking_mode
-from convlens.wandb_run import RunInfo, checkpoint_artifact, model_tag, new_run_id, open_run, run_id, run_url
+from convlens.tracking.run import (RunInfo, checkpoint_artifact, model_tag, new_run_id, open_run, run_id, run_url,
+                                   tracking_mode)
 
 
 class JobRun:

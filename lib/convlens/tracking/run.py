@@ -6,6 +6,7 @@ job. Only the job's config is sent: never the environment, where WANDB_API_KEY l
 """
 from __future__ import annotations
 
+import os
 import secrets
 import string
 from dataclasses import dataclass, field
@@ -14,6 +15,11 @@ from pathlib import Path
 from convlens.files import write_atomic
 from convlens.raycluster import verbose
 from convlens.rundir import RunDir
+
+
+def tracking_mode(cfg) -> str:
+    """online, offline or disabled: WANDB_MODE when set, else the job's tracking.mode."""
+    return os.environ.get("WANDB_MODE") or cfg.mode
 
 
 def new_run_id() -> str:

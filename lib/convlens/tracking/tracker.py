@@ -1,11 +1,15 @@
-"""The W&B tracker of a training run: one W&B run per convlens run directory, on rank 0 only.
+"""The training run's tracker: a Tracker that logs to W&B on rank 0, or does nothing.
+
+`open_tracker(job, run_dir, rank)` returns a NullTracker unless this is rank 0 and
+tracking.mode (or WANDB_MODE) is online/offline (offline is the default); else a WandbTracker:
+one W&B run per convlens run directory.
 
 The run id lives in <run_dir>/wandb_id.txt, so every start of the run (a worker retry, a rerun,
 a Slurm requeue) and the driver's closing write continue the same W&B run (resume="allow").
 Offline, each of those writes a segment of its own, and `wandb sync` does not merge segments
 of one id: a later one replaces the earlier history (wandb issue 3841). So every segment starts
 by re-logging the checkpointed history, and the driver's closing segment holds every epoch, the
-summary and the checkpoints: `convlens sync` (convlens.sync) uploads only that one.
+summary and the checkpoints: `convlens sync` (convlens.tracking.sync) uploads only that one.
 """
 from __future__ import annotations
 
@@ -13,7 +17,52 @@ import os
 from pathlib import Path
 
 from convlens.rundir import RunDir
-from convlens.wandb_run import RunInfo, checkpoint_artifact, model_tag, open_run, run_id, run_url
+from convlens.tracking.run import (RunInfo, checkpoint_artifact, model_tag, open_run, run_id, run_url,
+                                   tracking_mode)
+
+
+class NullTracker:
+    url = None
+
+    def log_epoch(self, metrics: dict, class_names: list[str]) -> None: ...
+    def log_history(self, history: list[dict], class_names: list[str]) -> None: ...
+    def log_summary(self, summary: dict) -> None: ...
+    def update_summary(self, values: dict) -> None: ...
+    def log_images(self, images: list[tuple[str, str]], key: str = "analysis") -> None: ...
+    def stop(self, reason: str, failed: bool = True) -> None: ...
+    def finish(self) -> None: ...
+
+
+def open_tracker(job, run_dir: Path, rank: int = 0):
+    mode = tracking_mode(job.tracking)
+    if rank != 0 or mode == "disabled":
+        return NullTracker()
+    return WandbTracker(job, Path(run_dir), mode)
+
+
+def close_run(job, run_dir: Path, class_names: list[str], summary: dict | None = None,
+              stop_reason: str | None = None, failed: bool = True) -> str | None:
+    """The driver's closing write of a training run: every checkpointed epoch, then the summary
+    (or why it stopped, failed or not: an ASHA stop is no failure), in one segment. Returns the
+    W&B run URL when online."""
+    tracker = open_tracker(job, run_dir, 0)
+    try:
+        tracker.log_history(RunDir(run_dir).read_metrics(), class_names)
+        if summary is not None:
+            tracker.log_summary(summary)
+        if stop_reason is not None:
+            tracker.stop(stop_reason, failed)
+        return tracker.url
+    finally:
+        tracker.finish()
+
+
+def wandb_run_id(job, run_dir: Path) -> str | None:
+    """The training run's W&B id (None when tracking is disabled)."""
+    if tracking_mode(job.tracking) == "disabled":
+        return None
+    return run_id(run_dir)
+
 
 EPOCH_METRICS = {"train_loss": "train/loss", "train_accuracy": "train/accuracy",
                  "val_loss": "val/loss", "val_accuracy": "val/accuracy", "val_error": "val/error",
@@ -40,7 +89,7 @@ def train_run_info(job, run_dir: Path) -> RunInfo:
 
 
 class WandbTracker:
-    """Tracker interface of convlens.tracking, backed by a wandb Run."""
+    """The Tracker (NullTracker's methods) backed by a wandb Run."""
 
     def __init__(self, job, run_dir: Path, mode: str):
         self.job, self.run_dir = job, Path(run_dir)

@@ -3,25 +3,29 @@
 Each checkpoint epoch is one step, so W&B's step slider walks through the epochs: every figure
 under a stable key (`<method>` or `<method>_<panel>`), each method's numbers as `<method>/<name>`
 scalars, and the W&B tables built from the raw arrays a task saved (`<method>.npz`): kNN
-retrievals with image columns, t-SNE/PCA points with thumbnails, CAM/Grad-CAM rows.
+retrievals with image columns, t-SNE/PCA points with thumbnails, CAM/Grad-CAM rows. Which
+arrays make which rows is the analysis's to say (convlens.analysis.tables.BUILDERS, passed in).
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from convlens.analysis import tables
-from convlens.analysis.compare import NAME as COMPARE
-from convlens.wandb_jobs import open_linked_run
+from convlens.tracking.jobs import open_linked_run
+
+# method -> its saved arrays -> (columns, rows); an image cell is a uint8 array
+TableBuilders = dict[str, Callable[[dict[str, np.ndarray]], tuple[list[str], list[list]]]]
 
 
-def log_analysis(name: str, out_dir: Path, entries: list[dict]) -> dict[str, str]:
-    """Run name -> W&B run id of its analysis run, for every analysed run that is tracked."""
+def log_analysis(name: str, out_dir: Path, entries: list[dict], builders: TableBuilders) -> dict[str, str]:
+    """Run name -> W&B run id of its analysis run, for every analysed run that is tracked.
+    entries: the job's index entries of single checkpoints (the caller leaves out composites)."""
     by_run: dict[Path, list[dict]] = {}
     for entry in entries:
-        if entry["method"] == COMPARE or not entry.get("checkpoint"):  # composites: the slider does that
+        if not entry.get("checkpoint"):
             continue
         by_run.setdefault(Path(entry["checkpoint"]).parent, []).append(entry)
     ids = {}
@@ -32,14 +36,14 @@ def log_analysis(name: str, out_dir: Path, entries: list[dict]) -> dict[str, str
         if job is None:
             continue
         try:
-            log_run(job, items)
+            log_run(job, items, builders)
             ids[run_dir.name] = job.id
         finally:
             job.finish()
     return ids
 
 
-def log_run(job, items: list[dict]) -> None:
+def log_run(job, items: list[dict], builders: TableBuilders) -> None:
     import wandb
     for folder in sorted({e["checkpoint"] for e in items}):
         job.use_checkpoint(Path(folder), job.info.config["train_run_id"])
@@ -53,7 +57,7 @@ def log_run(job, items: list[dict]) -> None:
                 row[path.stem] = wandb.Image(str(path), caption=f"epoch {epoch}: {e['caption']}")
             elif path.suffix == ".json":
                 row.update(scalars(e["method"], json.loads(path.read_text())["result"]))
-                row.update(method_tables(e["method"], path.with_suffix(".npz")))
+                row.update(method_tables(e["method"], path.with_suffix(".npz"), builders))
         job.log(row, step=epoch)
 
 
@@ -62,10 +66,10 @@ def scalars(method: str, result: dict) -> dict:
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def method_tables(method: str, npz: Path) -> dict:
+def method_tables(method: str, npz: Path, builders: TableBuilders) -> dict:
     """`<method>/table` for the methods that have one, from the task's saved arrays."""
     import wandb
-    build = tables.BUILDERS.get(method)
+    build = builders.get(method)
     if build is None or not npz.is_file():
         return {}
     with np.load(npz, allow_pickle=False) as raw:
