@@ -51,7 +51,7 @@ demo: setup
 # cluster.sh exits 3 where it cannot run (no root): the Slurm tests then skip with that reason.
 test: setup
 	@bash slurm/cluster.sh start || (($$? == 3))
-	$(PY) -m pytest -q -p no:cacheprovider --durations=15
+	$(PY) -m pytest -q -rs -p no:cacheprovider --durations=15
 
 clean-slurm:
 	bash slurm/cluster.sh stop
