@@ -88,3 +88,4 @@ def test_sweep_shows_one_line_per_trial_end_and_no_tune_boxes(ray_cluster, tmp_p
     # (a head and 4 rows), the epochs saved, the best trial and where the outputs are
     assert len(lines) <= 4 + 4 + 5 + 3 + 4, "\n".join(lines)
     assert any(f"of {4 * FAST['epochs']} epochs" in line for line in lines if line.startswith("[convlens] sweep"))
+    assert any(line.startswith("[convlens] 4 trials trained ") for line in lines)  # the closing lines stay

@@ -171,7 +171,8 @@ class SweepStatus(ray.tune.Callback):
         trained = trial_epochs({"epochs": v.epochs, "planned_epochs": v.planned} for v in views)[0]
         counts = Counter(self.ended.get(trial_id(t.config[TRIAL])) or trial_state(t.status, t.last_result or {})
                          for t in trials)
-        counts["pending"] = len(self.planned) - sum(counts[s] for s in COUNTED if s != "pending")  # Tune creates trials as it goes
+        # Tune creates trials as slots free up: the ones it has not created yet are pending too
+        counts["pending"] = len(self.planned) - sum(counts[s] for s in COUNTED if s != "pending")
         scored = [(v.best, tid) for tid, v in self.views.items() if v.best is not None]
         text = status_text(counts, max(scored, key=lambda s: s[0]) if scored else None)
         if self.bar is not None:
