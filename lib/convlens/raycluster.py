@@ -4,7 +4,8 @@ Ray's own chatter is hidden unless the user asks for it (`convlens --verbose`, w
 CONVLENS_VERBOSE): Ray Train's per-rank report lines through the job's LoggingConfig, the start-up
 token warning by choosing token authentication explicitly for a cluster convlens starts, and
 the preemption watcher (whose actor logs an error line at every start) through Ray Train's
-RAY_TRAIN_ENABLE_PREEMPTION_WATCHER; convlens reacts to preemption through Slurm and retries.
+RAY_TRAIN_ENABLE_PREEMPTION_WATCHER (convlens reacts to preemption through Slurm and retries), and
+Ray Tune's tables through RunConfig(verbose=0) in Tune's legacy output engine (RAY_AIR_NEW_OUTPUT=0).
 """
 from __future__ import annotations
 
@@ -41,6 +42,9 @@ def prepare_environment() -> None:
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     if not verbose():
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")  # Ray Train passes it on
+        # Tune's legacy output engine prints nothing at RunConfig(verbose=0); the new one still
+        # prints a box of the experiment's configuration and one per failed trial
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if not os.environ.get("RAY_ADDRESS"):
         os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray's default for a new cluster, chosen explicitly
     if not sys.stdout.isatty():

@@ -67,7 +67,7 @@ def rank_rows(rows: list[dict]) -> list[dict]:
 
 def write_outputs(job: SweepJob, spec: dict, rows: list[dict]) -> None:
     for row in rows:  # so trials.csv alone tells what early stopping saved
-        row["planned_epochs"] = int(row.get("config/run.epochs", spec["run"]["epochs"]))
+        row["planned_epochs"] = planned_epochs({k: row[f"config/{k}"] for k in job.space}, spec)
     write_csv(job.sweep_dir / SweepDir.TRIALS, rows)
     print(format_table(rows, list(job.space)), flush=True)
     print(f"[convlens] {epochs_line(rows)}", flush=True)
@@ -82,6 +82,11 @@ def write_outputs(job: SweepJob, spec: dict, rows: list[dict]) -> None:
     curves = {row["trial_id"]: read_curve(Path(row["run_dir"])) for row in rows}
     plot_curves(curves, best["trial_id"] if best else None, job.sweep_dir / SweepDir.CURVES, job.name)
     print(f"[convlens] sweep outputs in {job.sweep_dir}", flush=True)
+
+
+def planned_epochs(drawn: dict, spec: dict) -> int:
+    """A trial's run.epochs: its drawn value where the sweep searches it, else the base spec's."""
+    return int(drawn.get("run.epochs", spec["run"]["epochs"]))
 
 
 def epochs_line(rows: list[dict]) -> str:

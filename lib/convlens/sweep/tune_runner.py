@@ -5,20 +5,26 @@ over their indices, and each searched key a Drawn domain that Tune resolves to t
 that index, so Tune's state, trial table and result configs hold the drawn values. The sweep fits as many trials side by side as the Ray
 cluster has CPUs (and GPUs) for their Train workers, schedules them with ASHA or FIFO, and resumes
 with Tune's own state (tuner.pkl): a trial's run is named after its index, so a resumed sweep
-resumes interrupted trials from their own Train checkpoints. Outputs: results.py.
+resumes interrupted trials from their own Train checkpoints. While it runs the driver shows
+status.py's compact status; Tune's own tables and its trial-failure tracebacks only with
+`convlens --verbose`. Outputs: results.py.
 """
 from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
 
 from ray.tune.search.sample import Domain
 
 from convlens.errors import ConfigError
-from convlens.raycluster import forwarded_env
+from convlens.raycluster import forwarded_env, verbose
 from convlens.rundir import SweepDir
 from convlens.specs.base import validate
 from convlens.specs.sweep import SweepJob
 from convlens.specs.train import TrainJob
-from convlens.sweep.results import rank_rows, run_row, write_outputs
+from convlens.sweep.results import planned_epochs, rank_rows, run_row, write_outputs
 from convlens.sweep.space import draw_trials, trial_id
+from convlens.sweep.status import SweepStatus
 from convlens.sweep.trial import TRIAL, run_trial, trial_spec
 
 
@@ -38,7 +44,8 @@ def sweep(job: SweepJob, resume: bool = False) -> list[dict]:
         raise ConfigError(f"sweep {job.name} already exists in {job.sweep_dir}: "
                           f"pass --resume, or choose another name")
     job.sweep_dir.mkdir(parents=True, exist_ok=True)
-    results = build_tuner(job, spec, resume).fit()
+    with tune_logs_hidden():
+        results = build_tuner(job, spec, resume).fit()
     rows = collect_rows(job, results)
     write_outputs(job, spec, rows)
     return rows
@@ -52,19 +59,39 @@ def build_tuner(job: SweepJob, spec: dict, resume: bool):
         ray.tune.with_parameters(run_trial, spec=spec, sweep=job.name,
                                  trials_dir=str(SweepDir(job.sweep_dir).trials_dir), env=forwarded_env()),
         {"cpu": job.resources.trial_cpus})
+    trials = draw_trials(job)
+    show = dict(verbose=1 if verbose() else 0,  # Tune's boxes only when asked; trials' own lines follow run.quiet
+                callbacks=[SweepStatus(job.name, list(job.space), [planned_epochs(t, spec) for t in trials],
+                                       job.scheduler.name)])
     if resume:
-        return ray.tune.Tuner.restore(str(job.sweep_dir), trainable=trainable, resume_unfinished=True,
-                                      resume_errored=False, restart_errored=False)
+        tuner = ray.tune.Tuner.restore(str(job.sweep_dir), trainable=trainable, resume_unfinished=True,
+                                       resume_errored=False, restart_errored=False)
+        restored = tuner._local_tuner.get_run_config()  # the first start's: this one shows its own way
+        restored.verbose, restored.callbacks = show["verbose"], show["callbacks"]
+        return tuner
     sched = job.scheduler
     scheduler = asha(sched, train.run.epochs) if sched.name == "asha" else FIFOScheduler()
     return ray.tune.Tuner(
-        trainable, param_space=param_space(draw_trials(job)),
+        trainable, param_space=param_space(trials),
         tune_config=ray.tune.TuneConfig(metric=sched.metric, mode=sched.mode, scheduler=scheduler,
                                         num_samples=1, reuse_actors=False,
                                         max_concurrent_trials=concurrency(job, train)),
         run_config=ray.tune.RunConfig(name=job.name, storage_path=str(job.sweep_dir.parent),
-                                      verbose=1,  # Tune's trial table, calmly; trials' own output follows run.quiet
-                                      failure_config=ray.tune.FailureConfig(max_failures=0)))
+                                      failure_config=ray.tune.FailureConfig(max_failures=0), **show))
+
+
+@contextmanager
+def tune_logs_hidden():
+    """Tune logs a failed trial's whole traceback and a closing "Trials did not complete" at ERROR;
+    the status prints the error's line and trials.csv keeps it. `convlens --verbose` shows them."""
+    tune_logger = logging.getLogger("ray.tune")
+    level = tune_logger.level
+    if not verbose():
+        tune_logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        tune_logger.setLevel(level)
 
 
 def param_space(trials: list[dict]) -> dict:
