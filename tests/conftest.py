@@ -26,9 +26,10 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 # ---------------------------------------------------------------- what a test needs of the machine
 # A test that needs root, the local Slurm cluster, network namespaces or a browser skips with a
-# reason that starts with NEEDS where the machine lacks it (a user without root); under CI
-# (CI=true, as root) such a skip is a failure: CI must run everything.
-NEEDS = "needs "
+# reason that starts with LACKS where the machine has not got it (a user without root); under CI
+# (CI=true, as root) such a skip is a failure: CI must run everything. (A GPU is another matter:
+# CI has none, and tests/test_gpu.py skips with its own reason.)
+LACKS = "not on this machine: "
 IN_CI = os.environ.get("CI") == "true"
 SBIN = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])  # where Debian puts daemons
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -41,15 +42,15 @@ def missing_programs(*names: str) -> list[str]:
 def lacking(part: str) -> str | None:
     """Why this machine cannot give a test `part` (root, slurm, namespaces, chromium), or None."""
     if part == "chromium":
-        return None if Path(CHROMIUM).exists() else f"{NEEDS}chromium ({CHROMIUM}) to render the report"
+        return None if Path(CHROMIUM).exists() else f"{LACKS}chromium ({CHROMIUM}), to render the report"
     if os.geteuid() != 0:
-        return {"root": f"{NEEDS}root to create a user",
-                "slurm": f"{NEEDS}root to run a local Slurm cluster (slurm/cluster.sh)",
-                "namespaces": f"{NEEDS}root to make the two-node cluster's network namespaces"}[part]
+        return LACKS + {"root": "root, to create a user",
+                        "slurm": "root, to run a local Slurm cluster (slurm/cluster.sh)",
+                        "namespaces": "root, to make the two-node cluster's network namespaces"}[part]
     programs = {"root": (), "slurm": ("slurmctld", "slurmd", "munged", "sbatch"),
                 "namespaces": ("ip", "unshare", "nsenter")}[part]
     gone = missing_programs(*programs)
-    return f"{NEEDS}{' '.join(gone)} (Debian packages of the {part} part)" if gone else None
+    return f"{LACKS}{' '.join(gone)} (Debian packages of the {part} part)" if gone else None
 
 
 def require(*parts: str) -> None:
@@ -64,7 +65,7 @@ def require(*parts: str) -> None:
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    if IN_CI and report.skipped and isinstance(report.longrepr, tuple) and NEEDS in report.longrepr[2]:
+    if IN_CI and report.skipped and isinstance(report.longrepr, tuple) and LACKS in report.longrepr[2]:
         report.outcome = "failed"
         report.longrepr = f"CI=true runs every test, but this one skipped: {report.longrepr[2].removeprefix('Skipped: ')}"
 

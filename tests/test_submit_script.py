@@ -276,7 +276,7 @@ def test_node_local_interpreter_is_refused(tmp_path, monkeypatch, cache_dir):
     try:
         monkeypatch.setattr(sys, "executable", str(fake_python(folder)))
         profile = profile_from(tmp_path, REPO / "slurm/local.yaml", log_dir=str(tmp_path / "logs"),
-                               runs_root=str(tmp_path / "runs"))
+                               runs_root=str(tmp_path / "runs"), nodes_on_this_machine=False)
         spec = write_yaml(tmp_path / "tiny.yaml", tiny_spec(tmp_path / "runs", cache_dir))
         message = (f"the compute nodes would run this Python, {folder}/venv/bin/python, but /tmp is local "
                    f"to each node: set `python:` in the cluster profile to an interpreter every node has "
@@ -288,6 +288,9 @@ def test_node_local_interpreter_is_refused(tmp_path, monkeypatch, cache_dir):
         # the profile's python (or a container) is what a site sets instead
         with_python = profile_from(tmp_path, profile, "with_python.yaml", python="/shared/venv/bin/python")
         assert "/shared/venv/bin/python -u -m" in submit(with_python, "train", spec, dry_run=True)
+        # the local test cluster's nodes are this machine: its /tmp is theirs
+        here = profile_from(tmp_path, profile, "here.yaml", nodes_on_this_machine=True)
+        assert f"{folder}/venv/bin/python -u -m" in submit(here, "train", spec, dry_run=True)
     finally:
         shutil.rmtree(folder)
 

@@ -28,7 +28,7 @@ def node_command(profile: ClusterProfile, paths: list[str]) -> tuple[str, list[s
     paths: host paths the job reads or writes (job_paths), bound into a container."""
     box = profile.container
     if box is None:
-        return shlex.quote(profile.python or submitter_python()), []
+        return shlex.quote(profile.python or submitter_python(node_local_ok=profile.nodes_on_this_machine)), []
     python = shlex.quote(profile.python or "python3")
     mounts = bind_mounts(paths, box.mounts)
     if box.runtime == "apptainer":
@@ -41,14 +41,17 @@ def node_command(profile: ClusterProfile, paths: list[str]) -> tuple[str, list[s
                     f"--container-workdir={Path.cwd()}"]
 
 
-def submitter_python() -> str:
+def submitter_python(node_local_ok: bool = False) -> str:
     """sys.executable, which every node will run by this path: refused where that path is missing
-    or under a folder that is local to each node. Whether a path is shared cannot be known from
-    here: a virtualenv on a login node's own disk passes this check and fails on the nodes."""
+    or (unless node_local_ok) under a folder that is local to each node. Whether a path is shared
+    cannot be known from here: a virtualenv on a login node's own disk passes this check and fails
+    on the nodes."""
     exe = sys.executable
     if not exe or not os.access(exe, os.X_OK):
         raise ConfigError(f"cannot tell which Python the compute nodes should run (sys.executable = {exe!r}): "
                           f"set `python:` in the cluster profile, or `container:`")
+    if node_local_ok:
+        return exe
     for path in dict.fromkeys((Path(exe).absolute(), Path(exe).resolve())):  # the venv's link and its target
         local = next((d for d in node_local_dirs() if path.is_relative_to(d)), None)
         if local is not None:

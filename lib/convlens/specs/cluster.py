@@ -51,6 +51,9 @@ class ClusterProfile(Strict):
     # dependencies). None: the submitter's own, by its path, which must then be on shared storage;
     # with a container, python3 inside the image. `source .../activate` in setup does not change it.
     python: str | None = Field(None, min_length=1)
+    # The nodes run on the submitting machine (slurm/cluster.sh's test cluster): its /tmp is theirs,
+    # so the submitter's Python is not refused for lying in a node-local folder.
+    nodes_on_this_machine: bool = False
     container: Container | None = None  # None: no container, the job runs on the node's own system
     log_dir: str = "slurm_logs"  # submitit's folder, one sub-folder per job id; must be shared storage
     runs_root: str | None = None  # shared storage for run outputs; overrides run.root of the spec
