@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from conftest import assert_nothing_lost, committed_epochs, inject, read_attempts, tiny_spec
+from test_sweep_status import assert_compact_status
 from convlens.errors import ConfigError
 from convlens.specs.load import load_job
 from convlens.specs.train import TrainJob
@@ -91,8 +92,10 @@ def test_asha_sweep_stops_weak_trials_and_writes_best_job(ray_cluster, other_ray
                        run={"steps_per_epoch": 50}, data={"train_subset": 4000})
     job = load_job(path, [], "sweep")
     rows = sweep(job)
+    out = capsys.readouterr()
     trials = read_trials(job.sweep_dir)
     assert len(trials) == len(rows) == 4
+    assert_compact_status((out.out + out.err).splitlines(), {r["trial_id"]: r for r in trials}, FAST["epochs"])
     assert {r["status"] for r in trials} <= {"completed", "early_stopped"}
     stopped = [r for r in trials if r["status"] == "early_stopped"]
     # ASHA decides on the epoch Tune saw; the nested Train run may write one more before it dies.
@@ -102,8 +105,7 @@ def test_asha_sweep_stops_weak_trials_and_writes_best_job(ray_cluster, other_ray
     assert all(r["test_accuracy"] == "" and int(r["epochs"]) <= FAST["epochs"] for r in stopped), trials
     trained = sum(int(r["epochs"]) for r in trials)
     assert [r["planned_epochs"] for r in trials] == [str(FAST["epochs"])] * 4  # for the report's line
-    assert (f"4 trials trained {trained} of 12 epochs; early stopping saved {12 - trained} "
-            in capsys.readouterr().out)
+    assert f"4 trials trained {trained} of 12 epochs; early stopping saved {12 - trained} " in out.out
     best = [r for r in trials if r["best"] == "True"]
     assert len(best) == 1 and best[0]["status"] == "completed" and float(best[0]["test_accuracy"]) > 0
     assert float(best[0]["config/optim.lr"]) in (0.1, 0.05)
