@@ -88,8 +88,10 @@ def sweep_outcome(trials: Path, name: str, group: str | None) -> str:
 
 
 def show(tails: list[LogTail]) -> None:
+    """The new lines of rank 0's logs: its own, or every line with --verbose."""
+    from convlens.raycluster import verbose
     for tail in tails:
-        for line in filter(None, map(own_line, tail.lines())):
+        for line in tail.lines() if verbose() else filter(None, map(own_line, tail.lines())):
             print(line, flush=True)
 
 
@@ -124,11 +126,24 @@ def follow(sjob, timeout: float | None = None, poll_s: float = 1.0, again: str =
         print(f"\n[convlens] stopped following; job {sjob.job_id} goes on. Follow it again with: "
               f"{again or f'convlens follow {sjob.job_id}'}", file=sys.stderr, flush=True)
         raise
+    final_state(sjob.job_id, last)
     if not sjob.paths.result_pickle.exists():
         raise JobFailed(f"slurm job {sjob.job_id} ended {last} without a result; its log: {sjob.paths.stdout}")
     code = finish(sjob)  # raises JobFailed with the job's error
     print(f"[convlens] job {sjob.job_id} done: {outcome(kind, spec)}", flush=True)
     return code
+
+
+def final_state(job_id: str, last: str, wait_s: float = 5.0) -> None:
+    """The job's last state change (COMPLETED, say), which slurmctld records a moment after the result."""
+    from convlens.launch.slurm import TERMINAL, slurm_state
+    deadline = time.time() + wait_s
+    state = last
+    while state not in TERMINAL and state != "GONE" and time.time() < deadline:
+        time.sleep(0.5)
+        state = slurm_state(job_id)
+    if state != last and state != "GONE":
+        print(f"[convlens] job {job_id}: {state}", flush=True)
 
 
 def follow_id(cluster_yaml: str, job_id: str, timeout: float | None = None) -> int:

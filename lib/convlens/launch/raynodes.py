@@ -186,7 +186,7 @@ def start_head(ip: str, port: int, alloc: Allocation, timeout: float, tries: int
         try:
             wait_port(ip, port, timeout, proc, log)
             ray.init(address=f"{ip}:{port}", logging_level=log_level())
-            print(f"[convlens] Ray head at {ip}:{port} ({alloc.describe()}); `ray start`'s own output: {log}",
+            print(f"[convlens] Ray head at {ip}:{port}: {alloc.describe()}; `ray start`'s own output: {log}",
                   flush=True)
             return proc
         except (RuntimeError, ConnectionError) as err:
@@ -220,7 +220,7 @@ def worker_node(name: str, ip: str, head: str, alloc: Allocation, done_file: Pat
         wait_port(host, int(port), timeout)
         log = ray_log_path(name)
         proc = start_ray(worker_command(ip, head, alloc), head, log)
-        print(f"[convlens] {name} ({ip}) joining Ray head {head} ({alloc.describe()}); `ray start`'s own "
+        print(f"[convlens] {name} ({ip}) joining Ray head {head}: {alloc.describe()}; `ray start`'s own "
               f"output: {log}", flush=True)
         try:
             while not done_file.exists() and proc.poll() is None:
