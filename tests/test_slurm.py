@@ -240,10 +240,12 @@ def test_ray_sized_to_the_allocation():
                                      f"--object-store-memory={store}"]
     assert ray_init_kwargs(alloc) == {"num_cpus": 3, "num_gpus": 2, "_memory": memory, "object_store_memory": store}
     assert "3 CPUs, 2 GPUs, mem_gb 4.0" in alloc.describe()
-    per_cpu = {"SLURM_JOB_ID": "7", "SLURM_CPUS_ON_NODE": "2", "SLURM_MEM_PER_CPU": "1024", "CUDA_VISIBLE_DEVICES": "0,1"}
+    per_cpu = {"SLURM_JOB_ID": "7", "SLURM_CPUS_ON_NODE": "2", "SLURM_MEM_PER_CPU": "1024",
+               "CUDA_VISIBLE_DEVICES": "0,1"}
     assert granted(8, 0, per_cpu) == Allocation(2, 2, 2048 * 2**20)
     assert granted(4, 1, {}) == Allocation(4, 1, None)  # outside Slurm: the profile's request, Ray's memory default
-    assert granted(4, 1, {}).ray_memory() is None and ray_start_args(granted(4, 1, {})) == ["--num-cpus=4", "--num-gpus=1"]
+    outside = granted(4, 1, {})
+    assert outside.ray_memory() is None and ray_start_args(outside) == ["--num-cpus=4", "--num-gpus=1"]
 
 
 def test_follow_reads_own_lines_and_the_outcome_from_the_run(tmp_path):

@@ -106,7 +106,8 @@ def with_address(head: str) -> dict:
     return {**os.environ, "RAY_ADDRESS": head}
 
 
-def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None,
+              log: Path | None = None) -> None:
     """Until host:port accepts connections; fails early if proc (our `ray start`, writing to log) has exited."""
     deadline = time.time() + timeout
     while time.time() < deadline:

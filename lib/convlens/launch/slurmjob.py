@@ -96,7 +96,7 @@ def run_single_node(job, alloc: Allocation, hostname: str) -> int:
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     started = time.time()
     # address="local": a new instance even if a `ray start` on this node left its address behind;
-    # the node's address given, so Ray does not probe 8.8.8.8 for it (and warn on a node without internet)
+    # the node's address given, as `ray start --node-ip-address` is for several nodes
     ip = node_ip(hostname)
     ray.init(address="local", logging_level=log_level(), **({"_node_ip_address": ip} if ip else {}),
              **ray_init_kwargs(alloc))
