@@ -70,7 +70,7 @@ def outcome(kind: str, spec_path: str) -> str:
     if kind == "sweep":
         return sweep_outcome(job.sweep_dir / "trials.csv", job.name, group)
     where = getattr(job, "out", None) or getattr(job, "root", None)
-    return f"{kind} {getattr(job, 'name', '')}: outputs in {where}; W&B group {group}"
+    return f"{kind} {getattr(job, 'name', '')}: outputs in {where}" + (f"; W&B group {group}" if group else "")
 
 
 def sweep_outcome(trials: Path, name: str, group: str | None) -> str:
