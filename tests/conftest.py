@@ -6,6 +6,9 @@ import contextlib
 import http.server
 import json
 import os
+import re
+import subprocess
+import sys
 import shutil
 import threading
 import time
@@ -261,3 +264,41 @@ def steps_per_epoch(job) -> int:
     n = job.data.train_subset
     steps = (n - round(n * job.data.val_fraction)) // job.data.batch_size
     return min(steps, job.run.steps_per_epoch or steps)
+
+
+# ---------------------------------------------------------------- followed Slurm jobs (test_slurm, test_multinode)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EPOCH = re.compile(r"\[convlens\] (\S+) epoch (\d+)/(\d+): train loss")
+
+
+def assert_calm_log(log: str, name: str, epochs: int) -> None:
+    """Rank 0's log as issue 27 asks: no colour codes, no `ray start` banner or Ray advice, none of
+    the warnings of a node without internet, every epoch line once and before the summary line."""
+    for noise in ("\x1b[", "ray stop", "8.8.8.8", "[repeated", "hostname of the client socket"):
+        assert noise not in log, noise
+    lines = log.splitlines()
+    epoch_lines = [i for i, line in enumerate(lines) if EPOCH.search(line) and f"] {name} epoch" in line]
+    assert [EPOCH.search(lines[i]).group(2) for i in epoch_lines] == [str(e) for e in range(1, epochs + 1)], lines
+    summary = [i for i, line in enumerate(lines) if line.startswith(f"[convlens] {name}: best epoch")]
+    assert len(summary) == 1 and epoch_lines[-1] < summary[0], lines
+
+
+def submit_cli(profile: Path, spec: Path, *extra: str, timeout: float = 400) -> subprocess.CompletedProcess:
+    """`convlens submit --wait` as a user runs it: its transcript and exit status."""
+    return subprocess.run([sys.executable, "-m", "convlens.cli", "submit", "--cluster", str(profile), "--wait",
+                           *extra, "train", str(spec)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "lib")})
+
+
+def assert_followed(transcript: str, name: str, epochs: int) -> str:
+    """The --wait transcript: state changes, rank 0's progress and epoch lines, the outcome; returns the job id."""
+    job_id = re.search(r"submitted slurm job (\d+)", transcript).group(1)
+    assert f"[convlens] job {job_id}: RUNNING" in transcript
+    assert re.search(rf"\[convlens\] {name} epoch 1/{epochs}: +\d+% \(", transcript)  # a progress line
+    assert [m.group(2) for m in EPOCH.finditer(transcript)] == [str(e) for e in range(1, epochs + 1)]
+    assert all(line.startswith(("[convlens]", "  ")) for line in transcript.splitlines()), transcript  # not Ray's
+    last = transcript.rstrip("\n").splitlines()[-1]
+    assert re.fullmatch(rf"\[convlens\] job {job_id} done: {name}: best val acc 0\.\d{{4}} at epoch \d, test acc "
+                        rf"0\.\d{{4}}; run \S+/{name}; W&B group train-{name}", last), last
+    return job_id

@@ -29,7 +29,7 @@ def test_version(capsys):
 
 
 @pytest.mark.parametrize("command", ["train", "sweep", "analyze", "probe", "demo", "bench", "show", "report",
-                                     "submit", "sync", "fetch-data"])
+                                     "submit", "follow", "sync", "fetch-data"])
 def test_every_subcommand_helps_with_a_paragraph_and_an_example(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import (assert_nothing_lost, committed_epochs, read_attempts, read_metrics, reordering_tolerance,
+from conftest import (assert_calm_log, assert_followed, assert_nothing_lost, submit_cli, committed_epochs, read_attempts, read_metrics, reordering_tolerance,
                       require, steps_per_epoch, tiny_spec)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,15 +86,15 @@ def assert_nodes_clean(timeout: float = 30) -> None:
 @pytest.fixture(scope="module")
 def ddp_run(nodes, work) -> tuple[Path, float, str]:
     """A train job on 2 nodes x 1 worker (3 epochs, every checkpoint kept): its run dir, wall seconds, and driver log."""
-    from convlens.launch.slurm import submit
     profile, spec, runs = work
     start = time.time()
-    job = submit(profile, "train", spec("ddp2", run={"workers": 2, "epochs": 3, "keep_last": 3}, **DDP))
-    from convlens.launch.slurm import wait_for
-    assert wait_for(job, timeout=600) == 0
+    done = submit_cli(profile, spec("ddp2", run={"workers": 2, "epochs": 3, "keep_last": 3, "quiet": False}, **DDP),
+                      timeout=600)
     seconds = time.time() - start
-    print(f"\n[test_multinode] 2-node DDP job (submit to result): {seconds:.1f} s")
-    return runs / "ddp2", seconds, Path(job.paths.stdout).read_text()
+    print(f"\n[test_multinode] 2-node DDP job (submit --wait to its outcome): {seconds:.1f} s\n{done.stdout}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    job_id = assert_followed(done.stdout, "ddp2", 3)
+    return runs / "ddp2", seconds, (profile.parent / f"logs/{job_id}/{job_id}_0_log.out").read_text()
 
 
 def test_ddp_across_two_nodes_matches_one_node(nodes, ddp_run, uninterrupted):
@@ -107,6 +107,11 @@ def test_ddp_across_two_nodes_matches_one_node(nodes, ddp_run, uninterrupted):
     assert sorted(n["address"] for n in attempt["nodes"]) == sorted(nodes.values())  # two distinct nodes
     assert sorted(n["host"] for n in attempt["nodes"]) == ["node1", "node2"]
     assert "Ray cluster up: 2 nodes" in log
+    assert_calm_log(log, "ddp2", 3)
+    print(f"[test_multinode] rank 0's log: {len(log.splitlines())} lines")
+    up = next(line for line in log.splitlines() if "Ray cluster up" in line)
+    node_mb = int(subprocess.run(["sinfo", "-h", "-N", "-o", "%m"], capture_output=True, text=True).stdout.split()[0])
+    assert "2 CPUs" in up and "each node as granted: 1 CPUs, 0 GPUs, mem_gb 4.0 " in up and 4 * 1024 < node_mb, up
     reference = read_metrics(uninterrupted(run={"workers": 2, "epochs": 3}, **DDP))
     ours = read_metrics(run_dir)
     assert [m["epoch"] for m in ours] == [1, 2, 3]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import read_attempts, require, tiny_spec
+from conftest import assert_calm_log, assert_followed, read_attempts, require, submit_cli, tiny_spec
 from convlens.checkpoint import checkpoint_epoch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,6 +136,7 @@ def test_two_node_script_and_multinode_bootstrap(cluster, setup, tmp_path):
     """The batch script and Ray commands of a 4-node GPU profile, then the head+workers bootstrap
     path for real on one node (two real nodes: tests/test_multinode.py)."""
     from convlens.launch import raynodes
+    from convlens.launch.allocation import Allocation
     from convlens.specs.cluster import load_profile
     from convlens.launch.sbatch import sbatch_script
     from convlens.launch.slurm import submit
@@ -151,15 +152,20 @@ def test_two_node_script_and_multinode_bootstrap(cluster, setup, tmp_path):
 
     port = raynodes.ray_port("12345")
     assert raynodes.ray_port("12345_3") == port and 20000 <= port < 30000
-    head = raynodes.head_command("10.0.0.1", port, 32, 4)
-    worker = raynodes.worker_command("10.0.0.2", f"10.0.0.1:{port}", 32, 4)
+    alloc = Allocation(32, 4, 256 * 2**30)
+    head = raynodes.head_command("10.0.0.1", port, alloc)
+    worker = raynodes.worker_command("10.0.0.2", f"10.0.0.1:{port}", alloc)
     assert "--head" in head and f"--port={port}" in head and "--num-gpus=4" in head
+    assert "--log-color=false" in head and any(a.startswith("--object-store-memory=") for a in worker)
     assert f"--address=10.0.0.1:{port}" in worker and "--head" not in worker
 
     assert submit(profile, "train", spec("slurm_multi"), wait=True, timeout=240, multinode=True) == 0
     assert json.loads((runs / "slurm_multi/summary.json").read_text())["epochs"] == 2
     log_file = next((tmp_path / "logs").glob("*/*_0_log.out"))
-    assert "Ray cluster up: 1 nodes" in log_file.read_text()
+    log = log_file.read_text()
+    assert "Ray cluster up: 1 node in" in log and "each node as granted: 2 CPUs, 0 GPUs, mem_gb 4.0" in log
+    assert "ray stop" not in log and "\x1b[" not in log and "Ray runtime started" not in log  # the banner: in its file
+    assert "Ray runtime started" in (log_file.parent / "ray_start_head.log").read_text()
     # our `ray start` must not become the node's default cluster for other ray.init() calls
     shared = Path("/tmp/ray/ray_current_cluster")
     job_port = raynodes.ray_port(log_file.parent.name)
@@ -218,3 +224,87 @@ def test_array_sweep_runs_one_task_per_trial(cluster, setup, tmp_path, capsys):
     assert main(["sweep", str(path), f"root={runs}", "--collect"]) == 0
     with open(sweep_dir / "trials.csv") as f:
         assert list(csv.DictReader(f)) == trials
+
+
+# ---------------------------------------------------------------- a followed job, a calm log, a sized Ray
+
+def test_ray_sized_to_the_allocation():
+    """Ray's CPUs, GPUs and memory come from Slurm's variables; memory + object store fit the grant."""
+    from convlens.launch.allocation import Allocation, granted, ray_init_kwargs, ray_start_args
+    job = {"SLURM_JOB_ID": "7", "SLURM_CPUS_ON_NODE": "3", "SLURM_MEM_PER_NODE": "4096", "SLURM_GPUS_ON_NODE": "2"}
+    alloc = granted(cpus=32, gpus=4, env=job)
+    assert alloc == Allocation(3, 2, 4096 * 2**20)
+    memory, store = alloc.ray_memory()
+    assert memory + store <= alloc.mem_bytes and store >= 75 * 2**20 and memory > store
+    assert ray_start_args(alloc) == ["--num-cpus=3", "--num-gpus=2", f"--memory={memory}",
+                                     f"--object-store-memory={store}"]
+    assert ray_init_kwargs(alloc) == {"num_cpus": 3, "num_gpus": 2, "_memory": memory, "object_store_memory": store}
+    assert "3 CPUs, 2 GPUs, mem_gb 4.0" in alloc.describe()
+    per_cpu = {"SLURM_JOB_ID": "7", "SLURM_CPUS_ON_NODE": "2", "SLURM_MEM_PER_CPU": "1024",
+               "CUDA_VISIBLE_DEVICES": "0,1"}
+    assert granted(8, 0, per_cpu) == Allocation(2, 2, 2048 * 2**20)
+    assert granted(4, 1, {}) == Allocation(4, 1, None)  # outside Slurm: the profile's request, Ray's memory default
+    outside = granted(4, 1, {})
+    assert outside.ray_memory() is None and ray_start_args(outside) == ["--num-cpus=4", "--num-gpus=1"]
+
+
+def test_follow_reads_own_lines_and_the_outcome_from_the_run(tmp_path):
+    from convlens.launch.follow import LogTail, own_line, sweep_outcome
+    assert own_line("(RayTrainWorker pid=12, ip=10.77.0.12) [convlens] r epoch 1/2: 50% (3/6 steps)") == \
+        "[convlens] r epoch 1/2: 50% (3/6 steps)"
+    for noise in ("2026-12-06 02:45:54,398\tINFO usage_lib.py:448 -- Usage stats collection is disabled.",
+                  "submitit INFO (2026-12-06 02:45:50,714) - Loading pickle", "(pid=3) [W socket.cpp:207] [c10d]"):
+        assert own_line(noise) is None
+    log = tmp_path / "log.out"
+    tail = LogTail(log)
+    assert tail.lines() == []
+    log.write_text("[convlens] a\n[convlens] b")  # b still being written
+    assert tail.lines() == ["[convlens] a"]
+    with open(log, "a") as f:
+        f.write(" done\n")
+    assert tail.lines() == ["[convlens] b done"] and tail.lines() == []
+    trials = tmp_path / "sw" / "trials.csv"
+    trials.parent.mkdir()
+    trials.write_text("trial_id,config/optim.lr,status,best_epoch,best_val_accuracy,test_accuracy,run_dir,best\n"
+                      "00001,0.1,completed,2,0.81,0.8,/r/t1,True\n00000,0.05,completed,2,0.7,0.69,/r/t0,False\n")
+    assert sweep_outcome(trials, "sw", "g") == ("sweep sw: best trial 00001 (optim.lr=0.1): val acc 0.8100 at epoch 2, "
+                                                f"test acc 0.8000; run /r/t1; sweep {trials.parent}; W&B group g")
+
+
+def test_followed_job_ends_with_its_outcome_in_a_calm_log(cluster, setup, tmp_path, capsys, monkeypatch):
+    """One node, 2 GiB of the node's 24: `submit --wait` shows the job's states, rank 0's lines and
+    the outcome, exit 0; the job's Ray has the granted CPUs and memory, and its log is calm.
+    `convlens follow` of the ended job gives the outcome again; Ctrl-C says how to follow again."""
+    from convlens.launch import follow
+    profile, spec, runs = setup
+    small = yaml.safe_load(profile.read_text())
+    small["mem_gb"] = 2
+    profile = write_yaml(profile, small)
+    start = time.time()
+    done = submit_cli(profile, spec("calm1", run={"quiet": False}))
+    with capsys.disabled():
+        print(f"\n[test_slurm] followed one-node job: {time.time() - start:.1f} s\n{done.stdout}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    job_id = assert_followed(done.stdout, "calm1", 2)
+    log = (tmp_path / f"logs/{job_id}/{job_id}_0_log.out").read_text()
+    assert_calm_log(log, "calm1", 2)
+    up = next(line for line in log.splitlines() if "Ray cluster up" in line)
+    node_mb = int(subprocess.run(["sinfo", "-h", "-o", "%m"], capture_output=True, text=True).stdout.split()[0])
+    mem_gb = float(re.search(r"mem_gb ([\d.]+)", up).group(1))
+    assert "1 node in" in up and "2 CPUs" in up and mem_gb == 2.0 < node_mb / 1024, up
+    memory, store = (float(x) for x in re.search(r"memory ([\d.e+]+) \+ object store ([\d.e+]+)", up).groups())
+    assert memory + store <= 2 * 2**30, up
+
+    from convlens.cli import main
+    capsys.readouterr()
+    assert main(["follow", job_id, "--cluster", str(profile)]) == 0  # an ended job: its outcome at once
+    assert capsys.readouterr().out.splitlines()[-1] == done.stdout.splitlines()[-1]
+
+    def interrupted(job_id):
+        raise KeyboardInterrupt
+    import convlens.launch.slurm as slurm
+    monkeypatch.setattr(slurm, "slurm_state", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        follow.follow_id(str(profile), job_id)
+    assert f"stopped following; job {job_id} goes on. Follow it again with: convlens follow {job_id} --cluster " \
+        f"{profile}" in capsys.readouterr().err

@@ -85,6 +85,11 @@ def cmd_submit(args):
                   dry_run=args.dry_run)
 
 
+def cmd_follow(args):
+    from convlens.launch.follow import follow_id
+    return follow_id(args.cluster, args.job_id)
+
+
 def cmd_sync(args):
     from convlens.tracking.sync import sync
     sync(args.path, dry_run=args.dry_run)
@@ -162,6 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("kind", choices=["train", "sweep", "analyze", "demo"])
     job_arguments(s)
     s.set_defaults(func=cmd_submit)
+    f = add_command(sub, "follow", "follow a submitted Slurm job to its end",
+                    "Follow a job `convlens submit` queued: its state changes, rank 0's progress and epoch lines "
+                    "as they are written, and one line of its outcome from the run's files; exits 0 or 1 as the "
+                    "job did. Ctrl-C stops following, not the job.",
+                    "convlens follow 1234 --cluster slurm/local.yaml")
+    f.add_argument("job_id", help="the Slurm job id submit printed")
+    f.add_argument("--cluster", default="slurm/local.yaml", help="the cluster profile it was submitted with")
+    f.set_defaults(func=cmd_follow)
     return p
 
 

@@ -18,7 +18,7 @@ VERBOSE = "CONVLENS_VERBOSE"
 # Settings from the user's shell that every Ray worker, Tune trial and analysis task must see;
 # the API key stays in the cluster's own environment so Ray never stores it.
 FORWARDED_ENV = ("WANDB_MODE", "WANDB_BASE_URL", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_DIR",
-                 "CONVLENS_FAULTS", "CONVLENS_DATA", "CONVLENS_DATA_MIRROR", VERBOSE)
+                 "CONVLENS_FAULTS", "CONVLENS_DATA", "CONVLENS_DATA_MIRROR", VERBOSE, "TORCH_CPP_LOG_LEVEL")
 
 
 def forwarded_env() -> dict[str, str]:
@@ -47,8 +47,15 @@ def prepare_environment() -> None:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if not os.environ.get("RAY_ADDRESS"):
         os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray's default for a new cluster, chosen explicitly
+    if not verbose():
+        # c10d's "hostname of the client socket cannot be retrieved" (a node whose name has no
+        # reverse DNS entry) and other PyTorch C++ warnings: TORCH_CPP_LOG_LEVEL, torch.distributed's docs
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     if not sys.stdout.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no colour codes in log files
+        # every line once, as written: Ray's dedup merges lines that differ only in their numbers
+        # (one rank's progress lines) into "[repeated Nx across cluster]"
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
 def ensure_ray(quiet: bool = False, address: str | None = None) -> None:
@@ -107,3 +114,32 @@ def check_fits(run) -> None:
             field = "cpus_per_worker" if kind == "CPU" else "gpus_per_worker"
             raise ConfigError(f"run.workers = {run.workers} x run.{field} = {each:g} needs {need:g} {kind}s, "
                               f"but the Ray cluster has {have:g}")
+
+
+class WorkerLine:
+    """Waits for a line containing `text` in the worker output Ray forwards to this driver, so that
+    what the driver prints next comes after it in the log (the forwarding is asynchronous: a run's
+    summary line would otherwise come before its last epoch line). Use as a context manager around
+    the work that prints the line, then `wait()`."""
+
+    NAME = "convlens_worker_line"
+
+    def __init__(self, text: str):
+        import threading
+        self.text, self.seen = text, threading.Event()
+
+    def __enter__(self):
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+        dispatcher.add_handler(self.NAME, self.handle)  # after Ray's printer: called once it is printed
+        return self
+
+    def handle(self, data: dict) -> None:
+        if any(self.text in line for line in data.get("lines", ())):
+            self.seen.set()
+
+    def wait(self, timeout: float = 10.0) -> bool:
+        return self.seen.wait(timeout)
+
+    def __exit__(self, *exc):
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+        dispatcher.remove_handler(self.NAME)

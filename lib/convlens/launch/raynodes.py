@@ -22,6 +22,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from convlens.launch.allocation import Allocation, cluster_line, ray_start_args
+
 
 def use_token_auth() -> None:
     """Head, workers and driver must agree on auth: token mode, with the token that the head
@@ -41,8 +43,9 @@ def ray_bin() -> str:
     return str(beside) if beside.is_file() else shutil.which("ray") or str(beside)
 
 
-def common_args(cpus: int, gpus: int) -> list[str]:
-    return [f"--num-cpus={cpus}", f"--num-gpus={gpus}", "--disable-usage-stats", "--block"]
+def common_args(alloc: Allocation) -> list[str]:
+    # record style without colour: the job log is a file, and its banner goes to ray_log_path anyway
+    return [*ray_start_args(alloc), "--disable-usage-stats", "--log-style=record", "--log-color=false", "--block"]
 
 
 def temp_dir(port: int) -> str:
@@ -51,17 +54,49 @@ def temp_dir(port: int) -> str:
     return f"/tmp/convlens-ray-{port}"
 
 
-def head_command(ip: str, port: int, cpus: int, gpus: int) -> list[str]:
+def head_command(ip: str, port: int, alloc: Allocation) -> list[str]:
     """`ray start --head` on ports derived from `port` (port..port+3)."""
     return [ray_bin(), "start", "--head", f"--node-ip-address={ip}", f"--port={port}",
             f"--temp-dir={temp_dir(port)}",
             f"--dashboard-agent-listen-port={port + 1}", f"--dashboard-agent-grpc-port={port + 2}",
             f"--dashboard-port={port + 3}",
-            *common_args(cpus, gpus)]
+            *common_args(alloc)]
 
 
-def worker_command(ip: str, head: str, cpus: int, gpus: int) -> list[str]:
-    return [ray_bin(), "start", f"--address={head}", f"--node-ip-address={ip}", *common_args(cpus, gpus)]
+def worker_command(ip: str, head: str, alloc: Allocation) -> list[str]:
+    # A temp dir of the node's own: where nodes share /tmp (the test cluster's namespaces), two
+    # log monitors would otherwise both forward this node's worker output, every line twice.
+    port = int(head.rsplit(":", 1)[1])
+    return [ray_bin(), "start", f"--address={head}", f"--node-ip-address={ip}", f"--temp-dir={temp_dir(port)}-{ip}",
+            *common_args(alloc)]
+
+
+def ray_log_path(name: str) -> Path:
+    """Where a `ray start` of this job writes its own output: its banner (advice to run `ray stop`,
+    which would stop every Ray on a shared node) and the IP probe's warning of a node without
+    internet. The job's folder on shared storage, beside its Slurm logs."""
+    return Path(os.environ.get("CONVLENS_SLURM_FOLDER", ".")) / f"ray_start_{name}.log"
+
+
+def start_ray(command: list[str], head: str, log: Path) -> subprocess.Popen:
+    """Run `ray start ... --block`; its output goes to log, or to the job log with --verbose."""
+    from convlens.raycluster import verbose
+    out = None
+    if not verbose():
+        log.parent.mkdir(parents=True, exist_ok=True)
+        out = open(log, "ab")  # noqa: SIM115 - the child holds it; closed here right after the fork
+    try:
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT if out else None, env=with_address(head))
+    finally:
+        if out:
+            out.close()
+
+
+def log_tail(log: Path, lines: int = 15) -> str:
+    if not log.is_file():
+        return ""
+    return f"\n--- last lines of {log}:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
 def with_address(head: str) -> dict:
@@ -71,12 +106,14 @@ def with_address(head: str) -> dict:
     return {**os.environ, "RAY_ADDRESS": head}
 
 
-def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
-    """Until host:port accepts connections; fails early if proc (our `ray start`) has exited."""
+def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None,
+              log: Path | None = None) -> None:
+    """Until host:port accepts connections; fails early if proc (our `ray start`, writing to log) has exited."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"`{' '.join(proc.args)}` exited with status {proc.returncode}")
+            raise RuntimeError(f"`{' '.join(proc.args)}` exited with status {proc.returncode}"
+                               f"{log_tail(log) if log else ''}")
         try:
             socket.create_connection((host, port), timeout=2).close()
             return
@@ -85,15 +122,14 @@ def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen | Non
     raise TimeoutError(f"Ray head {host}:{port} not reachable after {timeout:.0f} s")
 
 
-def wait_nodes(n: int, timeout: float, started: float) -> None:
+def wait_nodes(n: int, timeout: float, started: float, alloc: Allocation) -> None:
     """Block until n raylets are alive in the connected cluster (started: when the head was)."""
     import ray
     deadline = time.time() + timeout
     while True:
         alive = sum(node["Alive"] for node in ray.nodes())
         if alive >= n:
-            print(f"[convlens] Ray cluster up: {alive} nodes in {time.time() - started:.1f} s, "
-                  f"{ray.cluster_resources()}", flush=True)
+            print(cluster_line(alive, time.time() - started, ray.cluster_resources(), alloc), flush=True)
             return
         if time.time() > deadline:
             raise TimeoutError(f"only {alive} of {n} Ray nodes joined after {timeout:.0f} s")
@@ -122,14 +158,14 @@ def stop_tree(proc: subprocess.Popen) -> None:
 
 
 @contextmanager
-def head_node(ip: str, port: int, nodes: int, cpus: int, gpus: int, timeout: float = 300):
+def head_node(ip: str, port: int, nodes: int, alloc: Allocation, timeout: float = 300):
     """Start the head, connect this process as the driver, wait for all nodes; tear down after."""
     import ray
     use_token_auth()
     started = time.time()
-    proc = start_head(ip, port, cpus, gpus, timeout)
+    proc = start_head(ip, port, alloc, timeout)
     try:
-        wait_nodes(nodes, timeout, started)
+        wait_nodes(nodes, timeout, started, alloc)
         yield f"{ip}:{port}"
     finally:
         if ray.is_initialized():
@@ -139,17 +175,20 @@ def head_node(ip: str, port: int, nodes: int, cpus: int, gpus: int, timeout: flo
         stop_tree(proc)
 
 
-def start_head(ip: str, port: int, cpus: int, gpus: int, timeout: float, tries: int = 3) -> subprocess.Popen:
+def start_head(ip: str, port: int, alloc: Allocation, timeout: float, tries: int = 3) -> subprocess.Popen:
     """`ray start --head`, and this process connected to it as the driver. Ray gives its raylet a
     fixed 30 s to register, which an overloaded node can miss; the head is then started again."""
     import ray
+    from convlens.raycluster import log_level
     os.environ["RAY_ADDRESS"] = f"{ip}:{port}"
+    log = ray_log_path("head")
     for attempt in range(1, tries + 1):
-        proc = subprocess.Popen(head_command(ip, port, cpus, gpus), stdin=subprocess.DEVNULL,
-                                env=with_address(f"{ip}:{port}"))
+        proc = start_ray(head_command(ip, port, alloc), f"{ip}:{port}", log)
         try:
-            wait_port(ip, port, timeout, proc)
-            ray.init(address=f"{ip}:{port}")
+            wait_port(ip, port, timeout, proc, log)
+            ray.init(address=f"{ip}:{port}", logging_level=log_level())
+            print(f"[convlens] Ray head at {ip}:{port}: {alloc.describe()}; `ray start`'s own output: {log}",
+                  flush=True)
             return proc
         except (RuntimeError, ConnectionError) as err:
             ray.shutdown()
@@ -171,7 +210,7 @@ def wait_port_free(host: str, port: int, timeout: float = 30) -> None:
         time.sleep(1)
 
 
-def worker_node(name: str, ip: str, head: str, cpus: int, gpus: int, done_file: Path, rejoins: int = 2,
+def worker_node(name: str, ip: str, head: str, alloc: Allocation, done_file: Path, rejoins: int = 2,
                 timeout: float = 300) -> None:
     """Join the head and stay until the driver writes done_file, then stop. If this node's Ray
     dies before that (a killed raylet), start it again and rejoin, up to `rejoins` times, so
@@ -180,8 +219,10 @@ def worker_node(name: str, ip: str, head: str, cpus: int, gpus: int, done_file: 
     host, port = head.rsplit(":", 1)
     for attempt in range(rejoins + 1):
         wait_port(host, int(port), timeout)
-        proc = subprocess.Popen(worker_command(ip, head, cpus, gpus), stdin=subprocess.DEVNULL,
-                                env=with_address(head))
+        log = ray_log_path(name)
+        proc = start_ray(worker_command(ip, head, alloc), head, log)
+        print(f"[convlens] {name} ({ip}) joining Ray head {head}: {alloc.describe()}; `ray start`'s own "
+              f"output: {log}", flush=True)
         try:
             while not done_file.exists() and proc.poll() is None:
                 time.sleep(2)

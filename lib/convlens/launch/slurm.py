@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from convlens.errors import ERROR_PREFIX, ConfigError, JobFailed
 from convlens.launch.container import job_paths, missing_sources
+from convlens.launch.follow import follow
 from convlens.launch.sbatch import batch_script, make_executor
 from convlens.launch.slurmjob import SlurmJob
 from convlens.rundir import SweepDir
@@ -104,8 +105,9 @@ def submit(cluster_yaml, kind: str, spec, overrides=(), wait: bool = False, arra
            timeout: float | None = None, multinode: bool | None = None, dry_run: bool = False):
     """Queue `convlens <kind> <spec> <overrides>` on the cluster of cluster_yaml.
 
-    Returns the submitit Job; with wait=True follows it to the end and returns its exit status
-    (0), raising JobFailed when it failed, was cancelled or ran out of time (or after timeout s).
+    Returns the submitit Job; with wait=True follows it to the end (launch/follow.py: its states,
+    rank 0's lines, the outcome) and returns its exit status (0), raising JobFailed when it failed,
+    was cancelled or ran out of time (or after timeout s).
     multinode forces (or forbids) the head+workers Ray bootstrap; default: profile.nodes > 1.
     dry_run: print the batch script and the resolved spec instead, write and queue nothing
     (no Slurm needed here); returns the text printed.
@@ -136,7 +138,8 @@ def submit(cluster_yaml, kind: str, spec, overrides=(), wait: bool = False, arra
           f"  stdout: {sjob.paths.stdout}\n  stderr: {sjob.paths.stderr}\n"
           f"  spec:   {spec_file}\n  W&B group: {group}", flush=True)
     if wait:
-        return wait_for(sjob, timeout)
+        return follow(sjob, timeout, again=f"convlens follow {sjob.job_id} --cluster {cluster_yaml}")
+    print(f"[convlens] follow it with: convlens follow {sjob.job_id} --cluster {cluster_yaml}", flush=True)
     return sjob
 
 

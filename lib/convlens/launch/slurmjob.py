@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from convlens.errors import ERROR_PREFIX, ConvlensError
+from convlens.launch.allocation import Allocation, cluster_line, granted, ray_init_kwargs
 
 
 class SlurmJob:
@@ -45,6 +46,8 @@ class SlurmJob:
 
     def __call__(self) -> int:
         import submitit
+        from convlens.raycluster import prepare_environment
+        prepare_environment()  # before ray is imported: a calm log (no colour codes, no dedup notes)
         env = submitit.JobEnvironment()
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         restarted = restarts > 0 or self.attempt > 0
@@ -52,7 +55,8 @@ class SlurmJob:
         print(f"[convlens] slurm job {env.job_id} rank {env.global_rank}/{env.num_tasks} on {env.hostname}: "
               f"restart {restarts}, attempt {self.attempt}, convlens {' '.join(argv)}", flush=True)
         if not self.multinode:
-            return check_status(argv, run_single_node(lambda: self.run(restarted), self.cpus, self.gpus))
+            return check_status(argv, run_single_node(lambda: self.run(restarted), granted(self.cpus, self.gpus),
+                                                      env.hostname))
         return check_status(argv, self.run_multinode(env, restarted, restarts))
 
     def run_multinode(self, env, restarted: bool, restarts: int) -> int:
@@ -64,10 +68,11 @@ class SlurmJob:
         done = Path(os.environ.get("CONVLENS_SLURM_FOLDER", ".")) / f"ray_done_{env.job_id}_{restarts}"
         if env.global_rank > 0:
             me = os.environ.get("SLURMD_NODENAME") or env.hostnames[env.global_rank]
-            raynodes.worker_node(me, raynodes.node_address(me), f"{head_ip}:{port}", self.cpus, self.gpus, done)
+            raynodes.worker_node(me, raynodes.node_address(me), f"{head_ip}:{port}", granted(self.cpus, self.gpus),
+                                 done)
             return 0
         try:
-            with raynodes.head_node(head_ip, port, self.nodes, self.cpus, self.gpus):
+            with raynodes.head_node(head_ip, port, self.nodes, granted(self.cpus, self.gpus)):
                 check = (lambda: raynodes.check_writable(self.runs_root)) if self.runs_root else None
                 return self.run(restarted, before=check)
         finally:
@@ -81,18 +86,35 @@ class SlurmJob:
         return submitit.helpers.DelayedSubmission(self)
 
 
-def run_single_node(job, cpus: int, gpus: int) -> int:
+def run_single_node(job, alloc: Allocation, hostname: str) -> int:
     """A private Ray sized to this allocation (not to the whole machine), then the job."""
+    import time
     import ray
+    from convlens.raycluster import log_level
     os.environ.pop("RAY_ADDRESS", None)  # never join a cluster inherited from the submitter
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    # address="local": a new instance even if a `ray start` on this node left its address behind
-    ray.init(address="local", num_cpus=cpus, num_gpus=gpus)
+    started = time.time()
+    # address="local": a new instance even if a `ray start` on this node left its address behind;
+    # the node's address given, as `ray start --node-ip-address` is for several nodes
+    ip = node_ip(hostname)
+    ray.init(address="local", logging_level=log_level(), **({"_node_ip_address": ip} if ip else {}),
+             **ray_init_kwargs(alloc))
+    print(cluster_line(1, time.time() - started, ray.cluster_resources(), alloc), flush=True)
     try:
         return job()
     finally:
         ray.shutdown()
+
+
+def node_ip(hostname: str) -> str | None:
+    """This node's address as Slurm knows it, unless that is loopback (Ray then finds its own)."""
+    from convlens.launch.raynodes import node_address
+    try:
+        ip = node_address(hostname, shared=False)
+    except OSError:
+        return None
+    return None if ip.startswith("127.") else ip
 
 
 def check_status(argv: list[str], code: int) -> int:

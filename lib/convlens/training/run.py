@@ -12,7 +12,7 @@ from convlens.data.images import ImageData, split_indices
 from convlens.data.load import check_path, load_dataset
 from convlens.errors import DataError, JobFailed, RunStopped
 from convlens.progress import progress_mode
-from convlens.raycluster import check_fits, ensure_ray, forwarded_env, log_level, worker_resources
+from convlens.raycluster import WorkerLine, check_fits, ensure_ray, forwarded_env, log_level, worker_resources
 from convlens.restore import load_model_and_data
 from convlens.rundir import RunDir
 from convlens.specs.train import TrainJob
@@ -51,8 +51,11 @@ def train(job: TrainJob, trainer_kwargs: dict | None = None) -> dict:
     (run / RunDir.CONFIG).write_text(yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False))
     start = time.time()
     run.clear_stopped()
-    fit(job, **(trainer_kwargs or {}))
-    stopped = run.read_stopped()  # written by rank 0 when the run ended on a non-retryable error
+    with WorkerLine(f"{job.run.name} epoch {job.run.epochs}/{job.run.epochs}:") as last_epoch:
+        fit(job, **(trainer_kwargs or {}))
+        stopped = run.read_stopped()  # written by rank 0 when the run ended on a non-retryable error
+        if not stopped and not job.run.quiet:
+            last_epoch.wait()  # rank 0's last epoch line before the summary (none if resumed after it)
     if stopped:
         close_run(job, run.path, tasks.class_names(job.run.task, data.classes), stop_reason=stopped["stop_reason"])
         raise RunStopped(f"run {job.run.name} stopped: {stopped['stop_reason']}")
