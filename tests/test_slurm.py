@@ -92,7 +92,8 @@ def test_requeue_resumes_from_checkpoint(cluster, setup, monkeypatch):
     with epochs 1..4 once each; the epochs done before the requeue are not trained again, and
     both attempts log to the same W&B run, every epoch in it."""
     import wandb
-    from convlens.launch.slurm import slurm_state, submit, wait_for
+    from convlens.launch.jobstate import slurm_state, wait_for
+    from convlens.launch.slurm import submit
     profile, spec, runs = setup
     monkeypatch.setenv("WANDB_MODE", "offline")  # the job inherits the submitter's environment
     wandb.setup()  # a submitter with a W&B service of its own (a notebook): the job must not use it

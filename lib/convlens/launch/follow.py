@@ -99,7 +99,7 @@ def follow(sjob, timeout: float | None = None, poll_s: float = 1.0, again: str =
     """Follow submitit job sjob to its end: state changes, rank 0's lines, then the outcome.
     Returns 0 when the job succeeded; raises JobFailed otherwise (or after timeout s, job left
     running). again: how to follow it once more, said on Ctrl-C."""
-    from convlens.launch.slurm import TERMINAL, finish, slurm_state
+    from convlens.launch.jobstate import TERMINAL, finish, slurm_state
     folder = Path(sjob.paths.folder)
     kind, spec = job_spec(folder, sjob.job_id)
     tails = [LogTail(sjob.paths.stdout), LogTail(sjob.paths.stderr)]
@@ -136,7 +136,7 @@ def follow(sjob, timeout: float | None = None, poll_s: float = 1.0, again: str =
 
 def final_state(job_id: str, last: str, wait_s: float = 5.0) -> None:
     """The job's last state change (COMPLETED, say), which slurmctld records a moment after the result."""
-    from convlens.launch.slurm import TERMINAL, slurm_state
+    from convlens.launch.jobstate import TERMINAL, slurm_state
     deadline = time.time() + wait_s
     state = last
     while state not in TERMINAL and state != "GONE" and time.time() < deadline:
