@@ -7,7 +7,9 @@
     jobs.py     the runs of the analysis, probe and sweep jobs, linked to the training run they
                 read; what the probe and sweep runs log
     media.py    the analysis run of each analysed training run: figures, scalars, tables per epoch
-    sync.py     `convlens sync`: upload each offline run's newest complete segment
+    segments.py the offline segments of one run id: the closing one takes in every earlier
+                one's system metrics and console output, and the job's runtime
+    sync.py     `convlens sync`: upload each offline run's complete segment
 
 The rest of convlens reaches W&B only through these functions, and no module outside this
 package imports wandb (tests/test_layers.py checks both):
