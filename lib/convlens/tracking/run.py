@@ -63,11 +63,13 @@ def open_run(info: RunInfo, tracking, mode: str, console: str = "wrap"):
     args = dict(project=tracking.project, entity=tracking.entity, group=info.group, name=info.name,
                 id=info.id, resume="allow", dir=str(info.dir), config=info.config,
                 job_type=info.job_type, tags=sorted(set(info.tags)))
-    # the .wandb file flushed every sample, at least every 2 s: a killed process loses its last one
+    # the .wandb file flushed every sample, at least every 2 s: a killed process loses its last one;
+    # process CPU and memory over the process tree: a driver's include the private Ray it started
     settings = wandb.Settings(init_timeout=tracking.init_timeout, console=console, silent=not verbose(),
                               x_stats_sampling_interval=tracking.stats_interval,
-                              x_transaction_log_flush_interval=min(tracking.stats_interval, 2.0), save_code=False,
-                              disable_git=True)
+                              x_stats_track_process_tree=True,
+                              x_transaction_log_flush_interval=min(tracking.stats_interval, 2.0),
+                              save_code=False, disable_git=True)
     try:
         return wandb.init(mode=mode, settings=settings, **args), mode
     except Exception as err:  # noqa: BLE001 - any failure to reach W&B must not stop the job
