@@ -37,7 +37,7 @@ def train_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     run = RunDir(job.run_dir)
-    tracker = open_tracker(job, run.path, rank)  # first: W&B's system monitor and console capture see the whole attempt
+    tracker = open_tracker(job, run.path, rank)  # first: W&B's console capture sees the whole attempt
     try:
         trainer = Trainer(job, load_dataset(job.data), rank, world, ray.train.torch.get_device(),
                           wrap=ray.train.torch.prepare_model)
