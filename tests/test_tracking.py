@@ -314,3 +314,51 @@ def test_api_key_never_written_by_a_training_and_a_sweep(tmp_path, cache_dir):
         assert checked > 50
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def segment(folder: Path, run_id: str, start: float, stats: list[float], lines: list[str] = (),
+            driver: bool = False, finished: bool = True) -> Path:
+    """A synthetic offline segment: run record, system-metric samples and console lines at the
+    given times (epoch seconds), a summary with wandb's own runtime and, if finished, an exit."""
+    from wandb.proto import wandb_internal_pb2 as pb
+    from convlens.tracking.segments import encode, mark_driver
+
+    def rec(**kw):
+        return pb.Record(**kw).SerializeToString()
+    run = pb.RunRecord(run_id=run_id)
+    run.start_time.FromMicroseconds(int(start * 1e6))
+    records = [rec(run=run)]
+    for t in stats:
+        s = pb.StatsRecord(item=[pb.StatsItem(key="cpu", value_json="1.0")])
+        s.timestamp.FromMicroseconds(int(t * 1e6))
+        records.append(rec(stats=s))
+    for i, line in enumerate(lines):
+        o = pb.OutputRawRecord(line=line + "\n")
+        o.timestamp.FromMicroseconds(int((start + i) * 1e6))
+        records.append(rec(output_raw=o))
+    records.append(rec(summary=pb.SummaryRecord(update=[pb.SummaryItem(key="_runtime", value_json="1")])))
+    records += [rec(exit=pb.RunExitRecord(exit_code=0, runtime=1))] if finished else []
+    path = folder / f"offline-run-{int(start)}-{run_id}" / f"run-{run_id}.wandb"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(encode(records))
+    if driver:
+        mark_driver(path)
+    return path
+
+
+def test_late_closing_of_a_stopped_run_ends_at_its_last_record(tmp_path):
+    """An ASHA-stopped trial: its driver (cut off) and rank 0 wrote until t=60; the sweep closes
+    it at its own end. The closing segment holds the driver's samples and rank 0's lines once,
+    in time order, its runtime ends at 60, and merging again changes nothing."""
+    import time as clock
+    from convlens.tracking.segments import carry_into_closing
+    t0 = clock.time() - 300
+    segment(tmp_path, "abc", t0, [t0 + 15 * i for i in range(1, 5)], driver=True, finished=False)
+    segment(tmp_path, "abc", t0 + 5, [t0 + 20, t0 + 35], ["epoch 1", "epoch 2"], finished=False)
+    closing = segment(tmp_path, "abc", t0 + 290, [t0 + 291])
+    for _ in range(2):
+        assert carry_into_closing(closing, "abc") == {"runtime": 60, "stats": 4, "output": 2}
+    log = read_run(closing)
+    assert [round(s["time"] - t0) for s in log.stats] == [15, 30, 45, 60]
+    assert "".join(o["line"] for o in log.output) == "epoch 1\nepoch 2\n"
+    assert log.summary["_runtime"] == 60 and log.runtime == 60 and log.start_time == pytest.approx(t0)

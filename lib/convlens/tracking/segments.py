@@ -125,12 +125,15 @@ def carry_into_closing(closing: Path, run_id: str, started: float | None = None)
     """Make the closing segment (its run-<id>.wandb) hold every earlier segment's system
     metrics and console output, in time order, with the run's start time the earliest of
     `started` (the job's first start, epoch seconds) and every segment's, and its runtime from
-    there to now. Rewrites the file in place, and files/output.log from the whole output.
-    Returns {"runtime", "stats", "output"}: what the segment now holds."""
+    there to now (to the last carried record when the closing segment is not the driver's:
+    a run that someone else closes after it stopped). Rewrites the file in place, and
+    files/output.log from the whole output. Returns {"runtime", "stats", "output"}: what the
+    segment now holds."""
     closing = Path(closing).resolve()
     own = wait_exit(closing)
     paths = segment_files(closing.parent.parent, run_id)
     drivers = {p for p in paths if marks(p.parent).get("driver")}
+    have = {r.SerializeToString() for r in own if r.WhichOneof("record_type") in ("stats", "output_raw")}
     carried, starts = {}, [started] if started else []
     for path in paths:
         for rec in own if path == closing else read_records(path):
@@ -139,9 +142,14 @@ def carry_into_closing(closing: Path, run_id: str, started: float | None = None)
                 starts.append(rec.run.start_time.ToMicroseconds() / 1e6)
             elif path != closing and ((kind == "stats" and (not drivers or path in drivers))
                                       or (kind == "output_raw" and path not in drivers)):
-                carried.setdefault(rec.SerializeToString(), rec)  # a segment merged before holds copies
+                carried.setdefault(rec.SerializeToString(), rec)
     first = min(starts) if starts else time.time()
-    runtime = max(0, round(time.time() - first))
+    # a closing segment opened by someone else (an ASHA-stopped trial, closed by the sweep at its
+    # end): the run ended when its own processes went quiet, with the last record they wrote
+    late = drivers and closing not in drivers and carried
+    end = max(map(stamp, carried.values())) if late else time.time()
+    carried = {k: r for k, r in carried.items() if k not in have}  # a segment merged before holds copies
+    runtime = max(0, round(end - first))
     out, placed = [], False
     for rec in own:
         kind = rec.WhichOneof("record_type")
@@ -157,6 +165,8 @@ def carry_into_closing(closing: Path, run_id: str, started: float | None = None)
                     item.value_json = str(runtime)
         elif kind == "exit":
             rec.exit.runtime = runtime
+        elif kind == "stats" and stamp(rec) > end + 1:  # a late closing write's own sample
+            continue
         out.append(rec)
     tmp = closing.with_suffix(".wandb.tmp")
     tmp.write_bytes(encode([r.SerializeToString() for r in out]))
