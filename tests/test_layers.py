@@ -24,7 +24,7 @@ MAX_LINES = 300
 TRACKING = "convlens.tracking"
 # All that the rest of the package may import from convlens.tracking (its __init__ lists them).
 TRACKING_INTERFACE = {
-    "convlens.tracking.tracker": {"open_tracker", "close_run", "wandb_run_id"},
+    "convlens.tracking.tracker": {"open_tracker", "open_driver", "close_run", "wandb_run_id"},
     "convlens.tracking.run": {"tracking_mode"},
     "convlens.tracking.jobs": {"log_probe", "log_sweep"},
     "convlens.tracking.media": {"log_analysis"},

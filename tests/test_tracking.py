@@ -71,31 +71,41 @@ def epochs_of(log: RunLog) -> list[int]:
 
 @pytest.fixture(scope="module")
 def retried(ray_cluster, tmp_path_factory, cache_dir):
-    """A tracked 3-epoch run whose worker is SIGKILLed in epoch 2 and retried, then probed:
-    trained once for the tests below. (run dir, summary, API key, captured output)"""
+    """A tracked 3-epoch run, trained once for the tests below, then probed: its worker is
+    SIGKILLed in epoch 2 and retried, killed again in epoch 3 with no retry left (the driver
+    fails, as a job cut off by Slurm), and the same spec run again finishes it (the path of a
+    Slurm requeue). W&B samples system metrics every second.
+    (run dir, summary, API key, wall seconds from the first start to the end)"""
+    from convlens.errors import JobFailed
     from convlens.probes import probe
     from convlens.specs.base import validate
     from convlens.specs.probe import ProbeJob
     from convlens.specs.train import TrainJob
     from convlens.training.run import train
     key, root = secret_key(), tmp_path_factory.mktemp("tracked")
-    job = validate(TrainJob, tiny_spec(root / "runs", cache_dir, "tracked", run={"epochs": 3, "max_failures": 1},
-                                       tracking={"mode": "offline", "log_checkpoints": "all", "tags": ["t"]}))
-    env = {"WANDB_MODE": "offline", "WANDB_API_KEY": key,
-           "CONVLENS_FAULTS": json.dumps([{"kind": "kill", "run": "tracked", "at": "0:2:1"}])}
+    job = validate(TrainJob, tiny_spec(root / "runs", cache_dir, "tracked",
+                                       run={"epochs": 3, "max_failures": 1, "quiet": False},
+                                       tracking={"mode": "offline", "log_checkpoints": "all", "tags": ["t"],
+                                                 "stats_interval": 1.0}))
+    kills = [{"kind": "kill", "run": "tracked", "at": "0:2:1"}, {"kind": "kill", "run": "tracked", "at": "0:3:1", "times": 2}]
+    env = {"WANDB_MODE": "offline", "WANDB_API_KEY": key, "CONVLENS_FAULTS": json.dumps(kills)}
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
             mp.setenv(k, v)
+        begun = time.time()
+        with pytest.raises(JobFailed):
+            train(job, trainer_kwargs={"worker_runtime_env": {"env_vars": env}})
         summary = train(job, trainer_kwargs={"worker_runtime_env": {"env_vars": env}})
+        wall = time.time() - begun
         mp.delenv("CONVLENS_FAULTS")
         probe(validate(ProbeJob, {"runs": [str(job.run_dir)], "stages": [1], "max_train": 256, "probe_epochs": 1}))
-    return job.run_dir, summary, key
+    return job.run_dir, summary, key, wall
 
 
 def test_retried_run_syncs_as_one_complete_run(retried, capfd):
     """Worker killed in epoch 2, retried: the run left several segments of its id, and what
     convlens syncs is one of them with every epoch once, in order, its summary and checkpoints."""
-    run_dir, summary, key = retried
+    run_dir, summary, key, _ = retried
     run_id = (run_dir / "wandb_id.txt").read_text().strip()
     assert summary["wandb_run_id"] == run_id
     assert len(list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))) >= 3  # 2 attempts + closing write
@@ -128,12 +138,61 @@ def test_retried_run_syncs_as_one_complete_run(retried, capfd):
     from convlens.cli import main
     assert main(["sync", str(run_dir), "--dry-run"]) == 0  # what it tells the user, uploading nothing
     out = capfd.readouterr()
-    assert out.out.count("would sync") == 2 and out.out.count(f"superseded by a newer complete segment of run {run_id}") >= 2
+    assert out.out.count("would sync") == 2 and out.out.count(f"superseded by the complete segment of run {run_id}") >= 2
     assert assert_absent(key, [run_dir], out.out + out.err) > 5
 
 
+def covered(times: list[float], interval: float, start: float, end: float) -> float:
+    """Seconds of [start, end] within `interval` before some sample: what the samples cover."""
+    spans, total, reach = sorted((max(start, t - interval), min(end, t)) for t in times), 0.0, start
+    for lo, hi in spans:
+        total += max(0.0, hi - max(lo, reach))
+        reach = max(reach, hi)
+    return total
+
+
+def test_covered_counts_overlaps_once():
+    assert covered([1, 2, 2.5, 10], 1.0, 0, 10) == pytest.approx(3.5)  # [0,1] [1,2] [2,2.5] [9,10]
+    assert covered([], 1.0, 0, 10) == 0
+
+
+def test_synced_run_shows_its_runtime_system_metrics_and_logs(retried):
+    """What `convlens sync` uploads for the run (killed and retried, then failed and run again)
+    holds the job's runtime, the system metrics of every attempt over the whole run, in time
+    order, and rank 0's console lines: W&B's Overview, System and Logs tabs."""
+    run_dir, summary, _, wall = retried
+    run_id = (run_dir / "wandb_id.txt").read_text().strip()
+    log = synced(run_dir)[run_id]
+    started = float((run_dir / "started.txt").read_text())
+    assert log.summary["_runtime"] == pytest.approx(wall, rel=0.1), (log.summary["_runtime"], wall)
+    assert log.summary["_wandb"]["runtime"] == log.summary["_runtime"] and log.runtime == log.summary["_runtime"]
+    assert log.start_time == pytest.approx(started, abs=0.01)
+    times = [s["time"] for s in log.stats]
+    assert times == sorted(times)
+    end = started + log.runtime
+    assert covered(times, 1.0, started, end) >= 0.8 * (end - started), (len(times), end - started)
+    attempts = [json.loads(line)["time"] for line in (run_dir / "attempts.jsonl").read_text().splitlines()]
+    assert len(attempts) == 3  # first, retried after the kill, the rerun after the failed driver
+    for lo, hi in zip(attempts, attempts[1:] + [end]):
+        assert any(lo <= t <= hi for t in times), f"no system metrics between {lo} and {hi}"
+    keys = set().union(*(s["metrics"] for s in log.stats))
+    for prefix in ("cpu", "memory", "disk.", "network.", "proc.cpu.", "proc.memory."):
+        assert any(k.startswith(prefix) for k in keys), (prefix, sorted(keys))
+    text = "".join(o["line"] for o in log.output)  # rank 0's console, every attempt once, in order
+    starts = [text.find(f"[convlens] tracked epoch {epoch}/3:  14% (2/14 steps)") for epoch in (1, 2, 3)]
+    assert all(text.count(text[i:i + 45]) == 1 for i in starts) and -1 < starts[0] < starts[1] < starts[2], text
+    assert "attempt 2 resumes at epoch 2" in text and "attempt 3 resumes at epoch 3" in text
+    assert text.count("[convlens] tracked epoch 3/3: train loss") == 1  # a killed attempt loses its last second
+    assert (log_folder(run_dir, run_id) / "files" / "output.log").read_text() == text
+
+
+def log_folder(run_dir: Path, run_id: str) -> Path:
+    from convlens.tracking.sync import plan
+    return next(s.folder for s in plan(run_dir)[0] if s.run_id == run_id)
+
+
 def test_probe_is_its_own_run_using_the_checkpoint(retried):
-    run_dir, summary, _ = retried
+    run_dir, summary, _, _ = retried
     run_id = (run_dir / "wandb_id.txt").read_text().strip()
     probes = json.loads((run_dir / "probes.json").read_text())
     runs = synced(run_dir)
@@ -255,3 +314,51 @@ def test_api_key_never_written_by_a_training_and_a_sweep(tmp_path, cache_dir):
         assert checked > 50
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def segment(folder: Path, run_id: str, start: float, stats: list[float], lines: list[str] = (),
+            driver: bool = False, finished: bool = True) -> Path:
+    """A synthetic offline segment: run record, system-metric samples and console lines at the
+    given times (epoch seconds), a summary with wandb's own runtime and, if finished, an exit."""
+    from wandb.proto import wandb_internal_pb2 as pb
+    from convlens.tracking.segments import encode, mark_driver
+
+    def rec(**kw):
+        return pb.Record(**kw).SerializeToString()
+    run = pb.RunRecord(run_id=run_id)
+    run.start_time.FromMicroseconds(int(start * 1e6))
+    records = [rec(run=run)]
+    for t in stats:
+        s = pb.StatsRecord(item=[pb.StatsItem(key="cpu", value_json="1.0")])
+        s.timestamp.FromMicroseconds(int(t * 1e6))
+        records.append(rec(stats=s))
+    for i, line in enumerate(lines):
+        o = pb.OutputRawRecord(line=line + "\n")
+        o.timestamp.FromMicroseconds(int((start + i) * 1e6))
+        records.append(rec(output_raw=o))
+    records.append(rec(summary=pb.SummaryRecord(update=[pb.SummaryItem(key="_runtime", value_json="1")])))
+    records += [rec(exit=pb.RunExitRecord(exit_code=0, runtime=1))] if finished else []
+    path = folder / f"offline-run-{int(start)}-{run_id}" / f"run-{run_id}.wandb"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(encode(records))
+    if driver:
+        mark_driver(path)
+    return path
+
+
+def test_late_closing_of_a_stopped_run_ends_at_its_last_record(tmp_path):
+    """An ASHA-stopped trial: its driver (cut off) and rank 0 wrote until t=60; the sweep closes
+    it at its own end. The closing segment holds the driver's samples and rank 0's lines once,
+    in time order, its runtime ends at 60, and merging again changes nothing."""
+    import time as clock
+    from convlens.tracking.segments import carry_into_closing
+    t0 = clock.time() - 300
+    segment(tmp_path, "abc", t0, [t0 + 15 * i for i in range(1, 5)], driver=True, finished=False)
+    segment(tmp_path, "abc", t0 + 5, [t0 + 20, t0 + 35], ["epoch 1", "epoch 2"], finished=False)
+    closing = segment(tmp_path, "abc", t0 + 290, [t0 + 291])
+    for _ in range(2):
+        assert carry_into_closing(closing, "abc") == {"runtime": 60, "stats": 4, "output": 2}
+    log = read_run(closing)
+    assert [round(s["time"] - t0) for s in log.stats] == [15, 30, 45, 60]
+    assert "".join(o["line"] for o in log.output) == "epoch 1\nepoch 2\n"
+    assert log.summary["_runtime"] == 60 and log.runtime == 60 and log.start_time == pytest.approx(t0)

@@ -80,6 +80,10 @@ class RunLog:
     tags: list[str] = field(default_factory=list)
     tables: list[dict] = field(default_factory=list)  # {"key", "step", "path"} of every logged wandb.Table
     exit_code: int | None = None
+    runtime: int | None = None  # the exit record's, seconds
+    start_time: float | None = None  # the run record's, epoch seconds
+    stats: list[dict] = field(default_factory=list)  # system metrics: {"time": epoch seconds, "metrics": {key: value}}
+    output: list[dict] = field(default_factory=list)  # console: {"time", "stream": "stdout"/"stderr", "line"}
 
 
 def read_run(path: Path) -> RunLog:
@@ -91,6 +95,7 @@ def read_run(path: Path) -> RunLog:
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             log.run_id = rec.run.run_id
+            log.start_time = log.start_time or _seconds(rec.run.start_time)
             log.group, log.job_type, log.tags = rec.run.run_group, rec.run.job_type, list(rec.run.tags)
             log.config.update(_config(rec.run.config.update))
         elif kind == "metric":
@@ -115,8 +120,18 @@ def read_run(path: Path) -> RunLog:
                                   "used": art.use_after_commit, "digest": art.digest,
                                   "metadata": json.loads(art.metadata) if art.metadata else {}})
         elif kind == "exit":
-            log.exit_code = rec.exit.exit_code
+            log.exit_code, log.runtime = rec.exit.exit_code, rec.exit.runtime
+        elif kind == "stats":
+            log.stats.append({"time": _seconds(rec.stats.timestamp),
+                              "metrics": {i.key: json.loads(i.value_json) for i in rec.stats.item}})
+        elif kind == "output_raw":
+            log.output.append({"time": _seconds(rec.output_raw.timestamp), "line": rec.output_raw.line,
+                               "stream": "stderr" if rec.output_raw.output_type else "stdout"})
     return log
+
+
+def _seconds(timestamp) -> float:
+    return timestamp.seconds + timestamp.nanos / 1e9
 
 
 def _config(items) -> dict:

@@ -21,6 +21,7 @@ class RunDir:
     SUMMARY = "summary.json"  # written once the run is tested: the run is finished
     STOPPED = "stopped.json"  # why a run ended early (NaN loss, bad checkpoint)
     ATTEMPTS = "attempts.jsonl"  # one line per start of the run
+    STARTED = "started.txt"  # when the run's first start began (epoch seconds): its W&B runtime counts from there
     PER_CLASS = "per_class.csv"
     CURVES = ("loss.png", "accuracy.png")
     PROBES = "probes.json"
@@ -61,6 +62,15 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         write_atomic(self.path / self.ATTEMPTS, "".join(json.dumps(a) + "\n" for a in [*done, entry]).encode())
         return entry
+
+    def mark_started(self, when: float) -> None:
+        """Record the first start only: a retry, rerun or requeue keeps it."""
+        if not (self.path / self.STARTED).is_file():
+            write_atomic(self.path / self.STARTED, f"{when:.3f}\n".encode())
+
+    def started(self) -> float | None:
+        path = self.path / self.STARTED
+        return float(path.read_text()) if path.is_file() else None
 
     # ---- end states
     def read_summary(self) -> dict | None:

@@ -146,6 +146,7 @@ class TrackingConfig(Strict):
     dir: str | None = None  # where wandb writes; default: the run directory
     init_timeout: float = Field(20.0, gt=0)  # seconds before online falls back to offline
     log_checkpoints: bool | Literal["all"] = False  # `model-<run id>` artifacts: true best and last, all every kept one
+    stats_interval: float = Field(15.0, ge=0.1)  # seconds between W&B system-metric samples (wandb's own monitor)
 
 
 class RunSection(Strict):

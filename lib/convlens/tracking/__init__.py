@@ -2,16 +2,18 @@
 
     run.py      opening one W&B run, the same way for every job: the mode, the run id of a
                 run directory, the offline fallback, checkpoints as `model-<run id>` artifacts
-    tracker.py  the training run's tracker (a NullTracker, or a WandbTracker on rank 0) and the
-                driver's closing write
+    tracker.py  the training run's tracker (a NullTracker, or a WandbTracker on rank 0), the
+                driver's segment, open for the whole job offline, and its closing write
     jobs.py     the runs of the analysis, probe and sweep jobs, linked to the training run they
                 read; what the probe and sweep runs log
     media.py    the analysis run of each analysed training run: figures, scalars, tables per epoch
-    sync.py     `convlens sync`: upload each offline run's newest complete segment
+    segments.py the offline segments of one run id: the closing one takes in every earlier
+                one's system metrics and console output, and the job's runtime
+    sync.py     `convlens sync`: upload each offline run's complete segment
 
 The rest of convlens reaches W&B only through these functions, and no module outside this
 package imports wandb (tests/test_layers.py checks both):
-    tracker.open_tracker, tracker.close_run, tracker.wandb_run_id, run.tracking_mode,
-    jobs.log_probe, jobs.log_sweep, media.log_analysis, sync.sync
+    tracker.open_tracker, tracker.open_driver, tracker.close_run, tracker.wandb_run_id,
+    run.tracking_mode, jobs.log_probe, jobs.log_sweep, media.log_analysis, sync.sync
 wandb itself is imported inside functions only: a disabled run and the CLI's start never load it.
 """

@@ -54,16 +54,22 @@ class RunInfo:
     config: dict = field(default_factory=dict)
 
 
-def open_run(info: RunInfo, tracking, mode: str):
+def open_run(info: RunInfo, tracking, mode: str, console: str = "wrap"):
     """(wandb Run, the mode it ended up in); tracking: a TrackingConfig. wandb's own console
-    lines (its banner, the run summary with sparklines) only with `convlens --verbose`."""
+    lines (its banner, the run summary with sparklines) only with `convlens --verbose`.
+    console "wrap": what this process prints (rank 0's lines, a traceback) goes to the Logs tab."""
     import wandb
     Path(info.dir).mkdir(parents=True, exist_ok=True)
     args = dict(project=tracking.project, entity=tracking.entity, group=info.group, name=info.name,
                 id=info.id, resume="allow", dir=str(info.dir), config=info.config,
                 job_type=info.job_type, tags=sorted(set(info.tags)))
-    settings = wandb.Settings(init_timeout=tracking.init_timeout, console="off", silent=not verbose(),
-                              save_code=False, disable_git=True)  # console off: nothing of the env
+    # the .wandb file flushed every sample, at least every 2 s: a killed process loses its last one;
+    # process CPU and memory over the process tree: a driver's include the private Ray it started
+    settings = wandb.Settings(init_timeout=tracking.init_timeout, console=console, silent=not verbose(),
+                              x_stats_sampling_interval=tracking.stats_interval,
+                              x_stats_track_process_tree=True,
+                              x_transaction_log_flush_interval=min(tracking.stats_interval, 2.0),
+                              save_code=False, disable_git=True)
     try:
         return wandb.init(mode=mode, settings=settings, **args), mode
     except Exception as err:  # noqa: BLE001 - any failure to reach W&B must not stop the job

@@ -9,7 +9,9 @@ a Slurm requeue) and the driver's closing write continue the same W&B run (resum
 Offline, each of those writes a segment of its own, and `wandb sync` does not merge segments
 of one id: a later one replaces the earlier history (wandb issue 3841). So every segment starts
 by re-logging the checkpointed history, and the driver's closing segment holds every epoch, the
-summary and the checkpoints: `convlens sync` (convlens.tracking.sync) uploads only that one.
+summary and the checkpoints; once written, it takes in every earlier segment's system metrics
+and console output and the job's runtime (convlens.tracking.segments): `convlens sync`
+(convlens.tracking.sync) uploads only that one.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ class NullTracker:
     def update_summary(self, values: dict) -> None: ...
     def log_images(self, images: list[tuple[str, str]], key: str = "analysis") -> None: ...
     def stop(self, reason: str, failed: bool = True) -> None: ...
-    def finish(self) -> None: ...
+    def finish(self, failed: bool = False) -> None: ...
 
 
 def open_tracker(job, run_dir: Path, rank: int = 0):
@@ -40,12 +42,25 @@ def open_tracker(job, run_dir: Path, rank: int = 0):
     return WandbTracker(job, Path(run_dir), mode)
 
 
+def open_driver(job, run_dir: Path):
+    """The driver's segment of a training run, opened as the job starts so that wandb's system
+    monitor samples the whole job, retries and restarts of workers included; close_run writes
+    into it at the end. Offline only: online, the server continues the run across processes,
+    and a second writer of the same run id while the workers log would collide."""
+    if tracking_mode(job.tracking) != "offline":
+        return NullTracker()
+    return WandbTracker(job, Path(run_dir), "offline", driver=True)
+
+
 def close_run(job, run_dir: Path, class_names: list[str], summary: dict | None = None,
-              stop_reason: str | None = None, failed: bool = True) -> str | None:
+              stop_reason: str | None = None, failed: bool = True, tracker=None) -> str | None:
     """The driver's closing write of a training run: every checkpointed epoch, then the summary
-    (or why it stopped, failed or not: an ASHA stop is no failure), in one segment. Returns the
-    W&B run URL when online."""
-    tracker = open_tracker(job, run_dir, 0)
+    (or why it stopped, failed or not: an ASHA stop is no failure), in one segment (`tracker`,
+    the driver's open one, or a new one). Offline, that segment then takes in every earlier
+    segment's system metrics and console output and the job's runtime. Returns the W&B run URL
+    when online."""
+    if not isinstance(tracker, WandbTracker):
+        tracker = open_tracker(job, run_dir, 0)
     try:
         tracker.log_history(RunDir(run_dir).read_metrics(), class_names)
         if summary is not None:
@@ -55,6 +70,9 @@ def close_run(job, run_dir: Path, class_names: list[str], summary: dict | None =
         return tracker.url
     finally:
         tracker.finish()
+        if getattr(tracker, "mode", None) == "offline":
+            from convlens.tracking.segments import carry_into_closing
+            carry_into_closing(tracker.segment, tracker.info.id, RunDir(run_dir).started())
 
 
 def wandb_run_id(job, run_dir: Path) -> str | None:
@@ -91,11 +109,16 @@ def train_run_info(job, run_dir: Path) -> RunInfo:
 class WandbTracker:
     """The Tracker (NullTracker's methods) backed by a wandb Run."""
 
-    def __init__(self, job, run_dir: Path, mode: str):
+    def __init__(self, job, run_dir: Path, mode: str, driver: bool = False):
+        """driver: the driver's segment: no console capture (Ray relays every rank's lines to the
+        driver; rank 0's own segments hold its output), marked for the closing write's merge."""
+        from convlens.tracking.segments import mark_driver
         self.job, self.run_dir = job, Path(run_dir)
-        self.exit_code, self.last_epoch = 0, None
+        self.exit_code, self.last_epoch, self.segment = 0, None, None
         self.info = train_run_info(job, self.run_dir)
-        self.run, self.mode = open_run(self.info, job.tracking, mode)
+        self.run, self.mode = open_run(self.info, job.tracking, mode, console="off" if driver else "wrap")
+        if driver:
+            mark_driver(Path(self.run.settings.sync_file))
         define_metrics(self.run)
 
     @property
@@ -152,9 +175,10 @@ class WandbTracker:
         self.run.summary["stop_reason"] = reason
         self.exit_code = int(failed)
 
-    def finish(self) -> None:
+    def finish(self, failed: bool = False) -> None:
         if self.run is not None:
-            self.run.finish(exit_code=self.exit_code)
+            self.segment = Path(self.run.settings.sync_file)  # [offline-]run-<time>-<id>/run-<id>.wandb
+            self.run.finish(exit_code=1 if failed else self.exit_code)
             self.run = None
 
     def __repr__(self) -> str:

@@ -16,7 +16,7 @@ from convlens.raycluster import WorkerLine, check_fits, ensure_ray, forwarded_en
 from convlens.restore import load_model_and_data
 from convlens.rundir import RunDir
 from convlens.specs.train import TrainJob
-from convlens.tracking.tracker import close_run, wandb_run_id
+from convlens.tracking.tracker import close_run, open_driver, wandb_run_id
 from convlens.training import curves, tasks
 from convlens.training.evaluate import evaluate
 
@@ -40,6 +40,7 @@ def prepare(job: TrainJob, verbose: bool = True) -> tuple[TrainJob, ImageData]:
 
 def train(job: TrainJob, trainer_kwargs: dict | None = None) -> dict:
     """Run (or resume) the training run named job.run.name; returns summary.json's content."""
+    begun = time.time()
     job, data = prepare(job, verbose=not job.run.quiet)
     ensure_ray(quiet=job.run.quiet, address=job.run.ray_address)
     check_fits(job.run)
@@ -48,18 +49,24 @@ def train(job: TrainJob, trainer_kwargs: dict | None = None) -> dict:
         print(f"[convlens] {job.run.name} already finished: {run / RunDir.SUMMARY}", flush=True)
         return run.read_summary()
     run.path.mkdir(parents=True, exist_ok=True)
+    run.mark_started(begun)
     (run / RunDir.CONFIG).write_text(yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False))
     start = time.time()
     run.clear_stopped()
-    with WorkerLine(f"{job.run.name} epoch {job.run.epochs}/{job.run.epochs}:") as last_epoch:
-        fit(job, **(trainer_kwargs or {}))
-        stopped = run.read_stopped()  # written by rank 0 when the run ended on a non-retryable error
-        if not stopped and not job.run.quiet:
-            last_epoch.wait()  # rank 0's last epoch line before the summary (none if resumed after it)
-    if stopped:
-        close_run(job, run.path, tasks.class_names(job.run.task, data.classes), stop_reason=stopped["stop_reason"])
-        raise RunStopped(f"run {job.run.name} stopped: {stopped['stop_reason']}")
-    summary = finalize(job, data, run, time.time() - start)
+    driver = open_driver(job, run.path)  # offline: W&B's system monitor samples the whole job
+    try:
+        with WorkerLine(f"{job.run.name} epoch {job.run.epochs}/{job.run.epochs}:") as last_epoch:
+            fit(job, **(trainer_kwargs or {}))
+            stopped = run.read_stopped()  # written by rank 0 when the run ended on a non-retryable error
+            if not stopped and not job.run.quiet:
+                last_epoch.wait()  # rank 0's last epoch line before the summary (none if resumed after it)
+        if stopped:
+            close_run(job, run.path, tasks.class_names(job.run.task, data.classes),
+                      stop_reason=stopped["stop_reason"], tracker=driver)
+            raise RunStopped(f"run {job.run.name} stopped: {stopped['stop_reason']}")
+        summary = finalize(job, data, run, time.time() - start, driver)
+    finally:
+        driver.finish(failed=True)  # only where close_run has not finished it: the job failed
     if not job.run.quiet:
         print(f"[convlens] {job.run.name}: best epoch {summary['best_epoch']} "
               f"(val acc {summary['best_val_accuracy']:.4f}), test acc {summary['test_accuracy']:.4f}; "
@@ -119,8 +126,9 @@ def failure_summary(err: Exception) -> str:
     return f"rank {rank}: {(raised or block)[-1 if raised else 0]}"
 
 
-def finalize(job: TrainJob, data: ImageData, run: RunDir, wall: float) -> dict:
-    """Test the best checkpoint; write curves, per_class.csv and summary.json."""
+def finalize(job: TrainJob, data: ImageData, run: RunDir, wall: float, tracker=None) -> dict:
+    """Test the best checkpoint; write curves, per_class.csv and summary.json. tracker: the
+    driver's open W&B segment that the closing write goes into (close_run opens one if None)."""
     history = run.read_metrics()
     best_dir = ckpt.best_checkpoint(run.path)
     if best_dir is None or not history:
@@ -138,7 +146,7 @@ def finalize(job: TrainJob, data: ImageData, run: RunDir, wall: float) -> dict:
                "best_checkpoint": str(best_dir), "wall_seconds": wall,
                "train_seconds": sum(h["epoch_seconds"] for h in history), "workers": job.run.workers,
                "wandb_run_id": wandb_run_id(job, run.path)}
-    url = close_run(job, run.path, names, summary=summary)
+    url = close_run(job, run.path, names, summary=summary, tracker=tracker)
     summary.update({"wandb_url": url} if url else {})
     run.write_summary(summary)
     return summary

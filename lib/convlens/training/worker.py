@@ -37,39 +37,45 @@ def train_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     run = RunDir(job.run_dir)
-    trainer = Trainer(job, load_dataset(job.data), rank, world, ray.train.torch.get_device(),
-                      wrap=ray.train.torch.prepare_model)
-    latest = ray.train.get_checkpoint()
+    tracker = open_tracker(job, run.path, rank)  # first: W&B's console capture sees the whole attempt
     try:
-        state, source = resume.restore(Path(latest.path) if latest else None, trainer.arch,
-                                       job.run.on_corrupt_checkpoint)
-    except RunStopped as stop:
-        end_run(run, rank, {"stop_reason": str(stop), "epoch": 0})
-        return
-    if state is not None:
-        trainer.load_state_dict(state)
-    nodes = all_gather_objects(this_node())  # every rank takes part
-    if rank == 0:
-        resume.record_attempt(run, trainer.epoch + 1, source, {**trainer.hardware(), "nodes": nodes},
-                              verbose=not job.run.quiet)
-    tracker = open_tracker(job, run.path, rank)
-    tracker.log_history(trainer.history, trainer.class_names)
-    try:
-        for epoch in range(trainer.epoch + 1, job.run.epochs + 1):
-            progress = EpochProgress(config["progress"] if rank == 0 else "off",
-                                     f"{job.run.name} epoch {epoch}/{job.run.epochs}", trainer.steps, trainer.world)
-            metrics = trainer.run_epoch(epoch, on_step=progress.step)
-            progress.close()
-            if "stop_reason" in metrics:
-                end_run(run, rank, metrics)
-                tracker.stop(metrics["stop_reason"])
-                return
-            trainer.record(metrics)
-            report_epoch(trainer, metrics)
-            tracker.log_epoch(metrics, trainer.class_names)
-            print_epoch(job, rank, metrics)
+        trainer = Trainer(job, load_dataset(job.data), rank, world, ray.train.torch.get_device(),
+                          wrap=ray.train.torch.prepare_model)
+        latest = ray.train.get_checkpoint()
+        try:
+            state, source = resume.restore(Path(latest.path) if latest else None, trainer.arch,
+                                           job.run.on_corrupt_checkpoint)
+        except RunStopped as stop:
+            end_run(run, rank, {"stop_reason": str(stop), "epoch": 0})
+            return
+        if state is not None:
+            trainer.load_state_dict(state)
+        nodes = all_gather_objects(this_node())  # every rank takes part
+        if rank == 0:
+            resume.record_attempt(run, trainer.epoch + 1, source, {**trainer.hardware(), "nodes": nodes},
+                                  verbose=not job.run.quiet)
+        tracker.log_history(trainer.history, trainer.class_names)
+        train_epochs(job, trainer, run, tracker, config["progress"])
     finally:
         tracker.finish()
+
+
+def train_epochs(job: TrainJob, trainer: Trainer, run: RunDir, tracker, progress_mode: str) -> None:
+    """The epochs left, each reported (with rank 0's checkpoint), tracked and printed."""
+    rank = trainer.rank
+    for epoch in range(trainer.epoch + 1, job.run.epochs + 1):
+        progress = EpochProgress(progress_mode if rank == 0 else "off",
+                                 f"{job.run.name} epoch {epoch}/{job.run.epochs}", trainer.steps, trainer.world)
+        metrics = trainer.run_epoch(epoch, on_step=progress.step)
+        progress.close()
+        if "stop_reason" in metrics:
+            end_run(run, rank, metrics)
+            tracker.stop(metrics["stop_reason"])
+            return
+        trainer.record(metrics)
+        report_epoch(trainer, metrics)
+        tracker.log_epoch(metrics, trainer.class_names)
+        print_epoch(job, rank, metrics)
 
 
 def this_node() -> dict:
