@@ -196,9 +196,9 @@ def test_apptainer_wraps_the_command(tmp_path, site, capsys):
         f"export PYTHONPATH={LIB}", f"export CONVLENS_SLURM_FOLDER={logs}/$SLURM_JOB_ID", "unset WANDB_SERVICE",
         'export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"', "module load apptainer", "export WANDB_MODE=offline"]
     assert "#SBATCH --nodes=2" in script["Parameters"] and "#SBATCH --gpus-per-node=4" in script["Parameters"]
-    # not made yet: the data cache and the site's datasets, which a submission would refuse
-    assert (f"[convlens] not found here (a container binds existing paths only): "
-            f"{tmp_path}/home/.cache/convlens, /shared/datasets") in text.splitlines()
+    # not made yet: the site's datasets, which a submission would refuse (the data cache, which the
+    # job fills, a submission creates)
+    assert "[convlens] not found here (a container binds existing paths only): /shared/datasets" in text.splitlines()
 
 
 def test_apptainer_nv_follows_the_gpus(tmp_path, site):
@@ -310,12 +310,21 @@ def test_missing_bind_source_is_refused_before_writing(tmp_path, site, cache_dir
     spec, _ = site
     data = yaml.safe_load(CONTAINER.read_text())
     data.update(log_dir=str(tmp_path / "logs"), runs_root=str(tmp_path / "runs"))
-    data["container"]["mounts"] = []
+    data["container"]["mounts"] = [str(tmp_path / "datasets")]
     profile = write_yaml(tmp_path / "container.yaml", data)
-    with pytest.raises(ConfigError, match=r"container: .*/home/.cache/convlens not found here; apptainer cannot "
+    with pytest.raises(ConfigError, match=rf"container: {tmp_path}/datasets not found here; apptainer cannot "
                                           r"bind a missing path into the job: create it"):
         submit(profile, "train", spec)
     assert not (tmp_path / "logs").exists() and not (tmp_path / "runs").exists()
+    assert not (tmp_path / "home/.cache/convlens").exists()  # refused before anything was made
+
+
+def test_folders_the_job_fills_are_made_for_the_container():
+    """A first run's data cache and download folder need not exist: submit makes them to bind them."""
+    from convlens.launch.container import job_folders
+    spec = {"data": {"cache_dir": "/x/cache", "path": "/x/data", "download": True}, "run": {"root": "/r"}}
+    assert job_folders([spec, {"kind": "sweep"}]) == ["/x/cache", "/x/data"]
+    assert job_folders([{"data": {**spec["data"], "download": False}}]) == ["/x/cache"]
 
 
 def test_script_without_container_is_unchanged(tmp_path):

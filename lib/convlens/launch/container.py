@@ -118,11 +118,21 @@ def bind_mounts(paths: list[str], extra: list[str]) -> list[str]:
     return list(dict.fromkeys([*paths, *extra]))
 
 
-def missing_sources(profile: ClusterProfile, paths: list[str]) -> list[str]:
-    """Bind sources that do not exist here (Apptainer and pyxis refuse them); log_dir and
-    runs_root are left out, submit creates them."""
+def job_folders(specs: list[dict]) -> list[str]:
+    """Folders a train spec's job fills that need not exist yet: data.cache_dir, and data.path where
+    the job downloads (a first run's ~/.cache/convlens). submit creates them, so a container can bind them."""
+    folders = []
+    for data in (spec.get("data") for spec in specs):
+        if isinstance(data, dict):
+            folders += [data["cache_dir"], *([data["path"]] if data.get("download") and data.get("path") else [])]
+    return [str(Path(f).expanduser().resolve()) for f in dict.fromkeys(folders)]
+
+
+def missing_sources(profile: ClusterProfile, paths: list[str], made: list[str] = ()) -> list[str]:
+    """Bind sources that do not exist here (Apptainer and pyxis refuse them); log_dir, runs_root and
+    `made` (job_folders) are left out, submit creates them."""
     if profile.container is None:
         return []
-    made = {str(Path(d).expanduser().resolve()) for d in (profile.log_dir, profile.runs_root) if d}
+    made = {*made, *(str(Path(d).expanduser().resolve()) for d in (profile.log_dir, profile.runs_root) if d)}
     sources = [m.split(":")[0] for m in bind_mounts(paths, profile.container.mounts)]
     return [s for s in sources if s not in made and not Path(s).expanduser().exists()]

@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel
 
 from convlens.errors import ConfigError, JobFailed
-from convlens.launch.container import job_paths, missing_sources
+from convlens.launch.container import job_folders, job_paths, missing_sources
 from convlens.launch.follow import follow
 from convlens.launch.jobstate import wait_for
 from convlens.launch.sbatch import batch_script, make_executor
@@ -91,11 +91,14 @@ def spec_text(job: BaseModel) -> str:
     return yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False)
 
 
-def check_mounts(profile: ClusterProfile, paths: list[str]) -> None:
-    missing = missing_sources(profile, paths)
+def check_mounts(profile: ClusterProfile, paths: list[str], specs: list[dict]) -> None:
+    made = job_folders(specs) if profile.container else []
+    missing = missing_sources(profile, paths, made)
     if missing:
         raise ConfigError(f"container: {', '.join(missing)} not found here; {profile.container.runtime} cannot "
                           f"bind a missing path into the job: create it, or correct the spec or container.mounts")
+    for folder in made:
+        Path(folder).mkdir(parents=True, exist_ok=True)
 
 
 def submit(cluster_yaml, kind: str, spec, overrides=(), wait: bool = False, array: bool = False,
@@ -115,16 +118,17 @@ def submit(cluster_yaml, kind: str, spec, overrides=(), wait: bool = False, arra
     job = resolve_job(kind, spec, overrides, profile)
     label = job_label(kind, job.model_dump(mode="json"), Path(spec))
     multinode = profile.nodes > 1 if multinode is None else multinode
-    paths = job_paths(profile, [job.model_dump(mode="json")]) if profile.container else []
+    dumped = [job.model_dump(mode="json")]
+    paths = job_paths(profile, dumped) if profile.container else []
     if not dry_run:
-        check_mounts(profile, paths)
+        check_mounts(profile, paths, dumped)
     executor = make_executor(profile, f"convlens-{label}", multinode, paths, preview=dry_run)
     if dry_run:
         spec_file = spec_path(profile, label, "<time>")
         argv = SlurmJob(kind, str(spec_file), profile.nodes, profile.cpus_per_task, profile.gpus_per_node,
                         multinode).argv(restarted=False)
         return print_dry_run(profile, batch_script(executor), task_lines(profile, multinode, argv),
-                             f"resolved spec, written at submission to {spec_file}", spec_text(job), paths)
+                             f"resolved spec, written at submission to {spec_file}", spec_text(job), paths, dumped)
     spec_file = write_spec(job, profile, label)
     runs_root = check_runs_root(profile)
     work = SlurmJob(kind, str(spec_file), profile.nodes, profile.cpus_per_task, profile.gpus_per_node, multinode,
@@ -141,10 +145,10 @@ def submit(cluster_yaml, kind: str, spec, overrides=(), wait: bool = False, arra
 
 
 def print_dry_run(profile: ClusterProfile, script: str, runs: list[str], spec_title: str, spec: str,
-                  paths: list[str]) -> str:
+                  paths: list[str], specs: list[dict]) -> str:
     """What `submit --dry-run` shows: the batch script, what its tasks run (runs: lines), the resolved
     spec under spec_title, and what only a submission checks. Returns the text printed."""
-    missing = missing_sources(profile, paths)
+    missing = missing_sources(profile, paths, job_folders(specs))
     lines = ["[convlens] dry run: nothing written, nothing submitted",
              f"[convlens] batch script, as sbatch would get it (a submission keeps it in {profile.folder.parent}/"
              f"<job id>/):", "",
@@ -183,9 +187,10 @@ def submit_array(profile: ClusterProfile, kind: str, spec, overrides, wait: bool
     check_new(job)  # a dry run too says what the submission would refuse
     one_node = profile.model_copy(update={"nodes": 1})
     sampled, trials = plan_array(job)
-    paths = job_paths(profile, [t.model_dump(mode="json") for t in trials.values()]) if profile.container else []
+    dumped = [t.model_dump(mode="json") for t in trials.values()]
+    paths = job_paths(profile, dumped) if profile.container else []
     if not dry_run:
-        check_mounts(profile, paths)
+        check_mounts(profile, paths, dumped)
     executor = make_executor(one_node, f"convlens-sweep-{job.name}", paths=paths, preview=dry_run)
     if dry_run:
         runs = [f"[convlens] {len(trials)} array task(s), each one node with a Ray of its own, at most "
@@ -194,7 +199,7 @@ def submit_array(profile: ClusterProfile, kind: str, spec, overrides, wait: bool
                  f"{' '.join(f'{k}={v}' for k, v in sampled[tid].items())}" for tid, train in trials.items()]
         return print_dry_run(one_node, batch_script(executor, len(trials)), runs,
                              f"the sweep's resolved spec (trials drawn from it with seed {job.seed})",
-                             spec_text(job), paths)
+                             spec_text(job), paths, dumped)
     record_array(job, sampled)
     specs = {tid: write_spec(train, profile, f"train-{train.run.name}") for tid, train in trials.items()}
     with executor.batch():  # one sbatch --array for all of them
