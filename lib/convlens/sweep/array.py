@@ -43,6 +43,9 @@ def check_new(job: SweepJob) -> None:
 
 def plan_array(job: SweepJob) -> tuple[dict[str, dict], dict[str, TrainJob]]:
     """({trial id: sampled values}, {trial id: its TrainJob}), writing nothing."""
+    if job.search == "tpe" or job.scheduler.name == "pbt":  # both need the results of running trials
+        what = "search: tpe" if job.search == "tpe" else "scheduler.name: pbt"
+        raise ConfigError(f"{what} needs `convlens sweep` (Ray Tune); `submit --array` runs drawn trials only")
     spec = trial_spec(job)
     trials = {trial_id(i): sampled for i, sampled in enumerate(draw_trials(job))}
     folder = SweepDir(job.sweep_dir)
@@ -64,5 +67,5 @@ def collect_array(job: SweepJob, errors: dict[str, Exception] | None = None) -> 
             row["status"] = "incomplete"
         rows.append(row)
     rows = rank_rows(rows)
-    write_outputs(job, trial_spec(job), rows)
+    write_outputs(job, trial_spec(job), rows, scheduler="none")
     return rows

@@ -39,10 +39,10 @@ def train_worker(config: dict) -> None:
     run = RunDir(job.run_dir)
     trainer = Trainer(job, load_dataset(job.data), rank, world, ray.train.torch.get_device(),
                       wrap=ray.train.torch.prepare_model)
-    latest = ray.train.get_checkpoint()
+    latest = ray.train.get_checkpoint()  # the run's own; else where it was told to start (PBT's donor)
+    start = Path(latest.path) if latest else (Path(config["start_from"]) if config.get("start_from") else None)
     try:
-        state, source = resume.restore(Path(latest.path) if latest else None, trainer.arch,
-                                       job.run.on_corrupt_checkpoint)
+        state, source = resume.restore(start, trainer.arch, job.run.on_corrupt_checkpoint)
     except RunStopped as stop:
         end_run(run, rank, {"stop_reason": str(stop), "epoch": 0})
         return

@@ -1,0 +1,131 @@
+"""Search algorithms and schedulers of `convlens sweep`: TPE (Optuna), PBT, no early stopping;
+each on a tiny real sweep, killed and resumed, and the spaces they refuse."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+import torch
+import yaml
+
+from test_sweep import FAST, read_trials, sweep_cli, write_sweep
+from convlens.errors import ConfigError
+from convlens.specs.load import load_job
+
+
+def test_tpe_and_pbt_refuse_what_they_cannot_take(tmp_path, cache_dir):
+    path = write_sweep(tmp_path, cache_dir, "v", {"optim.lr": {"grid": [0.1, 0.05]}})
+    with pytest.raises(ConfigError, match="space.optim.lr: grid cannot be searched by TPE"):
+        load_job(path, ["search=tpe"], "sweep")
+    with pytest.raises(ConfigError, match=r"space.schedule.milestones: TPE \(search: tpe\) chooses among numbers"):
+        load_job(path, ["search=tpe", "space.optim.lr={loguniform: [0.01, 0.1]}",
+                        "space.schedule.milestones={choice: [[1], [2]]}"], "sweep")
+    with pytest.raises(ConfigError, match="scheduler.name: pbt has nothing to perturb: space has none of optim.lr"):
+        load_job(path, ["scheduler.name=pbt", "space={run.seed: {grid: [0, 1]}}"], "sweep")
+    with pytest.raises(ConfigError, match="scheduler.name: pbt picks each trial's next values itself"):
+        load_job(path, ["scheduler.name=pbt", "search=tpe", "space.optim.lr={uniform: [0.01, 0.1]}"], "sweep")
+    with pytest.raises(ConfigError, match="scheduler.perturbation_interval: 3 leaves PBT no perturbation"):
+        load_job(path, ["scheduler.name=pbt", "scheduler.perturbation_interval=3"], "sweep")
+    tpe = load_job(path, ["search=tpe", "space.optim.lr={loguniform: [0.01, 0.1]}",
+                          "space.optim.name={choice: [sgd, adam]}"], "sweep")
+    assert tpe.search == "tpe"
+    pbt = load_job(path, ["scheduler.name=pbt", "space.optim.weight_decay={choice: [0.0, 0.001]}"], "sweep")
+    assert pbt.perturbed == ["optim.lr", "optim.weight_decay"]
+    from convlens.sweep.array import plan_array
+    with pytest.raises(ConfigError, match="scheduler.name: pbt needs `convlens sweep`"):
+        plan_array(pbt)
+
+
+def test_retarget_keeps_the_schedule_and_takes_the_new_values():
+    """A donor's optimizer and schedule continue under the new lr (same place in the schedule),
+    momentum and weight decay."""
+    from types import SimpleNamespace
+    from convlens.training.optim import retarget
+    param = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([param], lr=0.1, momentum=0.9, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [2, 4], 0.1)
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.01)
+    retarget(opt, sched, {"lr": 0.1}, SimpleNamespace(lr=0.2, momentum=0.5, weight_decay=0.0))
+    group = opt.param_groups[0]
+    assert group["lr"] == pytest.approx(0.02) and group["initial_lr"] == pytest.approx(0.2)
+    assert (group["momentum"], group["weight_decay"]) == (0.5, 0.0)
+    opt.step()
+    sched.step()  # epoch 4: the second milestone, from the new base
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.002)
+
+
+def test_tpe_sweep_runs_numbered_trials_and_resumes(ray_cluster, tmp_path, cache_dir):
+    """TPE with no early stopping: 3 trials proposed one after the other by Optuna, seeded; the
+    driver killed after the first finishes resumes the study and ends with 3 distinct trials."""
+    space = {"optim.lr": {"loguniform": [0.01, 0.2]}, "optim.name": {"choice": ["sgd", "adam"]}}
+    path = write_sweep(tmp_path, cache_dir, "tpe", space, run={"epochs": 2, "steps_per_epoch": 3},
+                       search="tpe", num_samples=3, max_concurrent=1, scheduler={"name": "none"})
+    job = load_job(path, [], "sweep")
+    trials_dir = job.sweep_dir / "trials"
+    driver = sweep_cli(path)
+    deadline = time.time() + 200
+    while not list(trials_dir.glob("*/summary.json")) and time.time() < deadline and driver.poll() is None:
+        time.sleep(0.2)
+    assert list(trials_dir.glob("*/summary.json")), driver.communicate()[0][-3000:] if driver.poll() else "slow"
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    again = sweep_cli(path, "--resume")
+    out = again.communicate(timeout=300)[0]
+    assert again.returncode == 0, out[-3000:]
+    trials = read_trials(job.sweep_dir)
+    assert sorted(r["trial_id"] for r in trials) == ["00000", "00001", "00002"], trials
+    assert all(r["status"] == "completed" and (r["searcher"], r["scheduler"]) == ("tpe", "none") for r in trials)
+    assert len({r["config/optim.lr"] for r in trials}) == 3
+    assert all(0.01 <= float(r["config/optim.lr"]) <= 0.2 and r["config/optim.name"] in ("sgd", "adam")
+               for r in trials)
+    assert sorted(p.name for p in trials_dir.iterdir()) == [f"tpe_trial_0000{i}" for i in range(3)]
+
+
+def test_pbt_perturbs_from_donor_checkpoints_and_resumes(ray_cluster, tmp_path, cache_dir):
+    """PBT over 4 trials with learning rates drawn from 1e-6 to 0.2: bottom trials restart from
+    a top trial's Train checkpoint with a perturbed lr, recorded per trial; killed mid-way,
+    --resume finishes every trial; trials.csv, the lr figure and the report show the perturbations."""
+    space = {"optim.lr": {"loguniform": [1e-6, 0.2]}}
+    path = write_sweep(tmp_path, cache_dir, "pbt", space, run={"epochs": 4, "steps_per_epoch": 10},
+                       data={"train_subset": 2000}, search="random", num_samples=4, max_concurrent=4,
+                       scheduler={"name": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.5})
+    job = load_job(path, [], "sweep")
+    trials_dir = job.sweep_dir / "trials"
+    driver = sweep_cli(path)
+    deadline = time.time() + 300
+    while not list(trials_dir.glob("*/perturbations.jsonl")) and time.time() < deadline and driver.poll() is None:
+        time.sleep(0.2)
+    assert list(trials_dir.glob("*/perturbations.jsonl")), (driver.communicate()[0][-3000:]
+                                                           if driver.poll() is not None else "no perturbation")
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    again = sweep_cli(path, "--resume")
+    out = again.communicate(timeout=400)[0]
+    assert again.returncode == 0, out[-3000:]
+    trials = {r["trial_id"]: r for r in read_trials(job.sweep_dir)}
+    assert len(trials) == 4 and all(r["status"] == "completed" for r in trials.values()), trials
+    assert all(r["scheduler"] == "pbt" for r in trials.values())
+    perturbed = {tid: r for tid, r in trials.items() if r["perturbations"]}
+    assert perturbed, trials
+    for tid, row in perturbed.items():
+        run = trials_dir / f"pbt_trial_{tid}"
+        entries = [json.loads(line) for line in (run / "perturbations.jsonl").read_text().splitlines()]
+        assert all(e["from"] != tid and e["from"] in trials and 1 <= e["epoch"] < 4 for e in entries)
+        assert row["perturbations"].startswith(f"epoch {entries[0]['epoch']} from {entries[0]['from']}: optim.lr=")
+        history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [h["epoch"] for h in history] == [1, 2, 3, 4]  # the model's lineage, every epoch once
+        last = entries[-1]  # after it, the trial's model trains with its new lr (constant schedule)
+        assert history[last["epoch"]]["lr"] == pytest.approx(last["optim.lr"])
+        assert history[last["epoch"]]["lr"] != pytest.approx(history[last["epoch"] - 1]["lr"])
+    assert (job.sweep_dir / "learning_rates.png").stat().st_size > 10_000
+    from convlens.report.sweeps import sweep_section
+    html = sweep_section(job.sweep_dir)
+    assert "Population Based Training" in html and "perturbations" in html and "learning rates" in html
+    best = yaml.safe_load((job.sweep_dir / "best_job.yaml").read_text())["optim"]["lr"]
+    assert best == pytest.approx(float(next(r for r in trials.values() if r["best"] == "True")["config/optim.lr"]))
