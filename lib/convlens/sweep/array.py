@@ -41,11 +41,21 @@ def check_new(job: SweepJob) -> None:
         raise ConfigError(f"sweep {job.name} already exists in {job.sweep_dir}: choose another name")
 
 
+def check_arrayable(job: SweepJob) -> None:
+    """Independent array tasks run trials drawn up front, and none sees another's results."""
+    if job.scheduler.name == "asha":
+        raise ConfigError("scheduler.name = asha: ASHA compares trials while they run, which independent "
+                          "Slurm array tasks cannot; set scheduler.name=none or drop --array")
+    if job.scheduler.name == "pbt":
+        raise ConfigError("scheduler.name = pbt: PBT copies checkpoints between trials while they run, which "
+                          "independent Slurm array tasks cannot; set scheduler.name=none or drop --array")
+    if job.search == "tpe":
+        raise ConfigError("search = tpe: TPE proposes each trial from the results of earlier ones, which "
+                          "array tasks drawn up front cannot; set search=random or drop --array")
+
+
 def plan_array(job: SweepJob) -> tuple[dict[str, dict], dict[str, TrainJob]]:
     """({trial id: sampled values}, {trial id: its TrainJob}), writing nothing."""
-    if job.search == "tpe" or job.scheduler.name == "pbt":  # both need the results of running trials
-        what = "search: tpe" if job.search == "tpe" else "scheduler.name: pbt"
-        raise ConfigError(f"{what} needs `convlens sweep` (Ray Tune); `submit --array` runs drawn trials only")
     spec = trial_spec(job)
     trials = {trial_id(i): sampled for i, sampled in enumerate(draw_trials(job))}
     folder = SweepDir(job.sweep_dir)

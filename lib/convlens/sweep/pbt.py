@@ -11,7 +11,9 @@ checkpoints: Train would otherwise resume the trial's own), copies the donor's c
 best copy) into its run directory and starts from the copy. The model's history comes along:
 the trial's metrics.jsonl is then its model's lineage, learning rate per epoch included.
 Each such start is a line of perturbations.jsonl: the epoch, the donor, the values now used.
-A pointer to the trial itself (a resumed sweep) resumes its own Train run as usual.
+A pointer to the trial itself (a resumed sweep) resumes its own Train run as usual, or, where
+the trial took a donor after Tune last saved its state, continues from that donor's copy.
+A bottom trial may take a donor at its last epoch: it then ends as a copy of the donor's model.
 """
 from __future__ import annotations
 
@@ -36,12 +38,12 @@ def train_with_checkpoints(job: TrainJob, tid: str, perturbed: dict) -> dict:
     import ray.tune
     from ray.util.queue import Queue
     from convlens.training.run import train
-    start_from = None
-    given = ray.tune.get_checkpoint()
-    if given is not None:
-        pointer = json.loads((Path(given.path) / POINTER).read_text())
-        if pointer["trial"] != tid:
-            start_from = take_donor(RunDir(job.run_dir), pointer, perturbed)
+    run, given = RunDir(job.run_dir), ray.tune.get_checkpoint()
+    pointer = json.loads((Path(given.path) / POINTER).read_text()) if given is not None else None
+    if pointer is not None and pointer["trial"] != tid:
+        start_from = take_donor(run, pointer, perturbed)
+    else:  # the trial's own: its Train run resumes itself, unless a donor was taken after Tune last saved
+        start_from = None if (run / RunDir.RAY_SNAPSHOT).is_file() else newest_donor_copy(run)
     epochs, outcome = Queue(actor_options={"num_cpus": 0}), {}
 
     def work():
@@ -95,11 +97,30 @@ def take_donor(run: RunDir, pointer: dict, perturbed: dict) -> str:
     for old in [*run.checkpoints(), *run.bests(), *run.path.glob(RunDir.DONOR + "*")]:
         shutil.rmtree(old, ignore_errors=True)
     copy = Path(shutil.copytree(source, run / RunDir.folder_name(RunDir.DONOR, epoch)))
-    best = ckpt.best_checkpoint(source.parent)  # the lineage's best, if it is not newer than the copy
-    if best is not None and ckpt.checkpoint_epoch(best) <= epoch:
-        shutil.copytree(best, run / best.name)
+    copy_lineage_best(source, epoch, run)
     record_perturbation(run, {"epoch": epoch, "from": pointer["trial"], **perturbed})
     return str(copy)
+
+
+def copy_lineage_best(source: Path, epoch: int, run: RunDir) -> None:
+    """The best copy of the donor's lineage up to `epoch`, for the trial's final test: the donor's
+    best_epoch folder, or the taken checkpoint itself where that epoch was the best (the donor
+    may have replaced its older best since)."""
+    donor = RunDir(source.parent)
+    best = ckpt.best_checkpoint(donor.path)
+    if best is not None and ckpt.checkpoint_epoch(best) <= epoch:
+        shutil.copytree(best, run / best.name)
+        return
+    history = [h for h in donor.read_metrics() if h["epoch"] <= epoch]
+    if history and min(history, key=lambda h: h["val_error"])["epoch"] == epoch:
+        shutil.copytree(source, run / RunDir.folder_name(RunDir.BEST, epoch))
+
+
+def newest_donor_copy(run: RunDir) -> str | None:
+    """The donor checkpoint a trial took before its driver was killed, while its Train run had
+    registered nothing since (no snapshot): what perturbations.jsonl says it continues from."""
+    copies = sorted(run.path.glob(RunDir.DONOR + "*"), key=RunDir.epoch_of)
+    return str(copies[-1]) if copies else None
 
 
 def donor_checkpoint(path: Path) -> Path:

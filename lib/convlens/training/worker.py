@@ -48,6 +48,8 @@ def train_worker(config: dict) -> None:
         return
     if state is not None:
         trainer.load_state_dict(state)
+        if rank == 0:  # the history it resumes with (a PBT donor's lineage), even with no epoch left to train
+            run.write_metrics(trainer.history)
     nodes = all_gather_objects(this_node())  # every rank takes part
     if rank == 0:
         resume.record_attempt(run, trainer.epoch + 1, source, {**trainer.hardware(), "nodes": nodes},
