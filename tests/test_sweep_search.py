@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from test_sweep import FAST, read_trials, sweep_cli, write_sweep
+from test_sweep import read_trials, sweep_cli, write_sweep
 from convlens.errors import ConfigError
 from convlens.specs.load import load_job
 
@@ -62,12 +62,14 @@ def test_retarget_keeps_the_schedule_and_takes_the_new_values():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.002)
 
 
-def test_tpe_sweep_runs_numbered_trials_and_resumes(ray_cluster, tmp_path, cache_dir):
-    """TPE with no early stopping: 3 trials proposed one after the other by Optuna, seeded; the
-    driver killed after the first finishes resumes the study and ends with 3 distinct trials."""
+@pytest.mark.parametrize("scheduler", ["none", "asha"])
+def test_tpe_sweep_runs_numbered_trials_and_resumes(ray_cluster, tmp_path, cache_dir, scheduler):
+    """TPE, with no early stopping and with ASHA: 3 trials proposed one after the other by Optuna,
+    seeded; the driver killed after the first finishes resumes the study and ends with 3 distinct
+    trials."""
     space = {"optim.lr": {"loguniform": [0.01, 0.2]}, "optim.name": {"choice": ["sgd", "adam"]}}
-    path = write_sweep(tmp_path, cache_dir, "tpe", space, run={"epochs": 2, "steps_per_epoch": 3},
-                       search="tpe", num_samples=3, max_concurrent=1, scheduler={"name": "none"})
+    path = write_sweep(tmp_path, cache_dir, "tpe", space, run={"epochs": 3, "steps_per_epoch": 3},
+                       search="tpe", num_samples=3, max_concurrent=1, scheduler={"name": scheduler})
     job = load_job(path, [], "sweep")
     trials_dir = job.sweep_dir / "trials"
     driver = sweep_cli(path)
@@ -82,7 +84,9 @@ def test_tpe_sweep_runs_numbered_trials_and_resumes(ray_cluster, tmp_path, cache
     assert again.returncode == 0, out[-3000:]
     trials = read_trials(job.sweep_dir)
     assert sorted(r["trial_id"] for r in trials) == ["00000", "00001", "00002"], trials
-    assert all(r["status"] == "completed" and (r["searcher"], r["scheduler"]) == ("tpe", "none") for r in trials)
+    ended = {"completed", "early_stopped"} if scheduler == "asha" else {"completed"}
+    assert all(r["status"] in ended and (r["searcher"], r["scheduler"]) == ("tpe", scheduler) for r in trials)
+    assert trials[0]["status"] == "completed"  # ranked first: the best of the completed
     assert len({r["config/optim.lr"] for r in trials}) == 3
     assert all(0.01 <= float(r["config/optim.lr"]) <= 0.2 and r["config/optim.name"] in ("sgd", "adam")
                for r in trials)
@@ -135,3 +139,16 @@ def test_pbt_perturbs_from_donor_checkpoints_and_resumes(ray_cluster, tmp_path, 
     best = yaml.safe_load((job.sweep_dir / "best_job.yaml").read_text())["optim"]["lr"]
     assert best == pytest.approx(float(next(r for r in trials.values() if r["best"] == "True")["config/optim.lr"]))
 
+
+def test_search_bench_runs_each_method(ray_cluster, tmp_path, cache_dir, capsys):
+    """python -m convlens.bench.search, smoke size: one seed, 2 trials of 2 epochs per method."""
+    from convlens.bench.search import METHODS, main
+    space = {"optim.lr": {"loguniform": [0.01, 0.2]}, "optim.momentum": {"uniform": [0.8, 0.95]}}
+    path = write_sweep(tmp_path, cache_dir, "bench", space, run={"epochs": 2, "steps_per_epoch": 3},
+                       search="random", num_samples=2)
+    results = main([str(path), "--root", str(tmp_path / "bench"), "--seeds", "0"])
+    assert list(results) == list(METHODS) and all(len(runs) == 1 for runs in results.values())
+    assert all(runs[0]["trials"] == 2 and 0 < runs[0]["best_val_accuracy"] <= 1 for runs in results.values())
+    for name, scheduler in (("random_asha_s0", "asha"), ("tpe_asha_s0", "asha"), ("pbt_s0", "pbt")):
+        assert {r["scheduler"] for r in read_trials(tmp_path / "bench" / name)} == {scheduler}
+    assert "tpe+asha" in capsys.readouterr().out

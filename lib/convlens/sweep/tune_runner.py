@@ -1,17 +1,20 @@
 """`convlens sweep`: a sweep's trials under Ray Tune, each a full Ray Train run (trial.py).
 
-Tune runs exactly the trials space.draw_trials drew (the ones `submit --array` would run): a grid
-over their indices, and each searched key a Drawn domain that Tune resolves to the value drawn for
-that index, so Tune's state, trial table and result configs hold the drawn values. The sweep fits as many trials side by side as the Ray
-cluster has CPUs (and GPUs) for their Train workers, schedules them with ASHA or FIFO, and resumes
-with Tune's own state (tuner.pkl): a trial's run is named after its index, so a resumed sweep
-resumes interrupted trials from their own Train checkpoints. While it runs the driver shows
+With search random or grid, Tune runs exactly the trials space.draw_trials drew (the ones `submit
+--array` would run): a grid over their indices, and each searched key a Drawn domain that Tune
+resolves to the value drawn for that index, so Tune's state, trial table and result configs hold
+the drawn values; with search tpe, Optuna proposes them (search.py). The sweep fits as many trials
+side by side as the Ray cluster has CPUs (and GPUs) for their Train workers, schedules them with
+ASHA, PBT or FIFO (search.py), and resumes with Tune's own state (tuner.pkl, the TPE study with
+it): a trial's run is named after its index, so a resumed sweep resumes interrupted trials from
+their own Train checkpoints (a PBT trial from the one its Tune checkpoint points at, pbt.py). While it runs the driver shows
 status.py's compact status; Tune's own tables and its trial-failure tracebacks only with
 `convlens --verbose`. Outputs: results.py.
 """
 from __future__ import annotations
 
 import logging
+import warnings
 from contextlib import contextmanager
 
 from ray.tune.search.sample import Domain
@@ -72,6 +75,8 @@ def build_tuner(job: SweepJob, spec: dict, resume: bool):
         restored.verbose, restored.callbacks = show["verbose"], show["callbacks"]
         return tuner
     sched = job.scheduler
+    # reuse_actors stays off: a trial's actor owns its Train run, which must end with the trial
+    warnings.filterwarnings("ignore", message="Consider boosting PBT performance", category=UserWarning)
     return ray.tune.Tuner(
         trainable, param_space=tpe_space(job) if job.search == "tpe" else param_space(trials),
         tune_config=ray.tune.TuneConfig(metric=sched.metric, mode=sched.mode,
