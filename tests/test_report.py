@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -147,7 +148,7 @@ def test_report_is_one_offline_page_with_every_figure(trained, tmp_path, capsys)
     shot = tmp_path / "report.png"
     chromium([f"--screenshot={shot}", "--window-size=1100,2600", out.as_uri()], tmp_path / "profile2")
     assert shot.is_file() and shot.stat().st_size > 10_000
-    keep = Path("/tmp/convlens-report-screenshot.png")  # for a person to look at after the run
+    keep = Path(tempfile.gettempdir()) / f"convlens-report-screenshot-{os.getuid()}.png"  # for a person to look at
     shutil.copy(shot, keep)
 
 

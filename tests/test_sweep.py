@@ -248,8 +248,10 @@ def test_tune_sweep_and_array_draw_the_same_trials(ray_cluster, tmp_path, cache_
 
 
 def test_asha_bench_runs_the_same_trials_with_asha_and_in_full(ray_cluster, tmp_path, cache_dir, capsys):
-    """python -m convlens.bench.asha: both sweeps train the same seeded configs; ASHA trains fewer
-    epochs and the table says how many of the full run's."""
+    """python -m convlens.bench.asha: both sweeps train the same seeded configs; ASHA stops the trial
+    at chance and the table says how many of the full run's epochs it trained. (How many it saves
+    depends on how fast the stop reaches the trial's Train run: on a busy machine its second and
+    last epoch may finish first, so the count is only bounded here.)"""
     from convlens.bench.asha import main
     path = write_sweep(tmp_path, cache_dir, "bench", {"optim.lr": {"grid": [0.1, 0.05, 1e-7]}},
                        run={"epochs": 2, "steps_per_epoch": 20}, data={"train_subset": 2000})
@@ -258,7 +260,8 @@ def test_asha_bench_runs_the_same_trials_with_asha_and_in_full(ray_cluster, tmp_
     configs = {name: {r["trial_id"]: r["config/optim.lr"] for r in rows} for name, rows in (("asha", asha), ("full", full))}
     assert configs["asha"] == configs["full"] and len(configs["full"]) == 3
     assert [int(r["epochs"]) for r in full] == [2] * 3 and figures["full"]["epochs"] == 6
-    assert figures["asha"]["epochs"] == sum(int(r["epochs"]) for r in asha) < 6  # 1e-7 stays at chance
+    assert {float(r["config/optim.lr"]): r["status"] for r in asha}[1e-7] == "early_stopped"  # it stays at chance
+    assert figures["asha"]["epochs"] == sum(int(r["epochs"]) for r in asha) <= 6
     assert figures["asha"]["planned"] == figures["full"]["planned"] == 6
     out = capsys.readouterr().out
     assert f"ASHA trained {figures['asha']['epochs'] / 6:.0%} of the epochs in " in out
