@@ -20,7 +20,7 @@ import ray.tune
 from convlens.rundir import trial_epochs
 from convlens.sweep.results import fmt
 from convlens.sweep.space import trial_id
-from convlens.sweep.trial import trial_index
+from convlens.sweep.trial import TRIAL
 
 STATUS_EVERY_S = 30.0  # a log's status line, as often as Tune's own heartbeat
 REDRAW_EVERY_S = 1.0  # the terminal's line, for its elapsed time between results
@@ -103,11 +103,6 @@ def log_line(name: str, elapsed_s: float, trained: int, planned: int, text: str)
     return f"sweep {name} [{tqdm.format_interval(elapsed_s)}]: {trained} of {planned} epochs, {text}"
 
 
-def sweep_trial_id(trial) -> str:
-    """A Tune trial's id in the sweep (its run name's)."""
-    return trial_id(trial_index(trial.trial_id, trial.config))
-
-
 class SweepStatus(ray.tune.Callback):
     """The sweep's live status (see the module's docstring). planned: each trial index's run.epochs;
     space: the searched keys, in the spec's order. Tune pickles callbacks with the Tuner, so the
@@ -130,11 +125,9 @@ class SweepStatus(ray.tune.Callback):
 
     def view(self, trial) -> TrialView:
         """The trial's view; a trial first seen here (a resumed sweep's) starts from its last result."""
-        index = trial_index(trial.trial_id, trial.config)
-        tid = trial_id(index)
+        tid = trial_id(trial.config[TRIAL])
         if tid not in self.views:
-            planned = self.planned[index] if index < len(self.planned) else self.planned[-1]
-            self.views[tid] = TrialView(int(trial.config.get("run.epochs", planned)))  # TPE draws as it goes
+            self.views[tid] = TrialView(self.planned[trial.config[TRIAL]])
             self.views[tid].add(trial.last_result or {})
         return self.views[tid]
 
@@ -157,7 +150,7 @@ class SweepStatus(ray.tune.Callback):
             self.bar.close()
 
     def end(self, trial, state: str, how: str) -> None:
-        tid, drawn = sweep_trial_id(trial), {key: trial.config.get(key) for key in self.space}
+        tid, drawn = trial_id(trial.config[TRIAL]), {key: trial.config.get(key) for key in self.space}
         self.ended[tid] = state
         self.write("[convlens] " + trial_line(tid, drawn, self.view(trial).best, how))
 
@@ -176,7 +169,7 @@ class SweepStatus(ray.tune.Callback):
         self.shown = now
         views = [self.view(t) for t in trials]
         trained = trial_epochs({"epochs": v.epochs, "planned_epochs": v.planned} for v in views)[0]
-        counts = Counter(self.ended.get(sweep_trial_id(t)) or trial_state(t.status, t.last_result or {})
+        counts = Counter(self.ended.get(trial_id(t.config[TRIAL])) or trial_state(t.status, t.last_result or {})
                          for t in trials)
         # Tune creates trials as slots free up: the ones it has not created yet are pending too
         counts["pending"] = len(self.planned) - sum(counts[s] for s in COUNTED if s != "pending")
