@@ -156,7 +156,7 @@ def test_sweep_trials_run_on_both_nodes(nodes, work):
 
 def first_checkpoint(run_dir: Path, job, timeout: float = 400) -> int:
     """Wait until the run has committed a checkpoint; the epochs committed by then."""
-    from convlens.launch.slurm import slurm_state
+    from convlens.launch.jobstate import slurm_state
     deadline = time.time() + timeout
     while not (done := committed_epochs(run_dir)):
         assert time.time() < deadline, f"no checkpoint after {timeout} s; job {slurm_state(job.job_id)}"
@@ -167,7 +167,8 @@ def first_checkpoint(run_dir: Path, job, timeout: float = 400) -> int:
 def test_requeue_of_two_node_job_resumes(nodes, work):
     """scontrol requeue mid-run: both nodes restart, the run resumes from its checkpoint, every
     epoch once, nothing lost; no Ray or training process is left on either node."""
-    from convlens.launch.slurm import submit, wait_for
+    from convlens.launch.jobstate import wait_for
+    from convlens.launch.slurm import submit
     profile, spec, runs = work
     path = spec("requeue2", run={"workers": 2, "epochs": 4}, data={"train_subset": 1536})
     job = submit(profile, "train", path)
@@ -198,7 +199,8 @@ def test_worker_node_lost_mid_run(nodes, work):
     node; afterwards no Ray or training process is left on either node."""
     import signal
     from convlens.errors import JobFailed
-    from convlens.launch.slurm import submit, wait_for
+    from convlens.launch.jobstate import wait_for
+    from convlens.launch.slurm import submit
     profile, spec, runs = work
     # epochs of about 2 s: with 0.5 s epochs the run could end before the lost raylet was noticed
     path = spec("lost2", run={"workers": 2, "epochs": 6, "max_failures": 2}, data={"train_subset": 6144})

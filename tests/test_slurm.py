@@ -303,8 +303,8 @@ def test_followed_job_ends_with_its_outcome_in_a_calm_log(cluster, setup, tmp_pa
 
     def interrupted(job_id):
         raise KeyboardInterrupt
-    import convlens.launch.slurm as slurm
-    monkeypatch.setattr(slurm, "slurm_state", interrupted)
+    import convlens.launch.jobstate as jobstate
+    monkeypatch.setattr(jobstate, "slurm_state", interrupted)
     with pytest.raises(KeyboardInterrupt):
         follow.follow_id(str(profile), job_id)
     assert f"stopped following; job {job_id} goes on. Follow it again with: convlens follow {job_id} --cluster " \

@@ -27,6 +27,15 @@ REDRAW_EVERY_S = 1.0  # the terminal's line, for its elapsed time between result
 COUNTED = ("running", "pending", "finished", "stopped", "failed")  # trial states, in this order
 
 
+def trial_index(trial) -> int:
+    """The trial's index among the sweep's drawn trials: config[TRIAL], or where a resumed sweep's
+    restored trial lacks it, the counter Tune ends its id with (<prefix>_00003), which it gives the
+    drawn trials in the same order."""
+    if TRIAL in trial.config:
+        return int(trial.config[TRIAL])
+    return int(trial.trial_id.rpartition("_")[2])
+
+
 @dataclass
 class TrialView:
     """One trial as the driver has seen it: epochs reported to Tune and its best validation accuracy."""
@@ -125,9 +134,10 @@ class SweepStatus(ray.tune.Callback):
 
     def view(self, trial) -> TrialView:
         """The trial's view; a trial first seen here (a resumed sweep's) starts from its last result."""
-        tid = trial_id(trial.config[TRIAL])
+        index = trial_index(trial)
+        tid = trial_id(index)
         if tid not in self.views:
-            self.views[tid] = TrialView(self.planned[trial.config[TRIAL]])
+            self.views[tid] = TrialView(self.planned[index])
             self.views[tid].add(trial.last_result or {})
         return self.views[tid]
 
@@ -150,7 +160,7 @@ class SweepStatus(ray.tune.Callback):
             self.bar.close()
 
     def end(self, trial, state: str, how: str) -> None:
-        tid, drawn = trial_id(trial.config[TRIAL]), {key: trial.config.get(key) for key in self.space}
+        tid, drawn = trial_id(trial_index(trial)), {key: trial.config.get(key) for key in self.space}
         self.ended[tid] = state
         self.write("[convlens] " + trial_line(tid, drawn, self.view(trial).best, how))
 
@@ -169,7 +179,7 @@ class SweepStatus(ray.tune.Callback):
         self.shown = now
         views = [self.view(t) for t in trials]
         trained = trial_epochs({"epochs": v.epochs, "planned_epochs": v.planned} for v in views)[0]
-        counts = Counter(self.ended.get(trial_id(t.config[TRIAL])) or trial_state(t.status, t.last_result or {})
+        counts = Counter(self.ended.get(trial_id(trial_index(t))) or trial_state(t.status, t.last_result or {})
                          for t in trials)
         # Tune creates trials as slots free up: the ones it has not created yet are pending too
         counts["pending"] = len(self.planned) - sum(counts[s] for s in COUNTED if s != "pending")
