@@ -182,7 +182,7 @@ def test_synced_run_shows_its_runtime_system_metrics_and_logs(retried):
     starts = [text.find(f"[convlens] tracked epoch {epoch}/3:  14% (2/14 steps)") for epoch in (1, 2, 3)]
     assert all(text.count(text[i:i + 45]) == 1 for i in starts) and -1 < starts[0] < starts[1] < starts[2], text
     assert "attempt 2 resumes at epoch 2" in text and "attempt 3 resumes at epoch 3" in text
-    assert text.count("[convlens] tracked epoch 3/3: train loss") == 1  # a killed attempt loses its last second
+    assert text.count("[convlens] tracked epoch 3/3: train loss") == 1  # attempt 2 was killed at its first step
     assert (log_folder(run_dir, run_id) / "files" / "output.log").read_text() == text
 
 
@@ -316,10 +316,10 @@ def test_api_key_never_written_by_a_training_and_a_sweep(tmp_path, cache_dir):
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def segment(folder: Path, run_id: str, start: float, stats: list[float], lines: list[str] = (),
+def segment(folder: Path, run_id: str, start: float, stats: list[float],
             driver: bool = False, finished: bool = True) -> Path:
-    """A synthetic offline segment: run record, system-metric samples and console lines at the
-    given times (epoch seconds), a summary with wandb's own runtime and, if finished, an exit."""
+    """A synthetic offline segment: run record and system-metric samples at the given times
+    (epoch seconds), a summary with wandb's own runtime and, if finished, an exit."""
     from wandb.proto import wandb_internal_pb2 as pb
     from convlens.tracking.segments import encode, mark_driver
 
@@ -332,10 +332,6 @@ def segment(folder: Path, run_id: str, start: float, stats: list[float], lines: 
         s = pb.StatsRecord(item=[pb.StatsItem(key="cpu", value_json="1.0")])
         s.timestamp.FromMicroseconds(int(t * 1e6))
         records.append(rec(stats=s))
-    for i, line in enumerate(lines):
-        o = pb.OutputRawRecord(line=line + "\n")
-        o.timestamp.FromMicroseconds(int((start + i) * 1e6))
-        records.append(rec(output_raw=o))
     records.append(rec(summary=pb.SummaryRecord(update=[pb.SummaryItem(key="_runtime", value_json="1")])))
     records += [rec(exit=pb.RunExitRecord(exit_code=0, runtime=1))] if finished else []
     path = folder / f"offline-run-{int(start)}-{run_id}" / f"run-{run_id}.wandb"
@@ -354,11 +350,38 @@ def test_late_closing_of_a_stopped_run_ends_at_its_last_record(tmp_path):
     from convlens.tracking.segments import carry_into_closing
     t0 = clock.time() - 300
     segment(tmp_path, "abc", t0, [t0 + 15 * i for i in range(1, 5)], driver=True, finished=False)
-    segment(tmp_path, "abc", t0 + 5, [t0 + 20, t0 + 35], ["epoch 1", "epoch 2"], finished=False)
+    segment(tmp_path, "abc", t0 + 5, [t0 + 20, t0 + 35], finished=False)
+    (tmp_path / "console").mkdir()
+    writes = [{"time": t0 + 6, "stream": "stdout", "text": "epoch 1\n"},
+              {"time": t0 + 7, "stream": "stderr", "text": "epoch 2\n"}]
+    (tmp_path / "console" / "abc-1-2.jsonl").write_text(
+        "".join(json.dumps(w) + "\n" for w in writes) + '{"time": 1, "str')  # cut off by a kill
     closing = segment(tmp_path, "abc", t0 + 290, [t0 + 291])
     for _ in range(2):
         assert carry_into_closing(closing, "abc") == {"runtime": 60, "stats": 4, "output": 2}
     log = read_run(closing)
     assert [round(s["time"] - t0) for s in log.stats] == [15, 30, 45, 60]
-    assert "".join(o["line"] for o in log.output) == "epoch 1\nepoch 2\n"
+    assert [(o["line"], o["stream"]) for o in log.output] == [("epoch 1\n", "stdout"), ("epoch 2\n", "stderr")]
     assert log.summary["_runtime"] == 60 and log.runtime == 60 and log.start_time == pytest.approx(t0)
+
+
+def test_console_file_keeps_every_write_of_a_process_killed_right_after(tmp_path):
+    """What rank 0 printed up to a SIGKILL is all in its console file: wandb's own capture
+    would have lost the last flush interval of it."""
+    script = """
+import os, signal, sys
+from convlens.tracking.console import ConsoleFile
+ConsoleFile(sys.argv[1], "abc")
+for i in range(200):
+    print(f"line {i}", flush=i % 7 == 0)
+sys.stderr.write("last words\\n")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -9, proc.stderr
+    from convlens.tracking.console import read_console
+    writes = read_console(tmp_path, "abc")
+    assert "".join(w["text"] for w in writes if w["stream"] == "stdout") == "".join(f"line {i}\n" for i in range(200))
+    assert writes[-1] == {**writes[-1], "stream": "stderr", "text": "last words\n"}
+    assert [w["time"] for w in writes] == sorted(w["time"] for w in writes)
+    assert read_console(tmp_path, "other") == []

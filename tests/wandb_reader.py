@@ -126,7 +126,7 @@ def read_run(path: Path) -> RunLog:
                               "metrics": {i.key: json.loads(i.value_json) for i in rec.stats.item}})
         elif kind == "output_raw":
             log.output.append({"time": _seconds(rec.output_raw.timestamp), "line": rec.output_raw.line,
-                               "stream": "stderr" if rec.output_raw.output_type else "stdout"})
+                               "stream": "stdout" if rec.output_raw.output_type == rec.output_raw.STDOUT else "stderr"})
     return log
 
 

@@ -7,6 +7,7 @@
     jobs.py     the runs of the analysis, probe and sweep jobs, linked to the training run they
                 read; what the probe and sweep runs log
     media.py    the analysis run of each analysed training run: figures, scalars, tables per epoch
+    console.py  rank 0's console, kept in files of its own where a SIGKILL cannot lose it
     segments.py the offline segments of one run id: the closing one takes in every earlier
                 one's system metrics and console output, and the job's runtime
     sync.py     `convlens sync`: upload each offline run's complete segment

@@ -9,11 +9,11 @@ segments' history steps and console line numbers start at 0 again and overwrite 
 
 So the closing segment is made complete instead. A training run's driver opens its segment
 as the job starts (offline), so wandb's system monitor samples the whole job, including the
-time Ray spends starting and restarting workers; rank 0's segments capture its console. Once
-the closing write has finished, `carry_into_closing` copies into the closing segment the
-system metrics (`stats`) of every earlier driver segment (a driver cut off by a Slurm requeue)
-and the console output (`output_raw`) of every rank-0 segment, in time order, and sets its start
-time and runtime to the job's (first start to now). `convlens sync` uploads that one segment.
+time Ray spends starting and restarting workers; rank 0 keeps its console in files of its own
+(convlens.tracking.console). Once the closing write has finished, `carry_into_closing` copies
+into the closing segment the system metrics (`stats`) of every earlier driver segment (a driver
+cut off by a Slurm requeue) and rank 0's console of every attempt (as `output_raw`), in time
+order, and sets its start time and runtime to the job's (first start to now). `convlens sync` uploads that one segment.
 Where no driver segment exists (a run closed by someone else, e.g. an ASHA-stopped trial),
 the stats of every segment are carried.
 
@@ -28,6 +28,8 @@ import struct
 import time
 import zlib
 from pathlib import Path
+
+from convlens.tracking.console import output_records
 
 HEADER = b":W&B" + struct.pack("<HB", 0xBEE1, 0)
 BLOCK = 32 * 1024
@@ -140,9 +142,10 @@ def carry_into_closing(closing: Path, run_id: str, started: float | None = None)
             kind = rec.WhichOneof("record_type")
             if kind == "run" and rec.run.start_time.seconds:
                 starts.append(rec.run.start_time.ToMicroseconds() / 1e6)
-            elif path != closing and ((kind == "stats" and (not drivers or path in drivers))
-                                      or (kind == "output_raw" and path not in drivers)):
+            elif path != closing and kind == "stats" and (not drivers or path in drivers):
                 carried.setdefault(rec.SerializeToString(), rec)
+    for rec in output_records(closing.parent.parent, run_id):
+        carried.setdefault(rec.SerializeToString(), rec)
     first = min(starts) if starts else time.time()
     # a closing segment opened by someone else (an ASHA-stopped trial, closed by the sweep at its
     # end): the run ended when its own processes went quiet, with the last record they wrote

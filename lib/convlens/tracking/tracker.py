@@ -35,11 +35,13 @@ class NullTracker:
     def finish(self, failed: bool = False) -> None: ...
 
 
-def open_tracker(job, run_dir: Path, rank: int = 0):
+def open_tracker(job, run_dir: Path, rank: int = 0, role: str = "worker"):
+    """role: "worker" (rank 0 of a training attempt: its console goes to the Logs tab) or
+    "closing" (a driver's closing write with no segment of its own open)."""
     mode = tracking_mode(job.tracking)
     if rank != 0 or mode == "disabled":
         return NullTracker()
-    return WandbTracker(job, Path(run_dir), mode)
+    return WandbTracker(job, Path(run_dir), mode, role)
 
 
 def open_driver(job, run_dir: Path):
@@ -49,7 +51,7 @@ def open_driver(job, run_dir: Path):
     and a second writer of the same run id while the workers log would collide."""
     if tracking_mode(job.tracking) != "offline":
         return NullTracker()
-    return WandbTracker(job, Path(run_dir), "offline", driver=True)
+    return WandbTracker(job, Path(run_dir), "offline", "driver")
 
 
 def close_run(job, run_dir: Path, class_names: list[str], summary: dict | None = None,
@@ -60,7 +62,7 @@ def close_run(job, run_dir: Path, class_names: list[str], summary: dict | None =
     segment's system metrics and console output and the job's runtime. Returns the W&B run URL
     when online."""
     if not isinstance(tracker, WandbTracker):
-        tracker = open_tracker(job, run_dir, 0)
+        tracker = open_tracker(job, run_dir, 0, "closing")
     try:
         tracker.log_history(RunDir(run_dir).read_metrics(), class_names)
         if summary is not None:
@@ -109,16 +111,22 @@ def train_run_info(job, run_dir: Path) -> RunInfo:
 class WandbTracker:
     """The Tracker (NullTracker's methods) backed by a wandb Run."""
 
-    def __init__(self, job, run_dir: Path, mode: str, driver: bool = False):
-        """driver: the driver's segment: no console capture (Ray relays every rank's lines to the
-        driver; rank 0's own segments hold its output), marked for the closing write's merge."""
+    def __init__(self, job, run_dir: Path, mode: str, role: str = "worker"):
+        """role "worker": rank 0 of an attempt; its console goes to W&B and to a console file
+        (convlens.tracking.console) for the closing write. "driver": the driver's segment, marked
+        for the closing write's merge, and "closing": no console capture (Ray relays every rank's
+        lines to the driver; rank 0's console files hold its output)."""
+        from convlens.tracking.console import ConsoleFile
         from convlens.tracking.segments import mark_driver
         self.job, self.run_dir = job, Path(run_dir)
-        self.exit_code, self.last_epoch, self.segment = 0, None, None
+        self.exit_code, self.last_epoch, self.segment, self.console = 0, None, None, None
         self.info = train_run_info(job, self.run_dir)
-        self.run, self.mode = open_run(self.info, job.tracking, mode, console="off" if driver else "wrap")
-        if driver:
+        worker = role == "worker"
+        self.run, self.mode = open_run(self.info, job.tracking, mode, console="wrap" if worker else "off")
+        if role == "driver":
             mark_driver(Path(self.run.settings.sync_file))
+        if worker:
+            self.console = ConsoleFile(Path(self.run.settings.sync_file).parent.parent, self.info.id)
         define_metrics(self.run)
 
     @property
@@ -180,6 +188,9 @@ class WandbTracker:
             self.segment = Path(self.run.settings.sync_file)  # [offline-]run-<time>-<id>/run-<id>.wandb
             self.run.finish(exit_code=1 if failed else self.exit_code)
             self.run = None
+        if self.console is not None:
+            self.console.close()
+            self.console = None
 
     def __repr__(self) -> str:
         return f"WandbTracker(mode={self.mode!r}, run_dir={os.fspath(self.run_dir)!r})"
