@@ -94,7 +94,7 @@ def training(runs: dict) -> list[str]:
                      f"{c['data'].get('train_subset') or 'all'} training images",
                      pct(s["test_accuracy"]), f"{pct(s['best_val_accuracy'])} (epoch {s['best_epoch']})",
                      f"{min(speed):.0f}-{max(speed):.0f}", f"{s['train_seconds']:.0f} / {s['wall_seconds']:.0f}"])
-    return ["**Training** (a rotation network's accuracies are of the 4 rotations)", "",
+    return ["**Training** (a rotation network's accuracies are of telling each test image's rotation)", "",
             *table(["network", "task", "model", "training", "test accuracy", "best validation accuracy",
                     "images/s", "seconds: epochs / wall"], rows)]
 
