@@ -46,6 +46,10 @@ def area(x: float) -> str:
     return f"{x:.3f}"
 
 
+def seconds(s: float) -> str:
+    return f"{s:.0f}" if s >= 10 else f"{s:.1f}"
+
+
 def best(values: dict, lower: bool) -> set:
     """The keys holding the best of the values stated (floats)."""
     top = (min if lower else max)(values.values())
@@ -71,18 +75,18 @@ def header(line: str, src: dict) -> bool:
     if not m:
         return False
     machine = src["timings"]["machine"]
-    assert m[1].startswith("convlens report --markdown") and Path(m[2]) == src["root"]
+    assert m[1].startswith("convlens report --markdown") and Path(m[2]).resolve() == src["root"].resolve()
     assert (int(m[3]), float(m[4])) == (machine["cpus"], machine["memory_gib"]) and m[5] == "cpu"
     return True
 
 
 def timings(line: str, src: dict) -> bool:
     t, index = src["timings"], src["index"]
-    if m := re.fullmatch(r"- The demo took (\d+) s: (.*)\.", line):
-        assert m[1] == f"{t['seconds']:.0f}"
-        assert dict(re.findall(r"(\w+) (\d+) s", m[2])) == {k: f"{v:.0f}" for k, v in t["steps"].items()}
-    elif m := re.fullmatch(r"- The analysis wrote (\d+) files from (\d+) checkpoints in (\d+) s\.", line):
-        assert m.groups() == (str(len(index["files"])), str(len(index["checkpoints"])), f"{index['seconds']:.0f}")
+    if m := re.fullmatch(rf"- The demo took {NUM} s: (.*)\.", line):
+        assert m[1] == seconds(t["seconds"])
+        assert dict(re.findall(rf"(\w+) {NUM} s", m[2])) == {k: seconds(v) for k, v in t["steps"].items()}
+    elif m := re.fullmatch(rf"- The analysis wrote (\d+) files from (\d+) checkpoints in {NUM} s\.", line):
+        assert m.groups() == (str(len(index["files"])), str(len(index["checkpoints"])), seconds(index["seconds"]))
     elif m := re.fullmatch(rf"- The report embeds (\d+) figures in {NUM} MB\.", line):
         report = src["root"] / "report.html"
         assert m.groups() == (str(report.read_text().count("<img ")), f"{report.stat().st_size / 1e6:.1f}")

@@ -18,7 +18,7 @@ from convlens.errors import ConfigError
 from convlens.files import read_json
 from convlens.report import markdown_analysis as analysis
 from convlens.report.page import discover
-from convlens.report.words import best_of, cell, pct, plural, shown, table, verdict
+from convlens.report.words import best_of, cell, pct, plural, seconds, shown, table, verdict
 from convlens.rundir import AnalysisDir, DemoDir, RunDir, SweepDir, trial_epochs
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -72,11 +72,11 @@ def timings(root: Path, index: dict) -> list[str]:
     record, report = read_json(root / DemoDir.TIMINGS), root / "report.html"
     lines = []
     if record:
-        steps = ", ".join(f"{name} {s:.0f} s" for name, s in record["steps"].items())
-        lines.append(f"- The demo took {record['seconds']:.0f} s: {steps}.")
+        steps = ", ".join(f"{name} {seconds(s)}" for name, s in record["steps"].items())
+        lines.append(f"- The demo took {seconds(record['seconds'])}: {steps}.")
     if index:
         lines.append(f"- The analysis wrote {len(index['files'])} files from {len(index['checkpoints'])} "
-                     f"checkpoints in {index['seconds']:.0f} s.")
+                     f"checkpoints in {seconds(index['seconds'])}.")
     if report.is_file():
         figures = report.read_text(encoding="utf-8").count("<img ")
         lines.append(f"- The report embeds {figures} figures in {report.stat().st_size / 1e6:.1f} MB.")

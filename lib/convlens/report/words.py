@@ -17,6 +17,11 @@ def area(x: float) -> str:
     return f"{x:.3f}"
 
 
+def seconds(s: float) -> str:
+    """A duration: whole seconds, tenths under 10 s."""
+    return f"{s:.0f} s" if s >= 10 else f"{s:.1f} s"
+
+
 def shown(text: str) -> float:
     """The number a formatted value prints ('90.8%' -> 90.8)."""
     return float(text.rstrip("%"))
