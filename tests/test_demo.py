@@ -1,4 +1,5 @@
-"""The demo pipeline end to end at reduced size: both networks, probes, sweep, analysis, report."""
+"""The demo pipeline end to end at reduced size: both networks, probes, sweep, analysis, report;
+then the README's results block written from its files, checked sentence by sentence."""
 import json
 import uuid
 from pathlib import Path
@@ -7,17 +8,19 @@ import pytest
 
 from convlens.specs.load import load_job
 from convlens.demo import run_demo
+from results_check import check_block
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"data.train_subset": 768, "data.test_subset": 256, "model.layers": [1, 1], "model.width": 8,
         "run.workers": 1, "run.quiet": True}
 
 
-def test_demo_end_to_end_at_reduced_size(ray_cluster, tmp_path, cache_dir, monkeypatch):
+@pytest.fixture(scope="module")
+def demo(ray_cluster, tmp_path_factory, cache_dir):
+    """The reduced demo, run once for this module's tests: (its root, report.html, the W&B API key it saw)."""
     key = "convlens" + uuid.uuid4().hex
-    monkeypatch.setenv("WANDB_MODE", "offline")  # what the shipped specs say; the suite's default is disabled
-    monkeypatch.setenv("WANDB_API_KEY", key)
-    job = load_job("jobs/demo.yaml", [f"root={tmp_path / 'demo'}", "quiet=true"])
+    root = tmp_path_factory.mktemp("demo") / "demo"
+    job = load_job("jobs/demo.yaml", [f"root={root}", "quiet=true"])
     for step, epochs in ((job.supervised, 2), (job.rotation, 2)):
         step.overrides.update(TINY, **{"run.epochs": epochs, "data.cache_dir": cache_dir})
     job.probes.overrides.update({"stages": [1, 2], "max_train": 512, "probe_epochs": 2})
@@ -25,10 +28,17 @@ def test_demo_end_to_end_at_reduced_size(ray_cluster, tmp_path, cache_dir, monke
                                                    "run.steps_per_epoch": 4}, "num_samples": 2})
     job.analysis.overrides.update({"epochs": [1, "last"], "options": {"num_images": 32, "num_train": 128,
                                                                       "inversion_steps": 5, "tsne_points": 60}})
-    report = run_demo(job)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_MODE", "offline")  # what the shipped specs say; the suite's default is disabled
+        mp.setenv("WANDB_API_KEY", key)
+        report = run_demo(job)
+    return root, report, key
+
+
+def test_demo_end_to_end_at_reduced_size(demo):
+    root, report, key = demo
     html = report.read_text()
     assert report.name == "report.html" and "<img" in html and "http://" not in html
-    root = tmp_path / "demo"
     for run in ("supervised", "rotation"):
         assert json.loads((root / run / "summary.json").read_text())["epochs"] == 2
         assert (root / run / "probes.json").is_file()
@@ -36,7 +46,27 @@ def test_demo_end_to_end_at_reduced_size(ray_cluster, tmp_path, cache_dir, monke
     figures = [f for f in index["files"] if f["file"].endswith(".png")]
     assert {f["method"] for f in figures} >= {"cam", "gradcam", "deconv", "knn", "embeddings", "compare"}
     assert html.count("<img ") >= len(figures) + 4  # every analysis figure, and both runs' curves
+    timings = json.loads((root / "timings.json").read_text())
+    assert list(timings["steps"]) == ["supervised", "rotation", "probes", "sweep", "analysis", "report"]
+    assert timings["seconds"] >= sum(timings["steps"].values()) and timings["machine"]["cpus"] >= 1
     check_wandb(root, index, key)
+
+
+def test_results_block_states_the_demo_numbers(demo, tmp_path, capsys):
+    """`convlens report --markdown` on the demo: every sentence's numbers are the files', every word
+    that compares them agrees with them; --into puts exactly that block between the README's markers."""
+    from convlens.cli import main
+    from convlens.report.markdown import BEGIN, END
+    root = demo[0]
+    assert main(["report", "--markdown", str(root)]) == 0
+    block = capsys.readouterr().out
+    print(block)
+    check_block(root, block)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\ntext before\n{BEGIN}\nold figures\n{END}\ntext after\n")
+    assert main(["report", "--markdown", str(root), "--into", str(readme)]) == 0
+    expected = block.replace(f"--markdown {root}`", f"--markdown {root} --into {readme}`")
+    assert readme.read_text() == f"# title\n\ntext before\n{BEGIN}\n{expected}{END}\ntext after\n"
 
 
 def check_wandb(root: Path, index: dict, key: str) -> None:

@@ -153,8 +153,9 @@ def test_report_is_one_offline_page_with_every_figure(trained, tmp_path, capsys)
 
 
 def test_report_imports_neither_torch_nor_ray_nor_the_analysis():
-    """`convlens report` starts at once: it reads files, and what it says about methods is in index.json."""
-    code = ("import sys, convlens.cli, convlens.report.page; "
+    """`convlens report` (and --markdown) starts at once: it reads files, and what it says about methods is in
+    index.json."""
+    code = ("import sys, convlens.cli, convlens.report.page, convlens.report.markdown; "
             "print([m for m in sys.modules if m.split('.')[0] in ('torch', 'ray', 'matplotlib') "
             "or m.startswith('convlens.analysis')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, check=True)

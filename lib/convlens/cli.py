@@ -73,10 +73,34 @@ def cmd_fetch_data(args):
 
 
 def cmd_report(args):
+    if args.markdown or args.into:
+        return cmd_markdown(args)
     from convlens.report.page import write_report
     path = write_report(args.paths, out=args.out)
     print(f"[convlens] report written: {path}")
     return path
+
+
+def cmd_markdown(args):
+    """The README's results block: printed, written to --out, or put between the markers of --into."""
+    from pathlib import Path
+    from convlens.errors import ConfigError
+    from convlens.report.markdown import into, markdown
+    if len(args.paths) != 1:
+        raise ConfigError("report --markdown: one demo folder (convlens demo's root), e.g. runs/demo")
+    block = markdown(args.paths[0], command=markdown_command(args))
+    if args.into:
+        print(f"[convlens] results block written into {into(block, args.into)}")
+    elif args.out:
+        Path(args.out).write_text(block, encoding="utf-8")
+        print(f"[convlens] results block written: {args.out}")
+    else:
+        print(block, end="")
+
+
+def markdown_command(args) -> str:
+    """The command line the block says wrote it."""
+    return " ".join(["convlens report --markdown", *args.paths, *(["--into", args.into] if args.into else [])])
 
 
 def cmd_submit(args):
@@ -140,9 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="write trials.csv, best_job.yaml and curves.png of a `submit --array` sweep")
     r = add_command(sub, "report", "write one self-contained HTML report",
                     "One HTML page of runs, sweeps and analysis folders, every figure embedded; opens offline. "
-                    "Starts neither torch nor Ray.", "convlens report runs/demo --out report.html")
-    r.add_argument("paths", nargs="+", help="run, sweep or analysis directories")
+                    "With --markdown, the README's results block of a demo folder instead: every number read from "
+                    "the demo's files, every comparison computed from them. Starts neither torch nor Ray.",
+                    "convlens report runs/demo --out report.html\n  convlens report --markdown runs/demo --into README.md")
+    r.add_argument("paths", nargs="+", help="run, sweep or analysis directories (--markdown: one demo folder)")
     r.add_argument("--out", default=None, help="report file (default: next to the first path)")
+    r.add_argument("--markdown", action="store_true",
+                   help="write the README's results block of a demo folder as markdown (to stdout unless --out)")
+    r.add_argument("--into", default=None, metavar="FILE",
+                   help="with --markdown: put the block between <!-- results:begin --> and <!-- results:end --> "
+                        "in FILE, e.g. README.md")
     r.set_defaults(func=cmd_report)
     y = add_command(sub, "sync", "upload offline W&B runs, one complete run per job",
                     "Upload the offline W&B runs under a folder (a run, a sweep, the demo, a Slurm runs_root) "

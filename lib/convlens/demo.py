@@ -1,14 +1,18 @@
 """The demo and two-network pipelines: train both networks, probe, sweep, analyze, report.
 
-Each step is the same function its own subcommand runs; this module only strings them together.
+Each step is the same function its own subcommand runs; this module only strings them together,
+and records each step's wall time and the machine in <root>/timings.json (the README's results
+block reads it).
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 from convlens.errors import ConfigError
-from convlens.rundir import SweepDir
+from convlens.files import write_json
+from convlens.rundir import DemoDir, SweepDir
 from convlens.specs.demo import DemoJob, StepSpec
 from convlens.specs.load import step_job as load_step
 
@@ -23,10 +27,24 @@ def banner(text: str) -> float:
     return time.time()
 
 
+def timed(steps: dict, name: str, text: str, fn, *args):
+    """Run one step under its banner; steps[name] = its wall time in seconds."""
+    start = banner(text)
+    out = fn(*args)
+    steps[name] = time.time() - start
+    return out
+
+
+def machine() -> dict:
+    """What the timings were measured on: CPUs this process may use, and memory."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {"cpus": len(os.sched_getaffinity(0)), "memory_gib": round(memory / 2**30, 1)}
+
+
 def run_demo(job: DemoJob) -> Path:
     from convlens.training.run import train
     root = Path(job.root).expanduser().resolve()
-    start = time.time()
+    start, steps = time.time(), {}
     # Every step's spec is validated before the first one starts.
     group = root.name  # W&B: every run of the demo in one group
     train_jobs = {name: step_job(step, "train", {"run.root": str(root), "run.quiet": job.quiet,
@@ -40,27 +58,27 @@ def run_demo(job: DemoJob) -> Path:
     if analysis_job:
         check_epochs_kept(train_jobs, analysis_job.epochs)
     for name, train_job in train_jobs.items():
-        banner(f"training the {name} network")
-        train(train_job)
+        timed(steps, name, f"training the {name} network", train, train_job)
     outputs = list(runs)
     if probe_job:
         from convlens.probes import probe
-        banner("probing frozen features (linear, MLP, kNN)")
-        probe(probe_job)
+        timed(steps, "probes", "probing frozen features (linear, MLP, kNN)", probe, probe_job)
     if sweep_job:
         from convlens.sweep.tune_runner import sweep
-        banner("sweeping with Ray Tune")
-        sweep(sweep_job, resume=(sweep_job.sweep_dir / SweepDir.TUNER).is_file())  # a rerun keeps its trials
+        resume = (sweep_job.sweep_dir / SweepDir.TUNER).is_file()  # a rerun keeps its trials
+        timed(steps, "sweep", "sweeping with Ray Tune", sweep, sweep_job, resume)
         outputs.append(str(sweep_job.sweep_dir))
     if analysis_job:
         from convlens.analysis.job import analyze
-        banner("analysing checkpoints")
-        outputs.append(str(analyze(analysis_job)))
+        outputs.append(str(timed(steps, "analysis", "analysing checkpoints", analyze, analysis_job)))
+    report = None
     if job.report:
         from convlens.report.page import write_report
-        banner("writing the report")
-        report = write_report(outputs, out=str(root / "report.html"))
-        print(f"[convlens] demo finished in {time.time() - start:.0f} s; open {report}", flush=True)
+        report = timed(steps, "report", "writing the report", write_report, outputs, str(root / "report.html"))
+    seconds = time.time() - start
+    write_json(root / DemoDir.TIMINGS, {"seconds": seconds, "steps": steps, "machine": machine()})
+    if report:
+        print(f"[convlens] demo finished in {seconds:.0f} s; open {report}", flush=True)
         return Path(report)
     return root
 

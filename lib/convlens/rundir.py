@@ -165,6 +165,11 @@ def early_stopping_saved(trained: int, planned: int) -> str:
     return f"; early stopping saved {planned - trained} ({1 - trained / planned:.0%})" if planned > trained else ""
 
 
+class DemoDir:
+    """`convlens demo`'s root: the networks' run directories, the sweep, analysis/, report.html."""
+    TIMINGS = "timings.json"  # {"seconds": wall time, "steps": {step: seconds}, "machine": {"cpus", "memory_gib"}}
+
+
 class AnalysisDir:
     """`convlens analyze`'s output: <run>/<checkpoint folder>/<method>[_<suffix>].png and
     <method>.json per checkpoint, compare/ pages, and index.json, the report's only source:
