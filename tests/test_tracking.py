@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import inject, tiny_spec
+from conftest import assert_nothing_lost, inject, steps_per_epoch, tiny_spec
 from wandb_reader import RunLog, read_run, read_tables, wait_finished
 
 LIB = str(Path(__file__).resolve().parents[1] / "lib")
@@ -140,6 +140,19 @@ def test_retried_run_syncs_as_one_complete_run(retried, capfd):
     out = capfd.readouterr()
     assert out.out.count("would sync") == 2 and out.out.count(f"superseded by the complete segment of run {run_id}") >= 2
     assert assert_absent(key, [run_dir], out.out + out.err) > 5
+
+
+def test_killed_failed_and_rerun_run_ends_as_an_uninterrupted_one(retried, uninterrupted):
+    """The same run (worker killed and retried, killed again with no retry left so the driver
+    failed, then the spec run again): every epoch once, each attempt started after the last
+    committed epoch, and the weights of an uninterrupted run of the same seed."""
+    import yaml
+    from convlens.specs.base import validate
+    from convlens.specs.train import TrainJob
+    run_dir, *_ = retried
+    job = validate(TrainJob, yaml.safe_load((run_dir / "config.yaml").read_text()))
+    assert_nothing_lost(run_dir, 3, steps_per_epoch(job), [1, 2, 3], reference=uninterrupted(run={"epochs": 3}),
+                        atol=1e-6)
 
 
 def covered(times: list[float], interval: float, start: float, end: float) -> float:

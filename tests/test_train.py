@@ -30,26 +30,6 @@ def test_two_workers_match_one_worker(ray_cluster, tiny_job):
     assert 0 <= summary["test_accuracy"] <= 1 and summary["best_epoch"] in (1, 2, 3)
 
 
-def test_resume_after_kill_continues_at_next_epoch(ray_cluster, tiny_job, uninterrupted, monkeypatch):
-    """A worker SIGKILLed in epoch 2 with no retries left: rerunning the spec resumes at epoch 2
-    and ends where an uninterrupted run of the same seed ends; a third run does no work."""
-    from convlens.errors import JobFailed
-    killed = tiny_job("killed", run={"epochs": 3, "max_failures": 0})
-    inject(monkeypatch, {"kind": "kill", "run": "killed", "at": "0:2:3"})
-    with pytest.raises(JobFailed):
-        train(killed)
-    monkeypatch.delenv("CONVLENS_FAULTS")
-    assert committed_epochs(killed.run_dir) == [1]
-    resumed = tiny_job("killed", run={"epochs": 3, "max_failures": 0})
-    train(resumed)
-    assert_nothing_lost(resumed.run_dir, 3, steps_per_epoch(resumed), [1, 2],
-                        reference=uninterrupted(run={"epochs": 3}), atol=1e-6)
-    mtime = (resumed.run_dir / "summary.json").stat().st_mtime
-    train(resumed)  # a finished run does no work
-    assert (resumed.run_dir / "summary.json").stat().st_mtime == mtime
-    assert len(read_attempts(resumed.run_dir)) == 2
-
-
 def test_worker_killed_mid_epoch_is_retried(ray_cluster, tiny_job, uninterrupted, monkeypatch):
     """Rank 1 of 2 SIGKILLed mid-epoch 2 with max_failures=1: the worker group restarts from
     epoch 1's checkpoint and completes, equal to an uninterrupted run. The workers carry the
