@@ -259,8 +259,12 @@ for fd in os.listdir("/proc/self/fd"):
         fds.append(os.readlink(f"/proc/self/fd/{fd}"))
     except FileNotFoundError:  # the listing's own descriptor, closed by now
         pass
-children = [p for p in os.listdir("/proc") if p.isdigit() and
-            open(f"/proc/{p}/stat").read().split(")")[-1].split()[1] == str(os.getpid())]
+def parent(pid):
+    try:
+        return open(f"/proc/{pid}/stat").read().split(")")[-1].split()[1]
+    except (FileNotFoundError, ProcessLookupError):  # a process of the machine's that ended meanwhile
+        return None
+children = [p for p in os.listdir("/proc") if p.isdigit() and parent(p) == str(os.getpid())]
 print(json.dumps({"wandb_imported": "wandb" in sys.modules, "children": children,
                   "sockets": [f for f in fds if f.startswith("socket:")]}))
 """
