@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import matplotlib.image
@@ -24,7 +25,7 @@ def two_runs(tmp_path_factory, cache_dir, ray_cluster):
     from convlens.specs.train import TrainJob
     from convlens.training.run import train
     root = tmp_path_factory.mktemp("runs")
-    jobs = [validate(TrainJob, tiny_spec(root, cache_dir, "sup")),
+    jobs = [validate(TrainJob, tiny_spec(root, cache_dir, "sup", tracking={"stats_interval": 1.0})),
             validate(TrainJob, tiny_spec(root, cache_dir, "rot", run={"task": "rotation"}))]
     for job in jobs:
         train(job)
@@ -115,17 +116,20 @@ def test_killed_analysis_task_is_retried_and_writes_each_output_once(two_runs, t
 def test_analysis_is_its_own_wandb_run_one_step_per_epoch(two_runs, tmp_path, monkeypatch):
     """The analysis of a tracked run: its own run (job_type analysis, the training run's group)
     that uses the checkpoint of every epoch it read, one step per epoch (W&B's slider), the
-    figures under stable keys, and kNN / embedding tables with image columns."""
+    figures under stable keys, and kNN / embedding tables with image columns; and the whole job
+    (runtime, system metrics every second, its console) in what `convlens sync` uploads."""
     from convlens.tracking.sync import plan
-    from wandb_reader import read_run, read_tables, wait_finished
+    from wandb_reader import check_whole_job, read_run, read_tables, wait_finished
     sup = two_runs[0]
     monkeypatch.setenv("WANDB_MODE", "offline")  # the suite's default is disabled; the env wins
     (sup / "wandb_id.txt").write_text("trainrun1\n")  # as a tracked training run leaves it
     job = validate(AnalyzeJob, {
-        "name": "w", "out": str(tmp_path / "analysis"), "runs": [str(sup)], "epochs": [1, 2], "quiet": True,
+        "name": "w", "out": str(tmp_path / "analysis"), "runs": [str(sup)], "epochs": [1, 2], "quiet": False,
         "methods": ["knn", "embeddings", "filters", "gradcam"],
         "options": {"num_images": 48, "num_train": 128, "tsne_points": 40}})
+    begun = time.time()
     out = analyze(job)
+    wall = time.time() - begun
     chosen, superseded = plan(out)
     assert len(chosen) == 1 and not superseded
     run_id = json.loads((out / "index.json").read_text())["wandb_run_ids"][sup.name]
@@ -151,6 +155,8 @@ def test_analysis_is_its_own_wandb_run_one_step_per_epoch(two_runs, tmp_path, mo
     cams = read_tables(log, "gradcam/table")[-1]
     assert cams["columns"] == ["image", "overlay", "true", "predicted", "confidence"] and cams["data"]
     assert cams["data"][0][1]["_type"] == "image-file"
+    text = check_whole_job(log, wall, 1.0)
+    assert f"[convlens] analysis w: {len(json.loads((out / 'index.json').read_text())['files'])} files" in text
 
 
 def test_unknown_method_is_refused(tmp_path):

@@ -26,7 +26,7 @@ TRACKING = "convlens.tracking"
 TRACKING_INTERFACE = {
     "convlens.tracking.tracker": {"open_tracker", "open_driver", "close_run", "wandb_run_id"},
     "convlens.tracking.run": {"tracking_mode"},
-    "convlens.tracking.jobs": {"log_probe", "log_sweep"},
+    "convlens.tracking.jobs": {"open_linked_runs", "open_sweep_run", "close_job", "log_probe", "log_sweep"},
     "convlens.tracking.media": {"log_analysis"},
     "convlens.tracking.sync": {"sync"},
 }

@@ -25,10 +25,10 @@ FAST = {"epochs": 3, "steps_per_epoch": 5}
 SMALL_DATA = {"train_subset": 512, "test_subset": 128}
 
 
-def write_sweep(tmp_path, cache_dir, name, space, run=None, data=None, **fields) -> Path:
+def write_sweep(tmp_path, cache_dir, name, space, run=None, data=None, tracking=None, **fields) -> Path:
     """A base train spec and a sweep spec over it, both in tmp_path; returns the sweep spec path."""
     base = tiny_spec(tmp_path / "unused", cache_dir, "base", run={**FAST, **(run or {})},
-                     data={**SMALL_DATA, **(data or {})})
+                     data={**SMALL_DATA, **(data or {})}, tracking=tracking or {})
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
     spec = {"kind": "sweep", "name": name, "root": str(tmp_path / "sweeps"), "base": str(tmp_path / "base.yaml"),
             "space": space, "search": "grid", "num_samples": 1, "max_concurrent": 2,
@@ -171,12 +171,17 @@ def sweep_cli(spec: Path, *args: str) -> subprocess.Popen:
 def test_killed_sweep_resumes_keeping_finished_trials(ray_cluster, tmp_path, cache_dir, monkeypatch):
     """The sweep driver SIGKILLed while one trial has finished and the next is mid-run (held in
     epoch 2, after its epoch 1 is committed): --resume reruns no finished trial, resumes the
-    interrupted one at epoch 2 from its own checkpoint, runs the last, and loses nothing."""
+    interrupted one at epoch 2 from its own checkpoint, runs the last, and loses nothing. The
+    sweep's own W&B run (offline, from the base spec) shows both drivers, from the first start."""
     inject(monkeypatch, {"kind": "hold", "run": "*_00001", "at": "0:2:1"})
+    # the trials' actors keep the test cluster's WANDB_MODE=disabled: only the sweep's run is tracked
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)  # each driver its own W&B service, as from a shell
     path = write_sweep(tmp_path, cache_dir, "resume", {"run.seed": {"grid": [0, 1, 2]}},
-                       max_concurrent=1, scheduler={"name": "none"})
+                       max_concurrent=1, scheduler={"name": "none"}, tracking={"stats_interval": 1.0})
     job = load_job(path, [], "sweep")
     trials_dir = job.sweep_dir / "trials"
+    begun = time.time()
     driver = sweep_cli(path)
     deadline = time.time() + 150
     while not list(trials_dir.glob("*/.faults/hold-0")) and time.time() < deadline and driver.poll() is None:
@@ -185,6 +190,7 @@ def test_killed_sweep_resumes_keeping_finished_trials(ray_cluster, tmp_path, cac
     assert held, driver.communicate()[0][-3000:] if driver.poll() is not None else "no trial held"
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
+    killed = time.time()
     held = held[0]
     finished = {p.parent.name: (p.stat().st_mtime_ns, (p.parent / "metrics.jsonl").stat().st_mtime_ns)
                 for p in trials_dir.glob("*/summary.json")}
@@ -193,6 +199,7 @@ def test_killed_sweep_resumes_keeping_finished_trials(ray_cluster, tmp_path, cac
 
     again = sweep_cli(path, "--resume")
     out = again.communicate(timeout=170)[0]
+    wall = time.time() - begun
     assert again.returncode == 0, out[-3000:]
     trials = read_trials(job.sweep_dir)
     assert len(trials) == 3 and all(r["status"] == "completed" for r in trials), trials
@@ -201,6 +208,27 @@ def test_killed_sweep_resumes_keeping_finished_trials(ray_cluster, tmp_path, cac
         assert (trials_dir / name / "metrics.jsonl").stat().st_mtime_ns == metrics_mtime
         assert len(read_attempts(trials_dir / name)) == 1
     assert_nothing_lost(held, FAST["epochs"], FAST["steps_per_epoch"], [1, 2])
+    check_sweep_run(job.sweep_dir, wall, killed)
+
+
+def check_sweep_run(sweep_dir: Path, wall: float, killed: float) -> None:
+    """What `convlens sync` uploads of a sweep killed at `killed` and resumed: one run with the
+    trials table, its runtime from the first start, system metrics and console of both drivers."""
+    from convlens.tracking.sync import plan
+    from wandb_reader import check_whole_job, read_run, read_tables, wait_finished
+    chosen, superseded = plan(sweep_dir)
+    run_id = (sweep_dir / "wandb_id.txt").read_text().strip()
+    assert [s.run_id for s in chosen] == [run_id] and len(superseded) == 1  # the killed driver's segment
+    wait_finished(chosen[0].folder, run_id)
+    log = read_run(chosen[0].folder / f"run-{run_id}.wandb")
+    assert (log.job_type, log.config["trials"], log.summary["completed"]) == ("sweep", 3, 3)
+    assert len(read_tables(log, "trials")[0]["data"]) == 3
+    assert log.start_time == pytest.approx(float((sweep_dir / "started.txt").read_text()), abs=0.01)
+    text = check_whole_job(log, wall, 1.0)
+    times = [s["time"] for s in log.stats]
+    assert min(times) < killed < max(times)  # both drivers sampled
+    said = [o["time"] for o in log.output if o["line"].strip()]
+    assert min(said) < killed < max(said) and "[convlens] best trial" in text, text[-3000:]  # both drivers' lines
 
 
 def test_sample_trials_grid_product_and_seeded_draws(tmp_path, cache_dir):

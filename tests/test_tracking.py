@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_nothing_lost, inject, steps_per_epoch, tiny_spec
-from wandb_reader import RunLog, read_run, read_tables, wait_finished
+from wandb_reader import RunLog, check_whole_job, covered, read_run, read_tables, wait_finished
 
 LIB = str(Path(__file__).resolve().parents[1] / "lib")
 
@@ -75,7 +75,7 @@ def retried(ray_cluster, tmp_path_factory, cache_dir):
     SIGKILLed in epoch 2 and retried, killed again in epoch 3 with no retry left (the driver
     fails, as a job cut off by Slurm), and the same spec run again finishes it (the path of a
     Slurm requeue). W&B samples system metrics every second.
-    (run dir, summary, API key, wall seconds from the first start to the end)"""
+    (run dir, summary, API key, wall seconds from the first start to the end, the probe's)"""
     from convlens.errors import JobFailed
     from convlens.probes import probe
     from convlens.specs.base import validate
@@ -98,14 +98,16 @@ def retried(ray_cluster, tmp_path_factory, cache_dir):
         summary = train(job, trainer_kwargs={"worker_runtime_env": {"env_vars": env}})
         wall = time.time() - begun
         mp.delenv("CONVLENS_FAULTS")
+        begun = time.time()
         probe(validate(ProbeJob, {"runs": [str(job.run_dir)], "stages": [1], "max_train": 256, "probe_epochs": 1}))
-    return job.run_dir, summary, key, wall
+        probe_wall = time.time() - begun
+    return job.run_dir, summary, key, wall, probe_wall
 
 
 def test_retried_run_syncs_as_one_complete_run(retried, capfd):
     """Worker killed in epoch 2, retried: the run left several segments of its id, and what
     convlens syncs is one of them with every epoch once, in order, its summary and checkpoints."""
-    run_dir, summary, key, _ = retried
+    run_dir, summary, key, _, _ = retried
     run_id = (run_dir / "wandb_id.txt").read_text().strip()
     assert summary["wandb_run_id"] == run_id
     assert len(list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))) >= 3  # 2 attempts + closing write
@@ -155,15 +157,6 @@ def test_killed_failed_and_rerun_run_ends_as_an_uninterrupted_one(retried, unint
                         atol=1e-6)
 
 
-def covered(times: list[float], interval: float, start: float, end: float) -> float:
-    """Seconds of [start, end] within `interval` before some sample: what the samples cover."""
-    spans, total, reach = sorted((max(start, t - interval), min(end, t)) for t in times), 0.0, start
-    for lo, hi in spans:
-        total += max(0.0, hi - max(lo, reach))
-        reach = max(reach, hi)
-    return total
-
-
 def test_covered_counts_overlaps_once():
     assert covered([1, 2, 2.5, 10], 1.0, 0, 10) == pytest.approx(3.5)  # [0,1] [1,2] [2,2.5] [9,10]
     assert covered([], 1.0, 0, 10) == 0
@@ -173,7 +166,7 @@ def test_synced_run_shows_its_runtime_system_metrics_and_logs(retried):
     """What `convlens sync` uploads for the run (killed and retried, then failed and run again)
     holds the job's runtime, the system metrics of every attempt over the whole run, in time
     order, and rank 0's console lines: W&B's Overview, System and Logs tabs."""
-    run_dir, summary, _, wall = retried
+    run_dir, summary, _, wall, _ = retried
     run_id = (run_dir / "wandb_id.txt").read_text().strip()
     log = synced(run_dir)[run_id]
     started = float((run_dir / "started.txt").read_text())
@@ -205,7 +198,9 @@ def log_folder(run_dir: Path, run_id: str) -> Path:
 
 
 def test_probe_is_its_own_run_using_the_checkpoint(retried):
-    run_dir, summary, _, _ = retried
+    """The probe's run: the checkpoint it read, its table and summary; and the whole probe job
+    (runtime, system metrics, its printed table) in what `convlens sync` uploads."""
+    run_dir, summary, _, _, wall = retried
     run_id = (run_dir / "wandb_id.txt").read_text().strip()
     probes = json.loads((run_dir / "probes.json").read_text())
     runs = synced(run_dir)
@@ -221,6 +216,8 @@ def test_probe_is_its_own_run_using_the_checkpoint(retried):
     data = read_tables(log, "probes")[0]
     assert data["columns"][:3] == ["run", "task", "stage"] and len(data["data"]) == 1
     assert log.summary["probe/stage1/knn"] == pytest.approx(probes["stages"]["1"]["knn_accuracy"])
+    text = check_whole_job(log, wall, 1.0)
+    assert "linear" in text and f"{probes['stages']['1']['knn_accuracy']:8.4f}" in text  # the table it printed
 
 
 def test_online_without_server_falls_back_offline_and_keeps_key_secret(tiny_job, ray_cluster, monkeypatch,
@@ -275,8 +272,12 @@ for fd in os.listdir("/proc/self/fd"):
         fds.append(os.readlink(f"/proc/self/fd/{fd}"))
     except FileNotFoundError:  # the listing's own descriptor, closed by now
         pass
-children = [p for p in os.listdir("/proc") if p.isdigit() and
-            open(f"/proc/{p}/stat").read().split(")")[-1].split()[1] == str(os.getpid())]
+def parent(pid):
+    try:
+        return open(f"/proc/{pid}/stat").read().split(")")[-1].split()[1]
+    except (FileNotFoundError, ProcessLookupError):  # a process of the machine's that ended meanwhile
+        return None
+children = [p for p in os.listdir("/proc") if p.isdigit() and parent(p) == str(os.getpid())]
 print(json.dumps({"wandb_imported": "wandb" in sys.modules, "children": children,
                   "sockets": [f for f in fds if f.startswith("socket:")]}))
 """

@@ -203,3 +203,33 @@ def read_tables(log: RunLog, key: str) -> list[dict]:
         if art["type"] == "run_table" and path in art["local"]:
             out.append(json.loads(Path(art["local"][path]).read_text()))
     return out
+
+
+def covered(times: list[float], interval: float, start: float, end: float) -> float:
+    """Seconds of [start, end] within `interval` before some sample: what the samples cover."""
+    spans, total, reach = sorted((max(start, t - interval), min(end, t)) for t in times), 0.0, start
+    for lo, hi in spans:
+        total += max(0.0, hi - max(lo, reach))
+        reach = max(reach, hi)
+    return total
+
+
+def check_whole_job(log: RunLog, wall: float, interval: float, coverage: float = 0.8) -> str:
+    """Assert that a run shows its whole job in W&B's Overview, System and Logs tabs: the
+    runtime is the job's wall time (within 10%; it is whole seconds), the same in the summary
+    and the exit record, from its start time; the system metrics, in time order, cover
+    `coverage` of it but one interval (stats every `interval` s; none while the run closes);
+    and it holds console output. Prints what it found; returns the console text."""
+    import pytest
+    runtime = log.summary["_runtime"]
+    assert runtime == pytest.approx(wall, rel=0.1, abs=0.5), (runtime, wall)
+    assert log.summary["_wandb"]["runtime"] == runtime and log.runtime == runtime
+    times = [s["time"] for s in log.stats]
+    assert times == sorted(times) and len(times) > 1, times
+    end = log.start_time + runtime
+    assert covered(times, interval, log.start_time, end) >= coverage * runtime - interval, (times, log.start_time, end)
+    text = "".join(o["line"] for o in log.output)
+    print(f"\n{log.job_type} run {log.run_id}: runtime {runtime} s, wall {wall:.1f} s; {len(times)} "
+          f"system-metric records over {times[-1] - times[0]:.1f} s; {len(text.splitlines())} output lines")
+    assert text.strip(), "no console output"
+    return text

@@ -7,7 +7,9 @@ only ever runs under no_grad in eval mode, so no probe can change it.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
@@ -20,7 +22,7 @@ from convlens.models import ResNet
 from convlens.restore import load_model_and_data
 from convlens.rundir import RunDir
 from convlens.specs.probe import ProbeJob
-from convlens.tracking.jobs import log_probe
+from convlens.tracking.jobs import close_job, log_probe, open_linked_runs
 
 
 @torch.no_grad()
@@ -88,8 +90,9 @@ def best_to_probe(run_dir: Path) -> Path:
     return bests[-1]
 
 
-def probe_run(run_dir: Path, job: ProbeJob) -> dict:
-    """Probe the best checkpoint of one run at every requested stage; writes probes.json."""
+def probe_run(run_dir: Path, job: ProbeJob, tracked=None) -> dict:
+    """Probe the best checkpoint of one run at every requested stage; writes probes.json.
+    tracked: the job's open W&B run for this network (tracking.jobs.open_linked_runs), or None."""
     run_dir = Path(run_dir)
     folder = best_to_probe(run_dir)
     loaded = load_model_and_data(folder)
@@ -101,16 +104,25 @@ def probe_run(run_dir: Path, job: ProbeJob) -> dict:
                "chance": 1 / loaded.data.num_classes,
                "stages": {str(s): evaluate_stage(model, loaded.data, s, job, loaded.prepare)
                           for s in stages}}
-    results.update(log_probe(run_dir, results, job.model_dump(mode="json")))  # its own W&B run
+    results.update(log_probe(tracked, results))  # its own W&B run
     write_atomic(RunDir(run_dir) / RunDir.PROBES, json.dumps(results, indent=2).encode())
     return results
 
 
 def probe(job: ProbeJob) -> list[dict]:
-    for run in job.runs:  # every checkpoint checked before any probe trains
-        best_to_probe(Path(run))
-    results = [probe_run(Path(r), job) for r in job.runs]
-    print(format_table(results), flush=True)
+    begun = time.time()
+    run_dirs = [Path(r) for r in job.runs]
+    for run in run_dirs:  # every checkpoint checked before any probe trains
+        best_to_probe(run)
+    # each network's own W&B run, open for the whole job: its system metrics and console
+    tracked = open_linked_runs("probe", run_dirs, "probe", None, job.model_dump(mode="json"), started=begun)
+    done = False
+    try:
+        results = [probe_run(r, job, tracked.get(r)) for r in run_dirs]
+        print(format_table(results), flush=True)
+        done = True
+    finally:
+        close_job(tracked, failed=not done)
     return results
 
 

@@ -66,11 +66,10 @@ class RunDir:
     def mark_started(self, when: float) -> None:
         """Record the first start only: a retry, rerun or requeue keeps it."""
         if not (self.path / self.STARTED).is_file():
-            write_atomic(self.path / self.STARTED, f"{when:.3f}\n".encode())
+            write_started(self.path / self.STARTED, when)
 
     def started(self) -> float | None:
-        path = self.path / self.STARTED
-        return float(path.read_text()) if path.is_file() else None
+        return read_started(self.path / self.STARTED)
 
     # ---- end states
     def read_summary(self) -> dict | None:
@@ -134,6 +133,7 @@ class SweepDir:
     ARRAY_INDEX = "array.json"  # submit --array: the trials it drew
     TUNER = "tuner.pkl"  # Ray Tune's state: the sweep exists and can be resumed
     TRIAL_RUNS = "trials"  # one run directory per trial
+    STARTED = RunDir.STARTED  # when the sweep's first start began: its W&B runtime counts from there
 
     def __init__(self, path):
         self.path = Path(path)
@@ -145,8 +145,24 @@ class SweepDir:
     def trials_dir(self) -> Path:
         return self.path / self.TRIAL_RUNS
 
+    def mark_started(self, when: float, resumed: bool) -> None:
+        """Record when a new sweep starts; a resumed one keeps its first start."""
+        if not resumed or not (self.path / self.STARTED).is_file():
+            write_started(self.path / self.STARTED, when)
+
+    def started(self) -> float | None:
+        return read_started(self.path / self.STARTED)
+
     def trial_run(self, sweep: str, trial_id: str) -> RunDir:
         return RunDir(self.trials_dir / trial_run_name(sweep, trial_id))
+
+
+def write_started(path: Path, when: float) -> None:
+    write_atomic(path, f"{when:.3f}\n".encode())
+
+
+def read_started(path: Path) -> float | None:
+    return float(path.read_text()) if path.is_file() else None
 
 
 def trial_run_name(sweep: str, trial_id: str) -> str:

@@ -95,18 +95,45 @@ def analyze_one(folder: str, methods: list[str], opts: AnalyzeOptions, out_dir: 
 
 def analyze(job: AnalyzeJob) -> Path:
     """Run the job; returns the output directory (with index.json)."""
-    import ray
-
-    from convlens.analysis import compare, similarity, trends
-    from convlens.analysis.registry import load_all
+    from convlens.analysis import compare
+    from convlens.analysis.tables import BUILDERS
+    from convlens.tracking.jobs import close_job, open_linked_runs
+    from convlens.tracking.media import log_analysis
 
     t0 = time.time()
     methods = check_methods(job)
     chosen = targets(job)
     out = job.out_dir
-    folder_of = AnalysisDir(out).checkpoint_dir
     out.mkdir(parents=True, exist_ok=True)
     ensure_ray(quiet=job.quiet)
+    # each analysed training run's own W&B run, open for the whole job: its system metrics and console
+    runs = open_linked_runs("analysis", [f.parent for _, _, f in chosen], job.name, out,
+                            {"analysis": job.name, "methods": sorted(methods)}, started=t0)
+    done = False
+    try:
+        entries, tables = run_tasks(job, methods, chosen, out)
+        singles = [e for e in entries if e["method"] != compare.NAME]  # composites: W&B's step slider does that
+        wandb_ids = log_analysis(runs, singles, BUILDERS)
+        index = write_index(out, job.name, chosen, methods, entries, time.time() - t0, tables, wandb_ids)
+        if not job.quiet:
+            print(f"[convlens] analysis {job.name}: {len(entries)} files from {len(chosen)} checkpoints x "
+                  f"{len(methods)} methods in {index['seconds']} s -> {out / AnalysisDir.INDEX}", flush=True)
+        done = True
+    finally:
+        close_job(runs, failed=not done)
+    return out
+
+
+def run_tasks(job: AnalyzeJob, methods: list[str], chosen: list[tuple[str, int, Path]],
+              out: Path) -> tuple[list[dict], dict]:
+    """Every method on every chosen checkpoint as Ray tasks, then the compare pages, the trend
+    plots and CKA; returns (index entries, the methods' number tables)."""
+    import ray
+
+    from convlens.analysis import compare, similarity, trends
+    from convlens.analysis.registry import load_all
+
+    folder_of = AnalysisDir(out).checkpoint_dir
     device = "cuda" if job.gpus_per_task > 0 else "cpu"
     # SPREAD: on several nodes the tasks go to all of them, not first to fill the driver's node
     resources = dict(num_cpus=job.cpus_per_task, num_gpus=job.gpus_per_task, max_retries=2,
@@ -130,15 +157,7 @@ def analyze(job: AnalyzeJob) -> Path:
         found, table = ray.get(similar)
         entries += found
         tables.update({similarity.NAME: table} if table else {})
-    from convlens.analysis.tables import BUILDERS
-    from convlens.tracking.media import log_analysis
-    singles = [e for e in entries if e["method"] != compare.NAME]  # composites: W&B's step slider does that
-    wandb_ids = log_analysis(job.name, out, singles, BUILDERS)  # each analysed run's own analysis run
-    index = write_index(out, job.name, chosen, methods, entries, time.time() - t0, tables, wandb_ids)
-    if not job.quiet:
-        print(f"[convlens] analysis {job.name}: {len(entries)} files from {len(chosen)} checkpoints x "
-              f"{len(methods)} methods in {index['seconds']} s -> {out / AnalysisDir.INDEX}", flush=True)
-    return out
+    return entries, tables
 
 
 def write_index(out: Path, name: str, chosen: list[tuple[str, int, Path]], methods: list[str],

@@ -53,16 +53,25 @@ def plan_array(job: SweepJob) -> tuple[dict[str, dict], dict[str, TrainJob]]:
 def collect_array(job: SweepJob, errors: dict[str, Exception] | None = None) -> list[dict]:
     """trials.csv, best_job.yaml and curves.png from the run directories of an array sweep's
     trials; errors: trial id -> why its Slurm task failed. Returns the rows, best first."""
+    from convlens.specs.base import validate
+    from convlens.tracking.jobs import close_job, open_sweep_run
     index = job.sweep_dir / SweepDir.ARRAY_INDEX
     if not index.is_file():
         raise ConfigError(f"no {SweepDir.ARRAY_INDEX} in {job.sweep_dir}: nothing was submitted there with "
                           f"`convlens submit --array` (a Tune sweep writes its outputs itself)")
-    rows = []
-    for tid, sampled in read_json(index)["trials"].items():
-        row = run_row(job, tid, sampled, (errors or {}).get(tid))
-        if row["status"] == "early_stopped":  # no scheduler stops array tasks: still running, or killed
-            row["status"] = "incomplete"
-        rows.append(row)
-    rows = rank_rows(rows)
-    write_outputs(job, trial_spec(job), rows)
+    spec = trial_spec(job)
+    tracked = open_sweep_run(job.sweep_dir, job.name, job.group, validate(TrainJob, spec).tracking)
+    done = False
+    try:
+        rows = []
+        for tid, sampled in read_json(index)["trials"].items():
+            row = run_row(job, tid, sampled, (errors or {}).get(tid))
+            if row["status"] == "early_stopped":  # no scheduler stops array tasks: still running, or killed
+                row["status"] = "incomplete"
+            rows.append(row)
+        rows = rank_rows(rows)
+        write_outputs(job, spec, rows, tracked)
+        done = True
+    finally:
+        close_job(tracked, failed=not done)
     return rows

@@ -65,14 +65,15 @@ def rank_rows(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def write_outputs(job: SweepJob, spec: dict, rows: list[dict]) -> None:
+def write_outputs(job: SweepJob, spec: dict, rows: list[dict], tracked=None) -> None:
+    """tracked: the sweep's open W&B run (tracking.jobs.open_sweep_run), or None."""
     for row in rows:  # so trials.csv alone tells what early stopping saved
         row["planned_epochs"] = planned_epochs({k: row[f"config/{k}"] for k in job.space}, spec)
     write_csv(job.sweep_dir / SweepDir.TRIALS, rows)
     print(format_table(rows, list(job.space)), flush=True)
     print(f"[convlens] {epochs_line(rows)}", flush=True)
     best = rows[0] if rows and rows[0]["best"] else None
-    log_sweep_run(job, spec, rows, best)
+    log_sweep_run(job, rows, best, tracked)
     if best is not None:
         path = write_best_job(job, spec, best)
         print(f"[convlens] best trial {best['trial_id']}: val acc {best['best_val_accuracy']:.4f}, "
@@ -104,13 +105,12 @@ def write_csv(path: Path, rows: list[dict]) -> None:
                                  if isinstance(v, (list, dict)) else v) for k, v in row.items()})
 
 
-def log_sweep_run(job: SweepJob, spec: dict, rows: list[dict], best: dict | None) -> None:
-    """The sweep's own W&B run (job_type sweep, in the trials' group): the trials table and the
-    best configuration."""
+def log_sweep_run(job: SweepJob, rows: list[dict], best: dict | None, tracked) -> None:
+    """Into the sweep's own W&B run (job_type sweep, in the trials' group): the trials table and
+    the best configuration."""
     from convlens.tracking.jobs import log_sweep
-    tracking = validate(TrainJob, spec).tracking
     best_config = {k: best[f"config/{k}"] for k in job.space} if best else None
-    log_sweep(job.sweep_dir, job.name, job.group, tracking, rows, best_config)
+    log_sweep(tracked, rows, best_config)
 
 
 def format_table(rows: list[dict], space_keys: list[str]) -> str:

@@ -12,6 +12,7 @@ status.py's compact status; Tune's own tables and its trial-failure tracebacks o
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import contextmanager
 
 from ray.tune.search.sample import Domain
@@ -32,6 +33,8 @@ def sweep(job: SweepJob, resume: bool = False) -> list[dict]:
     """Run (or resume) the sweep; returns the trials.csv rows, best first."""
     from convlens.data.load import fetch
     from convlens.raycluster import check_fits, ensure_ray
+    from convlens.tracking.jobs import close_job, open_sweep_run
+    begun = time.time()
     spec = trial_spec(job)
     train = validate(TrainJob, spec)
     fetch(train.data)  # here, once, rather than in every trial at once
@@ -44,10 +47,19 @@ def sweep(job: SweepJob, resume: bool = False) -> list[dict]:
         raise ConfigError(f"sweep {job.name} already exists in {job.sweep_dir}: "
                           f"pass --resume, or choose another name")
     job.sweep_dir.mkdir(parents=True, exist_ok=True)
-    with tune_logs_hidden():
-        results = build_tuner(job, spec, resume).fit()
-    rows = collect_rows(job, results)
-    write_outputs(job, spec, rows)
+    folder = SweepDir(job.sweep_dir)
+    folder.mark_started(begun, resumed=resume)
+    # the sweep's own W&B run, open for the whole sweep: its system metrics and console
+    tracked = open_sweep_run(job.sweep_dir, job.name, job.group, train.tracking, folder.started())
+    done = False
+    try:
+        with tune_logs_hidden():
+            results = build_tuner(job, spec, resume).fit()
+        rows = collect_rows(job, results)
+        write_outputs(job, spec, rows, tracked)
+        done = True
+    finally:
+        close_job(tracked, failed=not done)
     return rows
 
 

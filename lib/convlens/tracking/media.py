@@ -14,14 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from convlens.tracking.jobs import open_linked_run
+from convlens.tracking.jobs import JobRun
 
 # method -> its saved arrays -> (columns, rows); an image cell is a uint8 array
 TableBuilders = dict[str, Callable[[dict[str, np.ndarray]], tuple[list[str], list[list]]]]
 
 
-def log_analysis(name: str, out_dir: Path, entries: list[dict], builders: TableBuilders) -> dict[str, str]:
-    """Run name -> W&B run id of its analysis run, for every analysed run that is tracked.
+def log_analysis(runs: dict[Path, JobRun], entries: list[dict], builders: TableBuilders) -> dict[str, str]:
+    """Into the analysis job's open runs (tracking.jobs.open_linked_runs: training run directory
+    -> its analysis run): run name -> W&B run id, for every analysed run that is tracked.
     entries: the job's index entries of single checkpoints (the caller leaves out composites)."""
     by_run: dict[Path, list[dict]] = {}
     for entry in entries:
@@ -30,16 +31,13 @@ def log_analysis(name: str, out_dir: Path, entries: list[dict], builders: TableB
         by_run.setdefault(Path(entry["checkpoint"]).parent, []).append(entry)
     ids = {}
     for run_dir, items in by_run.items():
-        config = {"analysis": name, "methods": sorted({e["method"] for e in items}),
-                  "epochs": sorted({e["epoch"] for e in items})}
-        job = open_linked_run(run_dir, "analysis", f"{name}-{run_dir.name}", out_dir, config)
+        job = runs.get(run_dir)
         if job is None:
             continue
-        try:
-            log_run(job, items, builders)
-            ids[run_dir.name] = job.id
-        finally:
-            job.finish()
+        job.run.config.update({"methods": sorted({e["method"] for e in items}),
+                               "epochs": sorted({e["epoch"] for e in items})}, allow_val_change=True)
+        log_run(job, items, builders)
+        ids[run_dir.name] = job.id
     return ids
 
 

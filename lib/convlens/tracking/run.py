@@ -57,15 +57,18 @@ class RunInfo:
 def open_run(info: RunInfo, tracking, mode: str, console: str = "wrap"):
     """(wandb Run, the mode it ended up in); tracking: a TrackingConfig. wandb's own console
     lines (its banner, the run summary with sparklines) only with `convlens --verbose`.
-    console "wrap": what this process prints (rank 0's lines, a traceback) goes to the Logs tab."""
+    console "wrap": what this process prints (rank 0's lines, a traceback) goes to the Logs tab.
+    Several runs may be open in one process at once (a job's own and those it closes)."""
     import wandb
     Path(info.dir).mkdir(parents=True, exist_ok=True)
     args = dict(project=tracking.project, entity=tracking.entity, group=info.group, name=info.name,
                 id=info.id, resume="allow", dir=str(info.dir), config=info.config,
                 job_type=info.job_type, tags=sorted(set(info.tags)))
     # the .wandb file flushed every sample, at least every 2 s: a killed process loses its last one;
-    # process CPU and memory over the process tree: a driver's include the private Ray it started
+    # process CPU and memory over the process tree: a driver's include the private Ray it started;
+    # create_new: a job's run stays open while the job opens others (a sweep closing a stopped trial)
     settings = wandb.Settings(init_timeout=tracking.init_timeout, console=console, silent=not verbose(),
+                              reinit="create_new",
                               x_stats_sampling_interval=tracking.stats_interval,
                               x_stats_track_process_tree=True,
                               x_transaction_log_flush_interval=min(tracking.stats_interval, 2.0),

@@ -15,7 +15,9 @@ into the closing segment the system metrics (`stats`) of every earlier driver se
 cut off by a Slurm requeue) and rank 0's console of every attempt (as `output_raw`), in time
 order, and sets its start time and runtime to the job's (first start to now). `convlens sync` uploads that one segment.
 Where no driver segment exists (a run closed by someone else, e.g. an ASHA-stopped trial),
-the stats of every segment are carried.
+the stats of every segment are carried. An analysis, probe or sweep run's closing segment is
+the job's own, open since the job started (convlens.tracking.jobs), with the job's console in
+console files too: a resumed sweep's takes in the killed driver's segment and console.
 
 The file is a LevelDB-style log: a 7-byte header, then 32 KiB blocks of chunks, each
 crc32 (over type byte + payload) | length (uint16) | type (1 full, 2 first, 3 middle, 4 last).
