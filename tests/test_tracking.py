@@ -141,6 +141,9 @@ def test_retried_run_syncs_as_one_complete_run(retried, capfd):
     assert main(["sync", str(run_dir), "--dry-run"]) == 0  # what it tells the user, uploading nothing
     out = capfd.readouterr()
     assert out.out.count("would sync") == 2 and out.out.count(f"superseded by the complete segment of run {run_id}") >= 2
+    lines = len("".join(o["line"] for o in log.output).splitlines())
+    assert (f"train tracked: runtime {log.runtime} s, {len(log.stats)} system-metric records over "
+            f"{log.stats[-1]['time'] - log.stats[0]['time']:.0f} s, {lines} console lines") in out.out, out.out
     assert assert_absent(key, [run_dir], out.out + out.err) > 5
 
 

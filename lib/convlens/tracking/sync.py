@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from convlens.tracking.segments import marks, read_records
+from convlens.tracking.segments import marks, read_records, stamp
 
 
 @dataclass
@@ -49,6 +49,25 @@ def segments(root: Path) -> list[Segment]:
     return out
 
 
+def contents(path: Path) -> str:
+    """What W&B's Overview, System and Logs tabs will show of a segment, in one line."""
+    job_type = name = ""
+    runtime, stats, text = None, [], []
+    for rec in read_records(path):
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            job_type, name = rec.run.job_type, rec.run.display_name
+        elif kind == "stats":
+            stats.append(stamp(rec))
+        elif kind == "output_raw":
+            text.append(rec.output_raw.line)
+        elif kind == "exit":
+            runtime = rec.exit.runtime
+    span = f" over {max(stats) - min(stats):.0f} s" if stats else ""
+    return (f"{job_type or 'run'} {name}: runtime {'unfinished' if runtime is None else f'{runtime} s'}, "
+            f"{len(stats)} system-metric records{span}, {len(''.join(text).splitlines())} console lines")
+
+
 def plan(root: Path) -> tuple[list[Segment], list[Segment]]:
     """(to upload, oldest first; superseded): per run id the newest complete segment, else the
     newest finished one (the newest one at all while none has finished: a run still going)."""
@@ -72,7 +91,8 @@ def sync(root: Path, dry_run: bool = False) -> list[Segment]:
         print(f"[convlens] skip {seg.folder}: superseded by the complete segment of run {seg.run_id}")
     for seg in chosen:
         print(f"[convlens] {'would sync' if dry_run else 'sync'} {seg.folder}"
-              f"{'' if seg.finished else ' (unfinished)'}", flush=True)
+              f"{'' if seg.finished else ' (unfinished)'}\n[convlens]   {contents(seg.folder / f'run-{seg.run_id}.wandb')}",
+              flush=True)
         if not dry_run:
             subprocess.run([sys.executable, "-m", "wandb", "sync", str(seg.folder)], check=True)
     if not chosen:
