@@ -98,8 +98,9 @@ def test_requeue_resumes_from_checkpoint(cluster, setup, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")  # the job inherits the submitter's environment
     wandb.setup()  # a submitter with a W&B service of its own (a notebook): the job must not use it
     assert os.environ.get("WANDB_SERVICE")
-    job = submit(profile, "train", spec("slurm_requeue", run={"epochs": 4}, data={"train_subset": 3072},
-                                        tracking={"mode": "offline"}))
+    submitted = time.time()
+    job = submit(profile, "train", spec("slurm_requeue", run={"epochs": 4, "quiet": False}, data={"train_subset": 3072},
+                                        tracking={"mode": "offline", "stats_interval": 1.0}))
     run_dir = runs / "slurm_requeue"
     deadline = time.time() + 150
     while not registered_checkpoints(run_dir):
@@ -108,7 +109,9 @@ def test_requeue_resumes_from_checkpoint(cluster, setup, monkeypatch):
     before = registered_checkpoints(run_dir)
     assert len(before) < 4, "run finished before the requeue; make epochs slower"
     subprocess.run(["scontrol", "requeue", job.job_id], check=True)
+    requeued = time.time()
     assert wait_for(job, timeout=240) == 0
+    ended = time.time()
     after = read_metrics(run_dir)
     assert [m["epoch"] for m in after] == [1, 2, 3, 4]
     assert after[:len(before)] == before  # same rows, same timings: resumed, not retrained
@@ -131,6 +134,17 @@ def test_requeue_resumes_from_checkpoint(cluster, setup, monkeypatch):
     log = read_run(chosen[0].folder / f"run-{run_id}.wandb")
     assert log.run_id == run_id and "test_accuracy" in log.summary and log.exit_code == 0
     assert [row["epoch"] for row in log.history if "val/accuracy" in row] == [1, 2, 3, 4]
+    # the Overview, System and Logs tabs: the job from its first start, across the requeue
+    from wandb_reader import check_whole_job, covered
+    started = float((run_dir / "started.txt").read_text())
+    assert 0 < started - submitted < 30  # the job's first start, not the requeued one's
+    text = check_whole_job(log, ended - started, 1.0, coverage=0)
+    # sampled while the job ran: before the requeue, and from the requeued attempt on (in between
+    # the job waits in the queue with no process of it anywhere)
+    times, end = [s["time"] for s in log.stats], log.start_time + log.runtime
+    for lo, hi in ((started, requeued), (resumed["time"], end)):
+        assert covered(times, 1.0, lo, hi) >= 0.8 * (hi - lo) - 1, (lo, hi, times)
+    assert "attempt 2 resumes at epoch" in text and text.count("slurm_requeue epoch 4/4: train loss") == 1
 
 
 def test_two_node_script_and_multinode_bootstrap(cluster, setup, tmp_path):
