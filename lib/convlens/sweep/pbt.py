@@ -32,9 +32,10 @@ from convlens.specs.train import TrainJob
 POINTER = "pointer.json"
 
 
-def train_with_checkpoints(job: TrainJob, tid: str, perturbed: dict) -> dict:
+def train_with_checkpoints(job: TrainJob, tid: str, perturbed: dict, to_tune) -> dict:
     """Train job (trial tid), reporting each epoch to Tune with a pointer checkpoint; perturbed:
-    the PBT-perturbed keys and their values in this trial's config. Returns the summary."""
+    the PBT-perturbed keys and their values in this trial's config; to_tune(metrics): the scalars
+    of an epoch report Tune gets, None for a stop report (sweep/trial.py). Returns the summary."""
     import ray.tune
     from ray.util.queue import Queue
     from convlens.training.run import train
@@ -48,7 +49,7 @@ def train_with_checkpoints(job: TrainJob, tid: str, perturbed: dict) -> dict:
 
     def work():
         try:
-            outcome["summary"] = train(job, {"callbacks": [epochs_to_queue(epochs)]}, start_from=start_from)
+            outcome["summary"] = train(job, {"callbacks": [epochs_to_queue(epochs, to_tune)]}, start_from=start_from)
         except BaseException as err:  # noqa: BLE001 - raised again below, in the trial's thread
             outcome["error"] = err
         finally:
@@ -73,15 +74,14 @@ def report(tid: str, metrics: dict, train_checkpoint: str) -> None:
         ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
 
 
-def epochs_to_queue(queue):
-    """A Train UserCallback (it runs in the Train controller) that puts each epoch's metrics and
-    the path of its Train checkpoint in the trial's queue."""
+def epochs_to_queue(queue, to_tune):
+    """A Train UserCallback (it runs in the Train controller) that puts each epoch's metrics (as
+    to_tune keeps them) and the path of its Train checkpoint in the trial's queue."""
     from ray.train.v2.api.callback import UserCallback
-    from convlens.sweep.trial import epoch_metrics
 
     class EpochsToQueue(UserCallback):
         def after_report(self, run_context, metrics, checkpoint):
-            forwarded = epoch_metrics(metrics[0])
+            forwarded = to_tune(metrics[0])
             if forwarded is not None and checkpoint is not None:
                 queue.put({"metrics": forwarded, "path": checkpoint.path})
 

@@ -95,7 +95,7 @@ def run_trial(config: dict, spec: dict, sweep: str, trials_dir: str, env: dict,
     try:
         if perturbed is not None:
             from convlens.sweep.pbt import train_with_checkpoints
-            summary = train_with_checkpoints(job, tid, {k: config[k] for k in perturbed})
+            summary = train_with_checkpoints(job, tid, {k: config[k] for k in perturbed}, epoch_metrics)
         else:
             summary = train(job, trainer_kwargs={"callbacks": [make_report_callback()]})
     except RunStopped:  # the training loop recorded the reason (NaN loss, bad checkpoint)
