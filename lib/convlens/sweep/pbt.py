@@ -12,7 +12,8 @@ best copy) into its run directory and starts from the copy. The model's history 
 the trial's metrics.jsonl is then its model's lineage, learning rate per epoch included.
 Each such start is a line of perturbations.jsonl: the epoch, the donor, the values now used.
 A pointer to the trial itself (a resumed sweep) resumes its own Train run as usual, or, where
-the trial took a donor after Tune last saved its state, continues from that donor's copy.
+the trial took a donor after Tune last saved its state, continues from that donor's copy, and
+either way with the values of its last start from a donor, not the older ones Tune restored.
 A bottom trial may take a donor at its last epoch: it then ends as a copy of the donor's model.
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ from convlens import checkpoint as ckpt
 from convlens.errors import CheckpointError
 from convlens.files import read_jsonl
 from convlens.rundir import RunDir
+from convlens.specs.base import apply_overrides, validate
 from convlens.specs.train import TrainJob
 
 POINTER = "pointer.json"
@@ -41,10 +43,11 @@ def train_with_checkpoints(job: TrainJob, tid: str, perturbed: dict, to_tune) ->
     from convlens.training.run import train
     run, given = RunDir(job.run_dir), ray.tune.get_checkpoint()
     pointer = json.loads((Path(given.path) / POINTER).read_text()) if given is not None else None
-    if pointer is not None and pointer["trial"] != tid:
-        start_from = take_donor(run, pointer, perturbed)
-    else:  # the trial's own: its Train run resumes itself, unless a donor was taken after Tune last saved
-        start_from = None if (run / RunDir.RAY_SNAPSHOT).is_file() else newest_donor_copy(run)
+    start_from, values = start_point(run, tid, pointer, perturbed)
+    if values != perturbed:
+        print(f"[convlens] PBT: trial {tid} goes on with the values of its last start from a donor "
+              f"(the sweep's saved state predates it): {values_text(values)}", flush=True)
+        job = with_values(job, values)
     epochs, outcome = Queue(actor_options={"num_cpus": 0}), {}
 
     def work():
@@ -63,6 +66,33 @@ def train_with_checkpoints(job: TrainJob, tid: str, perturbed: dict, to_tune) ->
     if "error" in outcome:
         raise outcome["error"]
     return outcome["summary"]
+
+
+def start_point(run: RunDir, tid: str, pointer: dict | None, perturbed: dict) -> tuple[str | None, dict]:
+    """Where the trial's Train run starts (a checkpoint folder, or None: its own run resumes
+    itself) and the values of the perturbed keys it trains with. pointer: Tune's checkpoint for
+    the trial (None before its first report); perturbed: those keys in Tune's config.
+    A donor's pointer: start from a copy of the donor's checkpoint, with Tune's values. The
+    trial's own pointer, or none: its own run goes on, from the donor copy it took if its Train
+    run has registered nothing since, and with the values of its last start from a donor: Tune
+    saves its state every 10 s or so, so a sweep killed and resumed may restore the trial's
+    config from before that start, while its run directory already carries on from the donor."""
+    if pointer is not None and pointer["trial"] != tid:
+        return take_donor(run, pointer, perturbed), perturbed
+    start_from = None if (run / RunDir.RAY_SNAPSHOT).is_file() else newest_donor_copy(run)
+    return start_from, {**perturbed, **current_values(read_perturbations(run.path))}
+
+
+def current_values(entries: list[dict]) -> dict:
+    """The perturbed keys' values the trial's last start from a donor set; {} if it took none."""
+    return {k: v for k, v in entries[-1].items() if k not in ("epoch", "from")} if entries else {}
+
+
+def with_values(job: TrainJob, values: dict) -> TrainJob:
+    """The job with these values of dotted keys (and W&B's top-level params)."""
+    spec = apply_overrides(job.model_dump(mode="json"), values)
+    spec["tracking"]["params"] = {**spec["tracking"].get("params", {}), **values}
+    return validate(TrainJob, spec, f"trial run {job.run.name}")
 
 
 def report(tid: str, metrics: dict, train_checkpoint: str) -> None:
@@ -151,7 +181,9 @@ def read_perturbations(run_dir: Path) -> list[dict]:
 
 def perturbations_text(entries: list[dict]) -> str:
     """trials.csv's cell: 'epoch 2 from 00001: optim.lr=0.024; ...'."""
-    def values(e):
-        return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                         for k, v in e.items() if k not in ("epoch", "from"))
-    return "; ".join(f"epoch {e['epoch']} from {e['from']}: {values(e)}" for e in entries)
+    return "; ".join(f"epoch {e['epoch']} from {e['from']}: {values_text(current_values([e]))}" for e in entries)
+
+
+def values_text(values: dict) -> str:
+    """'optim.lr=0.024, optim.weight_decay=0.001'."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())

@@ -67,13 +67,16 @@ def rank_rows(rows: list[dict]) -> list[dict]:
 
 def write_outputs(job: SweepJob, spec: dict, rows: list[dict], scheduler: str | None = None) -> None:
     """scheduler: what scheduled the trials, job.scheduler.name unless given (an array sweep's: none)."""
-    from convlens.sweep.pbt import perturbations_text, read_perturbations
+    from convlens.sweep.pbt import current_values, perturbations_text, read_perturbations
     scheduler = scheduler or job.scheduler.name
     for row in rows:  # so trials.csv alone tells what early stopping saved, and how trials were found
+        taken = read_perturbations(Path(row["run_dir"])) if scheduler == "pbt" else []
+        # a PBT trial's values are those of its last perturbation (Tune's saved state may predate it)
+        row.update({f"config/{k}": v for k, v in current_values(taken).items()})
         row["planned_epochs"] = planned_epochs({k: row[f"config/{k}"] for k in job.space}, spec)
         row["searcher"], row["scheduler"] = job.search, scheduler
         if scheduler == "pbt":
-            row["perturbations"] = perturbations_text(read_perturbations(Path(row["run_dir"])))
+            row["perturbations"] = perturbations_text(taken)
     write_csv(job.sweep_dir / SweepDir.TRIALS, rows)
     print(format_table(rows, list(job.space)), flush=True)
     print(f"[convlens] {epochs_line(rows)}", flush=True)
