@@ -62,6 +62,28 @@ def test_retarget_keeps_the_schedule_and_takes_the_new_values():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.002)
 
 
+def test_pbt_trial_restored_from_before_its_donor_goes_on_with_the_donor_start_values(tiny_job):
+    """A sweep killed after a trial took a donor, resumed from Tune's state saved before that:
+    Tune gives the trial its own old pointer (or none) and its old lr; the trial goes on from the
+    donor copy (its own checkpoint once its run has one) with the lr it took with the donor."""
+    from convlens.rundir import RunDir
+    from convlens.sweep.pbt import start_point, with_values
+    job = tiny_job("pbt_trial_00001", optim={"name": "sgd", "lr": 2e-5}, tracking={"params": {"optim.lr": 2e-5}})
+    run = RunDir(job.run_dir)
+    run.path.mkdir(parents=True)
+    old = {"optim.lr": 2e-5}
+    assert start_point(run, "00001", None, old) == (None, old)  # no donor taken: Tune's values
+    (run / RunDir.PERTURBATIONS).write_text(json.dumps({"epoch": 2, "from": "00000", "optim.lr": 0.0885}) + "\n")
+    copy = run / RunDir.folder_name(RunDir.DONOR, 2)
+    copy.mkdir()
+    for pointer in (None, {"trial": "00001", "path": "elsewhere", "epoch": 1}):
+        assert start_point(run, "00001", pointer, old) == (str(copy), {"optim.lr": 0.0885})
+    (run / RunDir.RAY_SNAPSHOT).write_text("{}")  # its run has checkpoints since: Train resumes them
+    assert start_point(run, "00001", None, old) == (None, {"optim.lr": 0.0885})
+    now = with_values(job, {"optim.lr": 0.0885})
+    assert now.optim.lr == 0.0885 and now.tracking.params["optim.lr"] == 0.0885 and now.run_dir == job.run_dir
+
+
 @pytest.mark.parametrize("scheduler", ["none", "asha"])
 def test_tpe_sweep_runs_numbered_trials_and_resumes(ray_cluster, tmp_path, cache_dir, scheduler):
     """TPE, with no early stopping and with ASHA: 3 trials proposed one after the other by Optuna,
@@ -93,10 +115,14 @@ def test_tpe_sweep_runs_numbered_trials_and_resumes(ray_cluster, tmp_path, cache
     assert sorted(p.name for p in trials_dir.iterdir()) == [f"tpe_trial_0000{i}" for i in range(3)]
 
 
-def test_pbt_perturbs_from_donor_checkpoints_and_resumes(ray_cluster, tmp_path, cache_dir):
+def test_pbt_perturbs_from_donor_checkpoints_and_resumes(ray_cluster, tmp_path, cache_dir, monkeypatch):
     """PBT over 2 trials, a useful and a useless learning rate (seed 31 draws 0.11 and 2e-5): the
     bottom trial restarts from the top trial's Train checkpoint with a perturbed lr, recorded;
-    killed then, --resume finishes both; trials.csv, the lr figure and the report show it."""
+    killed then, --resume finishes both; trials.csv, the lr figure and the report show it.
+    The first driver saves Tune's state only as it starts (TUNE_GLOBAL_CHECKPOINT_S), so the
+    resumed sweep restores the trials' configs from before the perturbation, as any kill within
+    Tune's save period (about 10 s) would: the perturbed trial must still go on with its new lr."""
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "100000")
     space = {"optim.lr": {"loguniform": [1e-5, 0.3]}}
     path = write_sweep(tmp_path, cache_dir, "pbt", space, run={"epochs": 4, "steps_per_epoch": 10},
                        data={"train_subset": 2000}, search="random", num_samples=2, seed=31,
@@ -111,6 +137,7 @@ def test_pbt_perturbs_from_donor_checkpoints_and_resumes(ray_cluster, tmp_path, 
                                                            if driver.poll() is not None else "no perturbation")
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
+    monkeypatch.delenv("TUNE_GLOBAL_CHECKPOINT_S")
     again = sweep_cli(path, "--resume")
     out = again.communicate(timeout=400)[0]
     assert again.returncode == 0, out[-3000:]
