@@ -29,6 +29,8 @@ def test_tpe_and_pbt_refuse_what_they_cannot_take(tmp_path, cache_dir):
         load_job(path, ["scheduler.name=pbt", "search=tpe", "space.optim.lr={uniform: [0.01, 0.1]}"], "sweep")
     with pytest.raises(ConfigError, match="scheduler.perturbation_interval: 3 leaves PBT no perturbation"):
         load_job(path, ["scheduler.name=pbt", "scheduler.perturbation_interval=3"], "sweep")
+    with pytest.raises(ConfigError, match="scheduler.synch: true applies to PBT only, not scheduler.name: asha"):
+        load_job(path, ["scheduler.synch=true"], "sweep")
     tpe = load_job(path, ["search=tpe", "space.optim.lr={loguniform: [0.01, 0.1]}",
                           "space.optim.name={choice: [sgd, adam]}"], "sweep")
     assert tpe.search == "tpe"
@@ -116,17 +118,21 @@ def test_tpe_sweep_runs_numbered_trials_and_resumes(ray_cluster, tmp_path, cache
 
 
 def test_pbt_perturbs_from_donor_checkpoints_and_resumes(ray_cluster, tmp_path, cache_dir, monkeypatch):
-    """PBT over 2 trials, a useful and a useless learning rate (seed 31 draws 0.11 and 2e-5): the
-    bottom trial restarts from the top trial's Train checkpoint with a perturbed lr, recorded;
-    killed then, --resume finishes both; trials.csv, the lr figure and the report show it.
-    The first driver saves Tune's state only as it starts (TUNE_GLOBAL_CHECKPOINT_S), so the
-    resumed sweep restores the trials' configs from before the perturbation, as any kill within
-    Tune's save period (about 10 s) would: the perturbed trial must still go on with its new lr."""
+    """Synchronous PBT over 2 trials of 4 epochs, a useful and a useless learning rate (seed 31
+    draws 0.11 and 2e-5), perturbing every 2 epochs: both trials wait at epoch 2, then the bottom
+    one restarts from the top one's epoch-2 Train checkpoint with a perturbed lr, recorded, on any
+    machine however fast its trials; killed then, --resume finishes both; trials.csv, the lr
+    figure and the report show it. The first driver saves Tune's state only as it starts
+    (TUNE_GLOBAL_CHECKPOINT_S), so the resumed sweep restores the trials' configs from before the
+    perturbation, as any kill within Tune's save period (about 10 s) would: the perturbed trial
+    must still go on with its new lr. The resumed sweep's fresh scheduler may sync once more, at
+    epoch 3 (a trial resumed at its last epoch no longer counts), never at the last epoch."""
     monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "100000")
     space = {"optim.lr": {"loguniform": [1e-5, 0.3]}}
     path = write_sweep(tmp_path, cache_dir, "pbt", space, run={"epochs": 4, "steps_per_epoch": 10},
                        data={"train_subset": 2000}, search="random", num_samples=2, seed=31,
-                       scheduler={"name": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.5})
+                       scheduler={"name": "pbt", "perturbation_interval": 2, "quantile_fraction": 0.5,
+                                  "synch": True})
     job = load_job(path, [], "sweep")
     trials_dir = job.sweep_dir / "trials"
     driver = sweep_cli(path)
@@ -145,20 +151,17 @@ def test_pbt_perturbs_from_donor_checkpoints_and_resumes(ray_cluster, tmp_path, 
     assert len(trials) == 2 and all(r["status"] == "completed" for r in trials.values()), trials
     assert all(r["scheduler"] == "pbt" for r in trials.values())
     perturbed = {tid: r for tid, r in trials.items() if r["perturbations"]}
-    assert "00001" in perturbed, trials  # the useless lr
-    # taken mid-run: after epoch 1, or epoch 2 where its first result came before the other's
-    assert int(perturbed["00001"]["perturbations"].split()[1]) < 4
+    assert perturbed["00001"]["perturbations"].startswith("epoch 2 from 00000: optim.lr="), trials  # the useless lr
     for tid, row in perturbed.items():
         run = trials_dir / f"pbt_trial_{tid}"
         entries = [json.loads(line) for line in (run / "perturbations.jsonl").read_text().splitlines()]
-        assert all(e["from"] != tid and e["from"] in trials and 1 <= e["epoch"] <= 4 for e in entries)
+        assert all(e["from"] != tid and e["from"] in trials and e["epoch"] in (2, 3) for e in entries)
         assert row["perturbations"].startswith(f"epoch {entries[0]['epoch']} from {entries[0]['from']}: optim.lr=")
         history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert [h["epoch"] for h in history] == [1, 2, 3, 4]  # the model's lineage, every epoch once
-        last = entries[-1]  # then its model trains with the new lr (constant schedule), unless it came at the end
-        if last["epoch"] < 4:
-            assert history[last["epoch"]]["lr"] == pytest.approx(last["optim.lr"])
-            assert history[last["epoch"]]["lr"] != pytest.approx(history[last["epoch"] - 1]["lr"])
+        last = entries[-1]  # then its model trains with the new lr (constant schedule)
+        assert history[last["epoch"]]["lr"] == pytest.approx(last["optim.lr"])
+        assert history[last["epoch"]]["lr"] != pytest.approx(history[last["epoch"] - 1]["lr"])
     assert (job.sweep_dir / "learning_rates.png").stat().st_size > 10_000
     from convlens.report.sweeps import sweep_section
     html = sweep_section(job.sweep_dir)

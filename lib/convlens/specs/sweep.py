@@ -67,6 +67,7 @@ class SchedulerConfig(Strict):
     perturbation_interval: int = Field(1, gt=0)  # PBT: epochs between a trial's exploit/explore steps
     quantile_fraction: float = Field(0.25, gt=0, le=0.5)  # PBT: the bottom fraction copies the top one
     resample_probability: float = Field(0.25, ge=0, le=1)  # PBT: redraw a value rather than scale it 0.8x/1.2x
+    synch: bool = False  # PBT: every trial waits at each perturbation_interval until all have reported there
     metric: Literal["val_error"] = "val_error"
     mode: Literal["min"] = "min"
 
@@ -122,6 +123,8 @@ class SweepJob(Strict):
         if self.scheduler.name == "asha" and self.scheduler.grace_period >= epochs:
             raise ValueError(f"scheduler.grace_period: {self.scheduler.grace_period} leaves ASHA nothing to "
                              f"stop in the base's {epochs} epochs; choose fewer than {epochs}")
+        if self.scheduler.synch and self.scheduler.name != "pbt":
+            raise ValueError(f"scheduler.synch: true applies to PBT only, not scheduler.name: {self.scheduler.name}")
         if self.scheduler.name == "pbt" and self.scheduler.perturbation_interval >= epochs:
             raise ValueError(f"scheduler.perturbation_interval: {self.scheduler.perturbation_interval} leaves PBT "
                              f"no perturbation in the base's {epochs} epochs; choose fewer than {epochs}")

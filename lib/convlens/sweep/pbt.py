@@ -14,7 +14,7 @@ Each such start is a line of perturbations.jsonl: the epoch, the donor, the valu
 A pointer to the trial itself (a resumed sweep) resumes its own Train run as usual, or, where
 the trial took a donor after Tune last saved its state, continues from that donor's copy, and
 either way with the values of its last start from a donor, not the older ones Tune restored.
-A bottom trial may take a donor at its last epoch: it then ends as a copy of the donor's model.
+No trial takes a donor at its last epoch (search.EpochPBT): it would only end as a copy.
 """
 from __future__ import annotations
 

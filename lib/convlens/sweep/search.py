@@ -11,6 +11,8 @@ checkpoint side inside the trial.
 """
 from __future__ import annotations
 
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from convlens.specs.sweep import SweepJob
@@ -50,7 +52,7 @@ def scheduler(job: SweepJob, epochs: int):
     if name == "asha":
         return asha(job.scheduler, epochs)
     if name == "pbt":
-        return pbt(job)
+        return pbt(job, epochs)
     return FIFOScheduler()
 
 
@@ -64,15 +66,50 @@ def asha(sched, epochs: int):
                          reduction_factor=sched.reduction_factor, stop_last_trials=False)
 
 
-def pbt(job: SweepJob):
+def pbt(job: SweepJob, epochs: int):
     """PBT on epochs, perturbing job.perturbed: a perturbed value is redrawn from its space entry
-    (resample_probability) or scaled by 0.8 / 1.2 (a choice moves to a neighbour), seeded."""
+    (resample_probability) or scaled by 0.8 / 1.2 (a choice moves to a neighbour), seeded.
+    synch: each trial reaching a perturbation epoch is paused (its actor, Train run included, is
+    stopped; it resumes from its own checkpoint) until every live trial has reported that epoch,
+    so perturbations happen at the same epochs whatever the trials' speeds; asynchronous PBT
+    judges a trial against whatever the others have reported so far."""
     import random
-    from ray.tune.schedulers import PopulationBasedTraining
     random.seed(job.seed)  # PBT draws donors and perturbations from Python's random module
     sched = job.scheduler
     mutations = {key: (list(job.space[key].args) if job.space[key].kind in ("choice", "grid")
                        else tune_domain(job.space[key])) for key in job.perturbed}
-    return PopulationBasedTraining(time_attr="epoch", perturbation_interval=sched.perturbation_interval,
-                                   hyperparam_mutations=mutations, quantile_fraction=sched.quantile_fraction,
-                                   resample_probability=sched.resample_probability, log_config=False)
+    return EpochPBT(epochs, time_attr="epoch", perturbation_interval=sched.perturbation_interval,
+                    hyperparam_mutations=mutations, quantile_fraction=sched.quantile_fraction,
+                    resample_probability=sched.resample_probability, synch=sched.synch, log_config=False)
+
+
+class EpochPBT(PopulationBasedTraining):
+    """Tune's PBT, with two changes for trials that are whole Train runs of a fixed length:
+    - no exploit / explore at a trial's last epoch (run.epochs: the base's, or the trial's own
+      where the space searches it): the bottom trial would only end as a copy of the top one's
+      final model, and synchronous PBT would stop and restart every trial once more for it;
+    - synchronous PBT lets waiting trials go on when no live trial can bring the sync about any
+      more: Tune's pauses each trial whose epoch reaches the next sync and runs only trials
+      below it, so it would wait forever where the others ended first (their last epochs do
+      not count) or where the sync came from a later epoch than planned (a resumed sweep's
+      trials start from their own checkpoints, at different epochs, under a fresh scheduler)."""
+
+    def __init__(self, epochs: int, **kwargs):
+        super().__init__(**kwargs)
+        self.epochs = epochs
+
+    def on_trial_result(self, tune_controller, trial, result):
+        last = int(trial.config.get("run.epochs", self.epochs))
+        if result.get(self._time_attr, 0) >= last:
+            return TrialScheduler.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+    def choose_trial_to_run(self, tune_controller):
+        chosen = super().choose_trial_to_run(tune_controller)
+        if chosen is not None or not self._synch:
+            return chosen
+        live = tune_controller.get_live_trials()
+        if any(self._trial_state[t].last_train_time < self._next_perturbation_sync for t in live):
+            return None  # one of them will reach the sync
+        waiting = [t for t in live if t.status in (Trial.PENDING, Trial.PAUSED)]
+        return min(waiting, key=lambda t: self._trial_state[t].last_train_time) if waiting else None
