@@ -31,6 +31,8 @@ class RunDir:
     RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of registered checkpoints
     CHECKPOINT = "checkpoint_epoch"  # checkpoint_epochNNNN_<id>/, kept by Ray Train
     BEST = "best_epoch"  # best_epochNNNN_<id>/, the best by validation error
+    DONOR = "donor_epoch"  # donor_epochNNNN_<id>/: a PBT trial's copy of the checkpoint it started from
+    PERTURBATIONS = "perturbations.jsonl"  # a PBT trial's starts from other trials' checkpoints
 
     def __init__(self, path):
         self.path = Path(path)
@@ -130,6 +132,7 @@ class SweepDir:
     TRIALS = "trials.csv"
     BEST_JOB = "best_job.yaml"
     CURVES = "curves.png"
+    LEARNING_RATES = "learning_rates.png"  # PBT: each trial's learning rate per epoch
     ARRAY_INDEX = "array.json"  # submit --array: the trials it drew
     TUNER = "tuner.pkl"  # Ray Tune's state: the sweep exists and can be resumed
     TRIAL_RUNS = "trials"  # one run directory per trial

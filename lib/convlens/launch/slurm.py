@@ -176,13 +176,11 @@ def submit_array(profile: ClusterProfile, kind: str, spec, overrides, wait: bool
     at most profile.array_parallelism at once. Returns the tasks' submitit Jobs; with wait=True,
     collects the results once every task has ended and returns 0 if any trial completed.
     dry_run: print the array's batch script, each task's trial and the sweep's spec instead."""
-    from convlens.sweep.array import check_new, collect_array, plan_array, record_array
+    from convlens.sweep.array import check_arrayable, check_new, collect_array, plan_array, record_array
     if kind != "sweep":
         raise ConfigError(f"--array runs the trials of a sweep; a {kind} job is one allocation (drop --array)")
     job = resolve_job(kind, spec, overrides, profile)
-    if job.scheduler.name == "asha":
-        raise ConfigError("scheduler.name = asha: ASHA compares trials while they run, which independent "
-                          "Slurm array tasks cannot; set scheduler.name=none or drop --array")
+    check_arrayable(job)
     job = job.model_copy(update={"base": str(Path(job.base).expanduser().resolve())})  # --collect from anywhere
     check_new(job)  # a dry run too says what the submission would refuse
     one_node = profile.model_copy(update={"nodes": 1})

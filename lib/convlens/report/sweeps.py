@@ -24,7 +24,8 @@ def sweep_section(folder: Path) -> str:
     cols, rows = read_csv(sweep / SweepDir.TRIALS)
     parts = [f"<h2 id='{anchor(folder)}'>Sweep {esc(folder.name)}</h2>",
              f"<p>{len(rows)} trials from <code>{esc(folder)}</code>. Each row is one training run with the "
-             f"sampled hyper-parameters and its final score.{epochs_sentence(cols, rows)}</p>",
+             f"sampled hyper-parameters and its final score.{search_sentence(cols, rows)}"
+             f"{epochs_sentence(cols, rows)}</p>",
              trials_table(cols, rows)]
     best = best_row(cols, rows)
     if best:
@@ -36,6 +37,24 @@ def sweep_section(folder: Path) -> str:
                      f"<pre>{esc((sweep / SweepDir.BEST_JOB).read_text())}</pre></details>")
     parts += [img(p, p.stem.replace("_", " ")) for p in sorted(folder.glob("*.png"))]
     return "".join(parts)
+
+
+SEARCHERS = {"random": "random draws", "grid": "a grid", "tpe": "TPE (Optuna)"}
+SCHEDULERS = {"asha": "ASHA early stopping", "pbt": "Population Based Training", "none": "no early stopping"}
+
+
+def search_sentence(cols: list[str], rows: list[list[str]]) -> str:
+    """How the trials were found, from trials.csv's searcher and scheduler columns; for PBT,
+    where the perturbations are."""
+    if not rows or not {"searcher", "scheduler"} <= set(cols):
+        return ""
+    search, sched = rows[0][cols.index("searcher")], rows[0][cols.index("scheduler")]
+    text = f" Trials from {SEARCHERS.get(search, search)}, with {SCHEDULERS.get(sched, sched)}."
+    if sched == "pbt":
+        text += (" The perturbations column lists each time a trial took another trial's checkpoint (the epoch, "
+                 "the donor, the values it went on with); the learning-rate figure shows each trial's model's "
+                 "learning rate per epoch, its lineage included.")
+    return text
 
 
 def epochs_sentence(cols: list[str], rows: list[list[str]]) -> str:
@@ -60,7 +79,7 @@ LEAD = ("trial_id", "best_val_accuracy", "test_accuracy", "status", "epochs", "b
 def trials_table(cols: list[str], rows: list[list[str]]) -> str:
     """trials.csv without its paths: scores first, then the sampled values under their own field
     names, then the rest (why a trial stopped, its W&B id, its node)."""
-    shown = [c for c in cols if c not in ("run", "run_dir", "best", "planned_epochs")
+    shown = [c for c in cols if c not in ("run", "run_dir", "best", "planned_epochs", "searcher", "scheduler")
              and (c != "stop_reason" or any(r[cols.index(c)] for r in rows))]
     order = ([c for c in LEAD if c in shown] + [c for c in shown if c.startswith("config/")]
              + [c for c in shown if c not in LEAD and not c.startswith("config/")])

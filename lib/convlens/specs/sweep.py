@@ -56,10 +56,18 @@ class Distribution(Strict):
         return list(self.args)
 
 
+PERTURBABLE = ("optim.lr", "optim.momentum", "optim.weight_decay")  # what PBT may change while training
+SCALARS = (bool, int, float, str)  # what Optuna's categorical distribution takes
+
+
 class SchedulerConfig(Strict):
-    name: Literal["asha", "none"] = "asha"
+    name: Literal["asha", "pbt", "none"] = "asha"
     grace_period: int = Field(1, gt=0)  # epochs every trial gets before ASHA may stop it
     reduction_factor: int = Field(2, gt=1)  # keep 1/reduction_factor of the trials at each rung
+    perturbation_interval: int = Field(1, gt=0)  # PBT: epochs between a trial's exploit/explore steps
+    quantile_fraction: float = Field(0.25, gt=0, le=0.5)  # PBT: the bottom fraction copies the top one
+    resample_probability: float = Field(0.25, ge=0, le=1)  # PBT: redraw a value rather than scale it 0.8x/1.2x
+    synch: bool = False  # PBT: every trial waits at each perturbation_interval until all have reported there
     metric: Literal["val_error"] = "val_error"
     mode: Literal["min"] = "min"
 
@@ -80,8 +88,9 @@ class SweepJob(Strict):
     base: str  # a train spec YAML
     base_overrides: dict[str, Any] = Field(default_factory=dict)  # dotted keys (or nested sections)
     space: dict[str, Distribution] = Field(default_factory=dict)  # dotted TrainJob field -> distribution
-    search: Literal["random", "grid"] = "random"  # grid: every entry is a grid (choice counts as one)
-    num_samples: int = Field(4, gt=0)  # random: trials; grid: repeats of the whole grid
+    search: Literal["random", "grid", "tpe"] = "random"  # grid: every entry is a grid (choice counts as one);
+    # tpe: Optuna's TPE proposes each trial from the results so far (no grid entries)
+    num_samples: int = Field(4, gt=0)  # random, tpe: trials; grid: repeats of the whole grid
     max_concurrent: int = Field(2, gt=0)  # capped further so the trials' Train workers fit
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     resources: TrialResources = Field(default_factory=TrialResources)
@@ -109,11 +118,40 @@ class SweepJob(Strict):
                 raise ValueError(f"space.{key}: {dist.kind} cannot be enumerated; search: grid needs choice or grid")
             for value in dist.candidates():
                 check_train(apply_overrides(copy.deepcopy(base), {key: value}), f"space.{key} = {value!r}")
+        self._check_search()
         epochs = check_train(base, "base").run.epochs
         if self.scheduler.name == "asha" and self.scheduler.grace_period >= epochs:
             raise ValueError(f"scheduler.grace_period: {self.scheduler.grace_period} leaves ASHA nothing to "
                              f"stop in the base's {epochs} epochs; choose fewer than {epochs}")
+        if self.scheduler.synch and self.scheduler.name != "pbt":
+            raise ValueError(f"scheduler.synch: true applies to PBT only, not scheduler.name: {self.scheduler.name}")
+        if self.scheduler.name == "pbt" and self.scheduler.perturbation_interval >= epochs:
+            raise ValueError(f"scheduler.perturbation_interval: {self.scheduler.perturbation_interval} leaves PBT "
+                             f"no perturbation in the base's {epochs} epochs; choose fewer than {epochs}")
         return self
+
+    def _check_search(self) -> None:
+        """What TPE and PBT cannot take, refused before any trial starts."""
+        if self.search == "tpe":
+            for key, dist in self.space.items():
+                if dist.kind == "grid":
+                    raise ValueError(f"space.{key}: grid cannot be searched by TPE (search: tpe); "
+                                     f"use choice or a range, or search: grid")
+                if dist.kind == "choice" and not all(isinstance(v, SCALARS) for v in dist.args):
+                    raise ValueError(f"space.{key}: TPE (search: tpe) chooses among numbers, strings or "
+                                     f"booleans only, not {dist.args!r}")
+        if self.scheduler.name == "pbt":
+            if self.search == "tpe":
+                raise ValueError("scheduler.name: pbt picks each trial's next values itself; "
+                                 "use it with search: random or grid, not tpe")
+            if not self.perturbed:
+                raise ValueError(f"scheduler.name: pbt has nothing to perturb: space has none of "
+                                 f"{', '.join(PERTURBABLE)}")
+
+    @property
+    def perturbed(self) -> list[str]:
+        """The space's keys PBT perturbs (scheduler.name: pbt)."""
+        return [key for key in PERTURBABLE if key in self.space]
 
     @property
     def sweep_dir(self) -> Path:

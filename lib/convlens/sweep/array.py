@@ -41,6 +41,19 @@ def check_new(job: SweepJob) -> None:
         raise ConfigError(f"sweep {job.name} already exists in {job.sweep_dir}: choose another name")
 
 
+def check_arrayable(job: SweepJob) -> None:
+    """Independent array tasks run trials drawn up front, and none sees another's results."""
+    if job.scheduler.name == "asha":
+        raise ConfigError("scheduler.name = asha: ASHA compares trials while they run, which independent "
+                          "Slurm array tasks cannot; set scheduler.name=none or drop --array")
+    if job.scheduler.name == "pbt":
+        raise ConfigError("scheduler.name = pbt: PBT copies checkpoints between trials while they run, which "
+                          "independent Slurm array tasks cannot; set scheduler.name=none or drop --array")
+    if job.search == "tpe":
+        raise ConfigError("search = tpe: TPE proposes each trial from the results of earlier ones, which "
+                          "array tasks drawn up front cannot; set search=random or drop --array")
+
+
 def plan_array(job: SweepJob) -> tuple[dict[str, dict], dict[str, TrainJob]]:
     """({trial id: sampled values}, {trial id: its TrainJob}), writing nothing."""
     spec = trial_spec(job)
@@ -70,7 +83,7 @@ def collect_array(job: SweepJob, errors: dict[str, Exception] | None = None) -> 
                 row["status"] = "incomplete"
             rows.append(row)
         rows = rank_rows(rows)
-        write_outputs(job, spec, rows, tracked)
+        write_outputs(job, spec, rows, tracked, scheduler="none")
         done = True
     finally:
         close_job(tracked, failed=not done)

@@ -65,10 +65,19 @@ def rank_rows(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def write_outputs(job: SweepJob, spec: dict, rows: list[dict], tracked=None) -> None:
-    """tracked: the sweep's open W&B run (tracking.jobs.open_sweep_run), or None."""
-    for row in rows:  # so trials.csv alone tells what early stopping saved
+def write_outputs(job: SweepJob, spec: dict, rows: list[dict], tracked=None, scheduler: str | None = None) -> None:
+    """tracked: the sweep's open W&B run (tracking.jobs.open_sweep_run), or None; scheduler: what
+    scheduled the trials, job.scheduler.name unless given (an array sweep's: none)."""
+    from convlens.sweep.pbt import current_values, perturbations_text, read_perturbations
+    scheduler = scheduler or job.scheduler.name
+    for row in rows:  # so trials.csv alone tells what early stopping saved, and how trials were found
+        taken = read_perturbations(Path(row["run_dir"])) if scheduler == "pbt" else []
+        # a PBT trial's values are those of its last perturbation (Tune's saved state may predate it)
+        row.update({f"config/{k}": v for k, v in current_values(taken).items()})
         row["planned_epochs"] = planned_epochs({k: row[f"config/{k}"] for k in job.space}, spec)
+        row["searcher"], row["scheduler"] = job.search, scheduler
+        if scheduler == "pbt":
+            row["perturbations"] = perturbations_text(taken)
     write_csv(job.sweep_dir / SweepDir.TRIALS, rows)
     print(format_table(rows, list(job.space)), flush=True)
     print(f"[convlens] {epochs_line(rows)}", flush=True)
@@ -82,6 +91,10 @@ def write_outputs(job: SweepJob, spec: dict, rows: list[dict], tracked=None) -> 
         print("[convlens] no trial completed; no best_job.yaml written", flush=True)
     curves = {row["trial_id"]: read_curve(Path(row["run_dir"])) for row in rows}
     plot_curves(curves, best["trial_id"] if best else None, job.sweep_dir / SweepDir.CURVES, job.name)
+    if scheduler == "pbt":  # the schedules PBT found: each trial's model's learning rate per epoch
+        rates = {row["trial_id"]: read_curve(Path(row["run_dir"]), "lr") for row in rows}
+        plot_curves(rates, best["trial_id"] if best else None, job.sweep_dir / SweepDir.LEARNING_RATES,
+                    job.name, "learning rate", log=True)
     print(f"[convlens] sweep outputs in {job.sweep_dir}", flush=True)
 
 
@@ -145,12 +158,13 @@ def write_best_job(job: SweepJob, spec: dict, best: dict) -> Path:
     return path
 
 
-def read_curve(run_dir: Path) -> tuple[list[int], list[float]]:
-    history = RunDir(run_dir).read_metrics()
-    return [h["epoch"] for h in history], [h["val_accuracy"] for h in history]
+def read_curve(run_dir: Path, metric: str = "val_accuracy") -> tuple[list[int], list[float]]:
+    history = [h for h in RunDir(run_dir).read_metrics() if metric in h]
+    return [h["epoch"] for h in history], [h[metric] for h in history]
 
 
-def plot_curves(curves: dict[str, tuple[list, list]], best: str | None, path: Path, title: str) -> None:
+def plot_curves(curves: dict[str, tuple[list, list]], best: str | None, path: Path, title: str,
+                ylabel: str = "validation accuracy", log: bool = False) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -160,7 +174,7 @@ def plot_curves(curves: dict[str, tuple[list, list]], best: str | None, path: Pa
         if epochs:
             ax.plot(epochs, acc, marker="o", lw=2.5 if tid == best else 1.0,
                     alpha=1.0 if tid == best else 0.6, label=tid + (" (best)" if tid == best else ""))
-    ax.set(xlabel="epoch", ylabel="validation accuracy", title=f"sweep {title}: validation accuracy")
+    ax.set(xlabel="epoch", ylabel=ylabel, title=f"sweep {title}: {ylabel}", yscale="log" if log else "linear")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     if curves:

@@ -20,20 +20,11 @@ import ray.tune
 from convlens.rundir import trial_epochs
 from convlens.sweep.results import fmt
 from convlens.sweep.space import trial_id
-from convlens.sweep.trial import TRIAL
+from convlens.sweep.trial import trial_index
 
 STATUS_EVERY_S = 30.0  # a log's status line, as often as Tune's own heartbeat
 REDRAW_EVERY_S = 1.0  # the terminal's line, for its elapsed time between results
 COUNTED = ("running", "pending", "finished", "stopped", "failed")  # trial states, in this order
-
-
-def trial_index(trial) -> int:
-    """The trial's index among the sweep's drawn trials: config[TRIAL], or where a resumed sweep's
-    restored trial lacks it, the counter Tune ends its id with (<prefix>_00003), which it gives the
-    drawn trials in the same order."""
-    if TRIAL in trial.config:
-        return int(trial.config[TRIAL])
-    return int(trial.trial_id.rpartition("_")[2])
 
 
 @dataclass
@@ -112,6 +103,11 @@ def log_line(name: str, elapsed_s: float, trained: int, planned: int, text: str)
     return f"sweep {name} [{tqdm.format_interval(elapsed_s)}]: {trained} of {planned} epochs, {text}"
 
 
+def sweep_trial_id(trial) -> str:
+    """A Tune trial's id in the sweep (its run name's)."""
+    return trial_id(trial_index(trial.trial_id, trial.config))
+
+
 class SweepStatus(ray.tune.Callback):
     """The sweep's live status (see the module's docstring). planned: each trial index's run.epochs;
     space: the searched keys, in the spec's order. Tune pickles callbacks with the Tuner, so the
@@ -134,10 +130,11 @@ class SweepStatus(ray.tune.Callback):
 
     def view(self, trial) -> TrialView:
         """The trial's view; a trial first seen here (a resumed sweep's) starts from its last result."""
-        index = trial_index(trial)
+        index = trial_index(trial.trial_id, trial.config)
         tid = trial_id(index)
         if tid not in self.views:
-            self.views[tid] = TrialView(self.planned[index])
+            planned = self.planned[index] if index < len(self.planned) else self.planned[-1]
+            self.views[tid] = TrialView(int(trial.config.get("run.epochs", planned)))  # TPE draws as it goes
             self.views[tid].add(trial.last_result or {})
         return self.views[tid]
 
@@ -160,7 +157,7 @@ class SweepStatus(ray.tune.Callback):
             self.bar.close()
 
     def end(self, trial, state: str, how: str) -> None:
-        tid, drawn = trial_id(trial_index(trial)), {key: trial.config.get(key) for key in self.space}
+        tid, drawn = sweep_trial_id(trial), {key: trial.config.get(key) for key in self.space}
         self.ended[tid] = state
         self.write("[convlens] " + trial_line(tid, drawn, self.view(trial).best, how))
 
@@ -179,7 +176,7 @@ class SweepStatus(ray.tune.Callback):
         self.shown = now
         views = [self.view(t) for t in trials]
         trained = trial_epochs({"epochs": v.epochs, "planned_epochs": v.planned} for v in views)[0]
-        counts = Counter(self.ended.get(trial_id(trial_index(t))) or trial_state(t.status, t.last_result or {})
+        counts = Counter(self.ended.get(sweep_trial_id(t)) or trial_state(t.status, t.last_result or {})
                          for t in trials)
         # Tune creates trials as slots free up: the ones it has not created yet are pending too
         counts["pending"] = len(self.planned) - sum(counts[s] for s in COUNTED if s != "pending")

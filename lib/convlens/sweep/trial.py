@@ -43,6 +43,14 @@ def absolute_paths(spec: dict) -> dict:
     return spec
 
 
+def trial_index(tune_trial_id: str | None, config: dict) -> int:
+    """A Tune trial's index in the sweep. Tune numbers the drawn trials in its ids (<prefix>_00003),
+    and PBT overwrites config[TRIAL] with the donor's; TPE's ids are random, so NumberedTPE
+    puts the index in config[TRIAL]."""
+    tail = (tune_trial_id or "").rpartition("_")[2]
+    return int(tail) if len(tail) == 5 and tail.isdigit() else int(config[TRIAL])
+
+
 def trial_job(spec: dict, sampled: dict, sweep: str, trials_dir: str, trial_id: str) -> TrainJob:
     """The TrainJob a trial runs: base spec + sampled values, named after its trial id."""
     spec = apply_overrides(copy.deepcopy(spec), sampled)
@@ -72,18 +80,24 @@ def make_report_callback():
     return EpochsToTune()
 
 
-def run_trial(config: dict, spec: dict, sweep: str, trials_dir: str, env: dict) -> None:
+def run_trial(config: dict, spec: dict, sweep: str, trials_dir: str, env: dict,
+              perturbed: list[str] | None = None) -> None:
     """Tune trial function: train this trial's job, reporting each epoch to Tune. env: the
-    sweep driver's forwarded environment (a trial actor has the Ray cluster's)."""
+    sweep driver's forwarded environment (a trial actor has the Ray cluster's). perturbed: PBT's
+    keys; a PBT trial reports a checkpoint with each epoch and starts from Tune's (sweep/pbt.py)."""
     import os
     import ray.tune
     os.environ.update(env)
     from convlens.training.run import train
-    tid = trial_id(config[TRIAL])
+    tid = trial_id(trial_index(ray.tune.get_context().get_trial_id(), config))
     job = trial_job(spec, {k: v for k, v in config.items() if k != TRIAL}, sweep, trials_dir, tid)
     summary, stop = None, None
     try:
-        summary = train(job, trainer_kwargs={"callbacks": [make_report_callback()]})
+        if perturbed is not None:
+            from convlens.sweep.pbt import train_with_checkpoints
+            summary = train_with_checkpoints(job, tid, {k: config[k] for k in perturbed}, epoch_metrics)
+        else:
+            summary = train(job, trainer_kwargs={"callbacks": [make_report_callback()]})
     except RunStopped:  # the training loop recorded the reason (NaN loss, bad checkpoint)
         stop = RunDir(job.run_dir).read_stopped()["stop_reason"]
     if stop is not None:

@@ -1,11 +1,13 @@
 """`convlens sweep`: a sweep's trials under Ray Tune, each a full Ray Train run (trial.py).
 
-Tune runs exactly the trials space.draw_trials drew (the ones `submit --array` would run): a grid
-over their indices, and each searched key a Drawn domain that Tune resolves to the value drawn for
-that index, so Tune's state, trial table and result configs hold the drawn values. The sweep fits as many trials side by side as the Ray
-cluster has CPUs (and GPUs) for their Train workers, schedules them with ASHA or FIFO, and resumes
-with Tune's own state (tuner.pkl): a trial's run is named after its index, so a resumed sweep
-resumes interrupted trials from their own Train checkpoints. While it runs the driver shows
+With search random or grid, Tune runs exactly the trials space.draw_trials drew (the ones `submit
+--array` would run): a grid over their indices, and each searched key a Drawn domain that Tune
+resolves to the value drawn for that index, so Tune's state, trial table and result configs hold
+the drawn values; with search tpe, Optuna proposes them (search.py). The sweep fits as many trials
+side by side as the Ray cluster has CPUs (and GPUs) for their Train workers, schedules them with
+ASHA, PBT or FIFO (search.py), and resumes with Tune's own state (tuner.pkl, the TPE study with
+it): a trial's run is named after its index, so a resumed sweep resumes interrupted trials from
+their own Train checkpoints (a PBT trial from the one its Tune checkpoint points at, pbt.py). While it runs the driver shows
 status.py's compact status; Tune's own tables and its trial-failure tracebacks only with
 `convlens --verbose`. Outputs: results.py.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from contextlib import contextmanager
 
 from ray.tune.search.sample import Domain
@@ -26,7 +29,8 @@ from convlens.specs.train import TrainJob
 from convlens.sweep.results import planned_epochs, rank_rows, run_row, write_outputs
 from convlens.sweep.space import draw_trials, trial_id
 from convlens.sweep.status import SweepStatus
-from convlens.sweep.trial import TRIAL, run_trial, trial_spec
+from convlens.sweep.search import scheduler, searcher, tpe_space
+from convlens.sweep.trial import TRIAL, run_trial, trial_index, trial_spec
 
 
 def sweep(job: SweepJob, resume: bool = False) -> list[dict]:
@@ -65,16 +69,17 @@ def sweep(job: SweepJob, resume: bool = False) -> list[dict]:
 
 def build_tuner(job: SweepJob, spec: dict, resume: bool):
     import ray.tune
-    from ray.tune.schedulers import FIFOScheduler
     train = validate(TrainJob, spec)
+    pbt = job.scheduler.name == "pbt"
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(run_trial, spec=spec, sweep=job.name,
-                                 trials_dir=str(SweepDir(job.sweep_dir).trials_dir), env=forwarded_env()),
+                                 trials_dir=str(SweepDir(job.sweep_dir).trials_dir), env=forwarded_env(),
+                                 perturbed=job.perturbed if pbt else None),
         {"cpu": job.resources.trial_cpus})
     trials = draw_trials(job)
+    planned = [planned_epochs(t, spec) for t in trials] or [planned_epochs({}, spec)] * job.num_samples
     show = dict(verbose=1 if verbose() else 0,  # Tune's boxes only when asked; trials' own lines follow run.quiet
-                callbacks=[SweepStatus(job.name, list(job.space), [planned_epochs(t, spec) for t in trials],
-                                       job.scheduler.name)])
+                callbacks=[SweepStatus(job.name, list(job.space), planned, job.scheduler.name)])
     if resume:
         tuner = ray.tune.Tuner.restore(str(job.sweep_dir), trainable=trainable, resume_unfinished=True,
                                        resume_errored=False, restart_errored=False)
@@ -82,12 +87,14 @@ def build_tuner(job: SweepJob, spec: dict, resume: bool):
         restored.verbose, restored.callbacks = show["verbose"], show["callbacks"]
         return tuner
     sched = job.scheduler
-    scheduler = asha(sched, train.run.epochs) if sched.name == "asha" else FIFOScheduler()
+    # reuse_actors stays off: a trial's actor owns its Train run, which must end with the trial
+    warnings.filterwarnings("ignore", message="Consider boosting PBT performance", category=UserWarning)
     return ray.tune.Tuner(
-        trainable, param_space=param_space(trials),
-        tune_config=ray.tune.TuneConfig(metric=sched.metric, mode=sched.mode, scheduler=scheduler,
-                                        num_samples=1, reuse_actors=False,
-                                        max_concurrent_trials=concurrency(job, train)),
+        trainable, param_space=tpe_space(job) if job.search == "tpe" else param_space(trials),
+        tune_config=ray.tune.TuneConfig(metric=sched.metric, mode=sched.mode,
+                                        scheduler=scheduler(job, train.run.epochs), search_alg=searcher(job),
+                                        num_samples=job.num_samples if job.search == "tpe" else 1,
+                                        reuse_actors=False, max_concurrent_trials=concurrency(job, train)),
         run_config=ray.tune.RunConfig(name=job.name, storage_path=str(job.sweep_dir.parent),
                                       failure_config=ray.tune.FailureConfig(max_failures=0), **show))
 
@@ -151,22 +158,13 @@ def concurrency(job: SweepJob, train: TrainJob) -> int:
     return min(fit, job.max_concurrent)
 
 
-def asha(sched, epochs: int):
-    """ASHA with its rungs before the last epoch only: a trial judged at its last epoch has paid
-    for every epoch already, and stopping it there would cut off its test evaluation. Rungs are
-    grace_period * reduction_factor**k up to max_t; trials past max_t run on to their end.
-    The sweep spec makes sure grace_period < epochs."""
-    from ray.tune.schedulers import ASHAScheduler
-    return ASHAScheduler(time_attr="epoch", max_t=epochs - 1, grace_period=sched.grace_period,
-                         reduction_factor=sched.reduction_factor, stop_last_trials=False)
-
-
 def collect_rows(job: SweepJob, results) -> list[dict]:
     """One row per trial of Tune's results, from its run directory."""
     rows = []
     for result in results:
         sampled = {k: result.config.get(k) for k in job.space}
-        row = run_row(job, trial_id(result.config[TRIAL]), sampled, result.error)
+        index = trial_index((result.metrics or {}).get("trial_id"), result.config)
+        row = run_row(job, trial_id(index), sampled, result.error)
         if row["status"] == "early_stopped":
             add_judged_epoch(row, result.metrics or {})
             close_stopped_trial(row)

@@ -24,3 +24,21 @@ def build_scheduler(opt, cfg, lr: float, epochs: int, steps_per_epoch: int):
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, epochs=epochs,
                                                    steps_per_epoch=steps_per_epoch), True
     return torch.optim.lr_scheduler.MultiStepLR(opt, [], 1.0), False  # constant
+
+
+def retarget(opt: torch.optim.Optimizer, sched, saved: dict, cfg) -> None:
+    """After loading an optimizer and schedule saved under other values (saved: that run's optim
+    section; PBT's donor), continue with cfg's: every learning rate scaled by cfg.lr / saved lr
+    (so the schedule keeps its place), and momentum and weight decay set to cfg's."""
+    factor = cfg.lr / saved["lr"]
+    for group in opt.param_groups:
+        for key in ("lr", "initial_lr", "max_lr", "min_lr"):  # min_lr, max_lr: OneCycleLR's
+            if key in group:
+                group[key] *= factor
+        if "momentum" in group and not isinstance(opt, (torch.optim.Adam, torch.optim.AdamW)):
+            group["momentum"] = cfg.momentum
+        group["weight_decay"] = cfg.weight_decay
+    if hasattr(sched, "base_lrs"):
+        sched.base_lrs = [lr * factor for lr in sched.base_lrs]
+    if hasattr(sched, "_last_lr"):
+        sched._last_lr = [group["lr"] for group in opt.param_groups]

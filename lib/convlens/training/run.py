@@ -38,8 +38,9 @@ def prepare(job: TrainJob, verbose: bool = True) -> tuple[TrainJob, ImageData]:
     return job, data
 
 
-def train(job: TrainJob, trainer_kwargs: dict | None = None) -> dict:
-    """Run (or resume) the training run named job.run.name; returns summary.json's content."""
+def train(job: TrainJob, trainer_kwargs: dict | None = None, start_from: str | None = None) -> dict:
+    """Run (or resume) the training run named job.run.name; returns summary.json's content.
+    start_from: a checkpoint folder to start from while the run has none of its own (PBT's donor)."""
     begun = time.time()
     job, data = prepare(job, verbose=not job.run.quiet)
     ensure_ray(quiet=job.run.quiet, address=job.run.ray_address)
@@ -56,7 +57,7 @@ def train(job: TrainJob, trainer_kwargs: dict | None = None) -> dict:
     driver = open_driver(job, run.path)  # offline: W&B's system monitor samples the whole job
     try:
         with WorkerLine(f"{job.run.name} epoch {job.run.epochs}/{job.run.epochs}:") as last_epoch:
-            fit(job, **(trainer_kwargs or {}))
+            fit(job, start_from=start_from, **(trainer_kwargs or {}))
             stopped = run.read_stopped()  # written by rank 0 when the run ended on a non-retryable error
             if not stopped and not job.run.quiet:
                 last_epoch.wait()  # rank 0's last epoch line before the summary (none if resumed after it)
@@ -82,7 +83,7 @@ def train(job: TrainJob, trainer_kwargs: dict | None = None) -> dict:
 WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "WANDB_SERVICE": ""}
 
 
-def fit(job: TrainJob, **run_config_extra):
+def fit(job: TrainJob, start_from: str | None = None, **run_config_extra):
     """Build and fit the TorchTrainer; raises JobFailed when its retries run out."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -92,7 +93,8 @@ def fit(job: TrainJob, **run_config_extra):
     run_config_extra["worker_runtime_env"] = {**runtime_env, "env_vars": env}
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"job": job.model_dump(mode="json"), "progress": progress_mode(job.run.quiet)},
+        train_loop_config={"job": job.model_dump(mode="json"), "progress": progress_mode(job.run.quiet),
+                           "start_from": start_from},
         torch_config=TorchConfig(backend="nccl" if job.run.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=job.run.workers, use_gpu=job.run.use_gpu,

@@ -24,7 +24,7 @@ from convlens.training import precise_bn, tasks
 from convlens.training.dist import all_reduce_
 from convlens.training.evaluate import evaluate
 from convlens.training.nonfinite import NonFiniteWatch, due, nonfinite_stop
-from convlens.training.optim import build_optimizer, build_scheduler
+from convlens.training.optim import build_optimizer, build_scheduler, retarget
 from convlens.training.syncbn import convert_to_global_bn
 
 
@@ -176,6 +176,10 @@ class Trainer:
         self.raw_model.load_state_dict(strip_prefix(state["model"]), strict=True)
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
+        saved = (state.get("config") or {}).get("optim")
+        if saved and (saved["lr"], saved.get("momentum"), saved.get("weight_decay")) != (
+                self.job.optim.lr, self.job.optim.momentum, self.job.optim.weight_decay):
+            retarget(self.opt, self.sched, saved, self.job.optim)  # PBT's donor, trained under other values
         self.epoch, self.history, self.best = state["epoch"], state["history"], state["best"]
         self.optimizer_steps = state["optimizer_steps"]
 

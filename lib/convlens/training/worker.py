@@ -41,15 +41,17 @@ def train_worker(config: dict) -> None:
     try:
         trainer = Trainer(job, load_dataset(job.data), rank, world, ray.train.torch.get_device(),
                           wrap=ray.train.torch.prepare_model)
-        latest = ray.train.get_checkpoint()
+        latest = ray.train.get_checkpoint()  # the run's own; else where it was told to start (PBT's donor)
+        start = Path(latest.path) if latest else (Path(config["start_from"]) if config.get("start_from") else None)
         try:
-            state, source = resume.restore(Path(latest.path) if latest else None, trainer.arch,
-                                           job.run.on_corrupt_checkpoint)
+            state, source = resume.restore(start, trainer.arch, job.run.on_corrupt_checkpoint)
         except RunStopped as stop:
             end_run(run, rank, {"stop_reason": str(stop), "epoch": 0})
             return
         if state is not None:
             trainer.load_state_dict(state)
+            if rank == 0:  # the history it resumes with (a PBT donor's lineage), even with no epoch left to train
+                run.write_metrics(trainer.history)
         nodes = all_gather_objects(this_node())  # every rank takes part
         if rank == 0:
             resume.record_attempt(run, trainer.epoch + 1, source, {**trainer.hardware(), "nodes": nodes},
