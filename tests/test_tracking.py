@@ -329,6 +329,13 @@ def test_api_key_never_written_by_a_training_and_a_sweep(tmp_path, cache_dir):
         assert len(wandb_logs) >= 4 and len(ray_logs) > 10  # both runs logged; Ray wrote its logs
         checked = assert_absent(key, [tmp_path / "runs", tmp_path / "sweeps", ray_tmp], proc.stdout + proc.stderr)
         assert checked > 50
+        # a quiet trial prints nothing on the terminal, but its Logs tab has its epoch lines
+        from convlens.tracking.sync import plan
+        trials = [read_run(seg.folder / f"run-{seg.run_id}.wandb") for seg in plan(tmp_path / "sweeps")[0]]
+        texts = {log.config["run"]["name"]: "".join(o["line"] for o in log.output) for log in trials if log.job_type == "train"}
+        assert len(texts) == 2 and all(f"[convlens] {name} epoch 1/1: train loss" in text
+                                       for name, text in texts.items()), texts
+        assert "epoch 1/1: train loss" not in proc.stdout.split("sweeping")[-1]
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
 

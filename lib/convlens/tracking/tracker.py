@@ -31,6 +31,7 @@ class NullTracker:
     def log_summary(self, summary: dict) -> None: ...
     def update_summary(self, values: dict) -> None: ...
     def log_images(self, images: list[tuple[str, str]], key: str = "analysis") -> None: ...
+    def log_line(self, line: str) -> None: ...
     def stop(self, reason: str, failed: bool = True) -> None: ...
     def finish(self, failed: bool = False) -> None: ...
 
@@ -163,6 +164,11 @@ class WandbTracker:
         if images:  # in the last epoch's row: no history row without an epoch
             step = {"step": self.last_epoch} if self.last_epoch else {}
             self.run.log({key: [wandb.Image(str(path), caption=caption) for path, caption in images]}, **step)
+
+    def log_line(self, line: str) -> None:
+        """A line for the Logs tab only, not the terminal (offline: through the console file)."""
+        if self.console is not None:
+            self.console.write("stdout", line + "\n")
 
     def log_checkpoints(self, best: str | None) -> None:
         """Kept checkpoints as versions of the `model-<run id>` artifact: aliases epoch-N,

@@ -77,7 +77,7 @@ def train_epochs(job: TrainJob, trainer: Trainer, run: RunDir, tracker, progress
         trainer.record(metrics)
         report_epoch(trainer, metrics)
         tracker.log_epoch(metrics, trainer.class_names)
-        print_epoch(job, rank, metrics)
+        print_epoch(job, rank, metrics, tracker)
 
 
 def this_node() -> dict:
@@ -120,9 +120,15 @@ def save_best(state: dict, meta: dict, run: RunDir, epoch: int) -> None:
     ckpt.remove_unfinished_saves(run.path)
 
 
-def print_epoch(job: TrainJob, rank: int, m: dict) -> None:
-    if rank == 0 and not job.run.quiet:
-        print(f"[convlens] {job.run.name} epoch {m['epoch']}/{job.run.epochs}: "
-              f"train loss {m['train_loss']:.4f} acc {m['train_accuracy']:.4f} | "
-              f"val loss {m['val_loss']:.4f} acc {m['val_accuracy']:.4f} | "
-              f"lr {m['lr']:.4g} | {m['images_per_second']:.0f} img/s", flush=True)
+def print_epoch(job: TrainJob, rank: int, m: dict, tracker) -> None:
+    """Rank 0's line for the epoch; a quiet run (a sweep trial) keeps it for W&B's Logs tab only."""
+    if rank != 0:
+        return
+    line = (f"[convlens] {job.run.name} epoch {m['epoch']}/{job.run.epochs}: "
+            f"train loss {m['train_loss']:.4f} acc {m['train_accuracy']:.4f} | "
+            f"val loss {m['val_loss']:.4f} acc {m['val_accuracy']:.4f} | "
+            f"lr {m['lr']:.4g} | {m['images_per_second']:.0f} img/s")
+    if job.run.quiet:
+        tracker.log_line(line)
+    else:
+        print(line, flush=True)
