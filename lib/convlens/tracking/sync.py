@@ -65,7 +65,12 @@ def contents(path: Path) -> str:
             runtime = rec.exit.runtime
     span = f" over {max(stats) - min(stats):.0f} s" if stats else ""
     return (f"{job_type or 'run'} {name}: runtime {'unfinished' if runtime is None else f'{runtime} s'}, "
-            f"{len(stats)} system-metric records{span}, {len(''.join(text).splitlines())} console lines")
+            f"{plural(len(stats), 'system-metric record')}{span}, "
+            f"{plural(len(''.join(text).splitlines()), 'console line')}")
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def plan(root: Path) -> tuple[list[Segment], list[Segment]]:
