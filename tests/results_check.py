@@ -28,6 +28,8 @@ def load(root: Path) -> dict:
     runs = {p.parent.name: {"dir": p.parent, "summary": read(p)} for p in root.glob("*/summary.json")}
     analysis = {}
     for p in root.glob("analysis/*/*/*.json"):
+        if p.parts[-3] == "wandb":  # the analysis runs' W&B segments (convlens.json)
+            continue
         d = read(p)
         analysis[(d["method"], d["run"], d["epoch"])] = d["result"]
     sweep_csv = next(root.glob("*/trials.csv"))
