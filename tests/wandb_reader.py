@@ -225,11 +225,13 @@ def check_whole_job(log: RunLog, wall: float, interval: float, coverage: float =
     assert runtime == pytest.approx(wall, rel=0.1, abs=0.5), (runtime, wall)
     assert log.summary["_wandb"]["runtime"] == runtime and log.runtime == runtime
     times = [s["time"] for s in log.stats]
-    assert times == sorted(times) and len(times) > 1, times
+    # a job of a few seconds (a probe on a fast machine takes under one) has a sample or none
+    assert times == sorted(times) and len(times) >= min(2, int(runtime // (2 * interval))), (runtime, times)
     end = log.start_time + runtime
     assert covered(times, interval, log.start_time, end) >= coverage * runtime - interval, (times, log.start_time, end)
     text = "".join(o["line"] for o in log.output)
+    span = times[-1] - times[0] if times else 0.0
     print(f"\n{log.job_type} run {log.run_id}: runtime {runtime} s, wall {wall:.1f} s; {len(times)} "
-          f"system-metric records over {times[-1] - times[0]:.1f} s; {len(text.splitlines())} output lines")
+          f"system-metric records over {span:.1f} s; {len(text.splitlines())} output lines")
     assert text.strip(), "no console output"
     return text
