@@ -364,3 +364,15 @@ def test_ray_and_node_address_inside_a_container(tmp_path, monkeypatch):
     (exe.parent / "ray").write_text("#!/bin/sh\n")
     assert raynodes.ray_bin() == str(exe.parent / "ray")  # a virtualenv's own first
     assert raynodes.node_address("localhost", shared=False) == "127.0.0.1"  # no scontrol on PATH
+
+
+def test_wandb_group_named_at_submission_is_the_one_the_runs_use(tmp_path, cache_dir):
+    """A training run without tracking.group goes to a group named after it; a sweep's trials to
+    the sweep's group; the analysis names none (its runs join each analysed run's group)."""
+    from convlens.launch.follow import wandb_group
+    from convlens.specs.load import load_job
+    train = write_yaml(tmp_path / "t.yaml", tiny_spec(tmp_path, cache_dir, "solo"))
+    assert wandb_group(load_job(train, [], "train")) == "solo"
+    assert wandb_group(load_job(train, ["tracking.group=mine"], "train")) == "mine"
+    assert wandb_group(load_job(REPO / "sweeps/fmnist_small.yaml", [], "sweep")) == "fmnist_small"
+    assert wandb_group(load_job(REPO / "jobs/analyze_demo.yaml", [], "analyze")) is None

@@ -59,7 +59,7 @@ def outcome(kind: str, spec_path: str) -> str:
     """The job's result in one line, from what the run wrote on shared storage."""
     from convlens.specs.load import load_job
     job = load_job(spec_path, [], kind)
-    group = getattr(getattr(job, "tracking", None), "group", None) or getattr(job, "group", None)
+    group = wandb_group(job)
     if kind == "train":
         path = job.run_dir / "summary.json"
         if not path.is_file():
@@ -71,6 +71,14 @@ def outcome(kind: str, spec_path: str) -> str:
         return sweep_outcome(job.sweep_dir / "trials.csv", job.name, group)
     where = getattr(job, "out", None) or getattr(job, "root", None)
     return f"{kind} {getattr(job, 'name', '')}: outputs in {where}" + (f"; W&B group {group}" if group else "")
+
+
+def wandb_group(job) -> str | None:
+    """The W&B group a job's runs go to: a training run's tracking.group or else its name, a
+    sweep's group; None for the analysis and probe jobs, whose runs join each analysed run's group."""
+    if job.kind == "train":
+        return job.tracking.group or job.run.name
+    return job.group if job.kind == "sweep" else None
 
 
 def sweep_outcome(trials: Path, name: str, group: str | None) -> str:

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from convlens.errors import ConfigError, JobFailed
 from convlens.launch.container import job_folders, job_paths, missing_sources
-from convlens.launch.follow import follow
+from convlens.launch.follow import follow, wandb_group
 from convlens.launch.jobstate import wait_for
 from convlens.launch.sbatch import batch_script, make_executor
 from convlens.launch.slurmjob import SlurmJob
@@ -134,10 +134,10 @@ def submit(cluster_yaml, kind: str, spec, overrides=(), wait: bool = False, arra
     work = SlurmJob(kind, str(spec_file), profile.nodes, profile.cpus_per_task, profile.gpus_per_node, multinode,
                     runs_root)
     sjob = executor.submit(work)
-    group = getattr(getattr(job, "tracking", None), "group", None)
+    group = wandb_group(job)
     print(f"[convlens] submitted slurm job {sjob.job_id} ({label}, {profile.nodes} node(s))\n"
           f"  stdout: {sjob.paths.stdout}\n  stderr: {sjob.paths.stderr}\n"
-          f"  spec:   {spec_file}\n  W&B group: {group}", flush=True)
+          f"  spec:   {spec_file}" + (f"\n  W&B group: {group}" if group else ""), flush=True)
     if wait:
         return follow(sjob, timeout, again=f"convlens follow {sjob.job_id} --cluster {cluster_yaml}")
     print(f"[convlens] follow it with: convlens follow {sjob.job_id} --cluster {cluster_yaml}", flush=True)
