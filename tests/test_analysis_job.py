@@ -16,7 +16,7 @@ from convlens.specs.analyze import AnalyzeJob
 from convlens.analysis.registry import names
 from conftest import inject, tiny_spec
 from convlens.checkpoint import verify
-from convlens.errors import ConfigError
+from convlens.base.errors import ConfigError
 from convlens.specs.base import validate
 
 

@@ -10,7 +10,7 @@ import torch
 from convlens.specs.train import DataConfig
 from convlens.data.images import split_indices
 from convlens.data.load import load_dataset
-from convlens.errors import DataError
+from convlens.base.errors import DataError
 from convlens.data.augment import crop, epoch_plan
 
 

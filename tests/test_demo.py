@@ -128,7 +128,7 @@ def check_wandb(root: Path, index: dict, key: str) -> None:
 
 
 def test_demo_refuses_analysis_epochs_that_training_deletes(monkeypatch, tmp_path):
-    from convlens.errors import ConfigError
+    from convlens.base.errors import ConfigError
     from convlens.specs.load import load_job
     from convlens.demo import run_demo
     monkeypatch.chdir(REPO)

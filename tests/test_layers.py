@@ -13,7 +13,7 @@ PACKAGE = LIB / "convlens"
 
 # Lowest first; a module may import from its own layer or below, never above.
 LAYERS = [
-    ["errors", "files", "progress"],  # dependency-free (progress: tqdm only)
+    ["base", "files"],  # dependency-free (base.progress: tqdm only)
     ["specs"],  # job schemas: pydantic and YAML only
     ["data", "models", "checkpoint", "rundir", "restore", "faults", "tracking", "raycluster", "knn"],
     ["training", "analysis", "probes"],

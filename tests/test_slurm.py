@@ -197,7 +197,7 @@ def array_sweep(tmp_path: Path, spec, **fields) -> Path:
 
 def test_array_refuses_asha_and_other_kinds(setup, tmp_path):
     from convlens.cli import main
-    from convlens.errors import ConfigError
+    from convlens.base.errors import ConfigError
     from convlens.launch.slurm import submit
     profile, spec, runs = setup
     path = array_sweep(tmp_path, spec, scheduler={"name": "asha"})

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from conftest import tiny_spec
-from convlens.errors import ConfigError
+from convlens.base.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 LIB = str(REPO / "lib")

@@ -16,7 +16,7 @@ import yaml
 
 from conftest import assert_nothing_lost, committed_epochs, inject, read_attempts, tiny_spec
 from test_sweep_status import assert_compact_status
-from convlens.errors import ConfigError
+from convlens.base.errors import ConfigError
 from convlens.specs.load import load_job
 from convlens.specs.train import TrainJob
 

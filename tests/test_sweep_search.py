@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from test_sweep import read_trials, sweep_cli, write_sweep
-from convlens.errors import ConfigError
+from convlens.base.errors import ConfigError
 from convlens.specs.load import load_job
 
 

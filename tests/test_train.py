@@ -6,7 +6,7 @@ import pytest
 
 from conftest import (assert_nothing_lost, committed_epochs, inject, read_attempts, read_metrics,
                       reordering_tolerance, steps_per_epoch)
-from convlens.errors import RunStopped
+from convlens.base.errors import RunStopped
 from convlens.training.run import train
 
 

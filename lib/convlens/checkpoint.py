@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from convlens.errors import CheckpointError
+from convlens.base.errors import CheckpointError
 from convlens.files import fsync_dir, write_atomic
 from convlens.rundir import RunDir
 

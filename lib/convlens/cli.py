@@ -12,7 +12,7 @@ import sys
 import textwrap
 import traceback
 
-from convlens.errors import ERROR_PREFIX, ConvlensError
+from convlens.base.errors import ERROR_PREFIX, ConvlensError
 
 COMMANDS = {  # name -> (one-line help, description, example)
     "train": ("train one network with Ray Train",
@@ -84,7 +84,7 @@ def cmd_report(args):
 def cmd_markdown(args):
     """The README's results block: printed, written to --out, or put between the markers of --into."""
     from pathlib import Path
-    from convlens.errors import ConfigError
+    from convlens.base.errors import ConfigError
     from convlens.report.markdown import into, markdown
     if len(args.paths) != 1:
         raise ConfigError("report --markdown: one demo folder (convlens demo's root), e.g. runs/demo")

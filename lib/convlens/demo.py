@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from convlens.errors import ConfigError
+from convlens.base.errors import ConfigError
 from convlens.files import write_json
 from convlens.rundir import DemoDir, SweepDir
 from convlens.specs.demo import DemoJob, StepSpec

@@ -1,7 +1,7 @@
 """Any job kind run from its resolved spec: what `convlens <kind> SPEC` and a Slurm job both do."""
 from __future__ import annotations
 
-from convlens.errors import ConfigError
+from convlens.base.errors import ConfigError
 from convlens.specs.load import load_job, step_job
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from convlens import checkpoint as ckpt
 from convlens.data.images import ImageData
-from convlens.errors import CheckpointError
+from convlens.base.errors import CheckpointError
 from convlens.files import write_atomic
 from convlens.knn import knn_classify
 from convlens.models import ResNet

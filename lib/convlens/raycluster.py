@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from convlens.errors import ConfigError
+from convlens.base.errors import ConfigError
 
 VERBOSE = "CONVLENS_VERBOSE"
 # Settings from the user's shell that every Ray worker, Tune trial and analysis task must see;

@@ -18,7 +18,7 @@ import torch
 
 from convlens.data.images import ImageData
 from convlens.data.load import load_dataset
-from convlens.errors import ConfigError
+from convlens.base.errors import ConfigError
 from convlens.files import write_atomic
 from convlens.specs.bench import BenchJob
 from convlens.specs.train import TrainJob

@@ -13,7 +13,7 @@ import torch
 
 from convlens.data import download
 from convlens.data.images import ImageData
-from convlens.errors import DataError, DownloadError
+from convlens.base.errors import DataError, DownloadError
 
 TITLE = "CIFAR-10"
 FOLDER = "cifar-10-batches-py"

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from convlens.errors import DataError, DownloadError
+from convlens.base.errors import DataError, DownloadError
 from convlens.files import fsync_dir
 from convlens.specs.train import DATA_ENV
 

@@ -10,7 +10,7 @@ import torch
 
 from convlens.data import download
 from convlens.data.images import ImageData
-from convlens.errors import DataError
+from convlens.base.errors import DataError
 
 TITLE = "Fashion-MNIST"
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",

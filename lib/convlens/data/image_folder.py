@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from convlens.data.images import ImageData
-from convlens.errors import DataError
+from convlens.base.errors import DataError
 
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from convlens.errors import ERROR_PREFIX, ConfigError, JobFailed
+from convlens.base.errors import ERROR_PREFIX, ConfigError, JobFailed
 
 # Ray's prefix on a line a worker or actor printed: "(RayTrainWorker pid=123, ip=10.0.0.2) "
 RAY_PREFIX = re.compile(r"^\([^()]*pid=\d+[^()]*\) ")

@@ -263,7 +263,7 @@ def check_writable(path: str) -> None:
     """Fail unless every node of the Ray cluster can create a file in `path` (the shared runs root)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-    from convlens.errors import ConfigError
+    from convlens.base.errors import ConfigError
     probe = ray.remote(num_cpus=0)(write_error)
     nodes = [n for n in ray.nodes() if n["Alive"]]
     errors = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))

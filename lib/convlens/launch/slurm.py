@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
-from convlens.errors import ConfigError, JobFailed
+from convlens.base.errors import ConfigError, JobFailed
 from convlens.launch.container import job_folders, job_paths, missing_sources
 from convlens.launch.follow import follow
 from convlens.launch.jobstate import wait_for

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from convlens.errors import ERROR_PREFIX, ConvlensError
+from convlens.base.errors import ERROR_PREFIX, ConvlensError
 from convlens.launch.allocation import Allocation, cluster_line, granted, ray_init_kwargs
 
 

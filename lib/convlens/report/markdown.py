@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from convlens.errors import ConfigError
+from convlens.base.errors import ConfigError
 from convlens.files import read_json
 from convlens.report import markdown_analysis as analysis
 from convlens.report.page import discover

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from convlens.errors import ConfigError
+from convlens.base.errors import ConfigError
 from convlens.report.analysis import analysis_section, title as analysis_title
 from convlens.report.html import anchor, esc, page
 from convlens.report.compare import COMPARE_ANCHOR, comparison_section

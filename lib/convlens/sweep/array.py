@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from convlens.errors import ConfigError
+from convlens.base.errors import ConfigError
 from convlens.files import read_json
 from convlens.rundir import SweepDir
 from convlens.specs.sweep import SweepJob

@@ -25,7 +25,7 @@ import threading
 from pathlib import Path
 
 from convlens import checkpoint as ckpt
-from convlens.errors import CheckpointError
+from convlens.base.errors import CheckpointError
 from convlens.files import read_jsonl
 from convlens.rundir import RunDir
 from convlens.specs.base import apply_overrides, validate

@@ -120,7 +120,7 @@ class SweepStatus(ray.tune.Callback):
         self.bar, self.start, self.shown = None, time.time(), float("-inf")
 
     def setup(self, **info):
-        from convlens.progress import progress_mode
+        from convlens.base.progress import progress_mode
         from convlens.raycluster import verbose
         self.start, self.shown = time.time(), float("-inf")
         if progress_mode(quiet=False) == "bar" and not verbose():  # Tune's own lines would break it

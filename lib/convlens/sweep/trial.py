@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from convlens.errors import RunStopped
+from convlens.base.errors import RunStopped
 from convlens.rundir import RunDir, trial_run_name
 from convlens.specs.base import apply_overrides, validate
 from convlens.specs.sweep import SweepJob, base_spec

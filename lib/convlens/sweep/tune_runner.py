@@ -20,7 +20,7 @@ from contextlib import contextmanager
 
 from ray.tune.search.sample import Domain
 
-from convlens.errors import ConfigError
+from convlens.base.errors import ConfigError
 from convlens.raycluster import forwarded_env, verbose
 from convlens.rundir import SweepDir
 from convlens.specs.base import validate

@@ -91,7 +91,7 @@ def close_job(runs, failed: bool = False) -> None:
 
 def train_job_of(run_dir: Path):
     """The TrainJob of a training run directory (its config.yaml), or None outside one."""
-    from convlens.errors import ConfigError
+    from convlens.base.errors import ConfigError
     from convlens.specs.base import read_yaml, validate
     from convlens.specs.train import TrainJob
     config = Path(run_dir) / RunDir.CONFIG

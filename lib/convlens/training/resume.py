@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from convlens import checkpoint as ckpt
-from convlens.errors import CheckpointError, RunStopped
+from convlens.base.errors import CheckpointError, RunStopped
 from convlens.rundir import RunDir
 
 

@@ -10,8 +10,8 @@ import yaml
 from convlens import checkpoint as ckpt
 from convlens.data.images import ImageData, split_indices
 from convlens.data.load import check_path, load_dataset
-from convlens.errors import DataError, JobFailed, RunStopped
-from convlens.progress import progress_mode
+from convlens.base.errors import DataError, JobFailed, RunStopped
+from convlens.base.progress import progress_mode
 from convlens.raycluster import WorkerLine, check_fits, ensure_ray, forwarded_env, log_level, worker_resources
 from convlens.restore import load_model_and_data
 from convlens.rundir import RunDir

@@ -18,7 +18,7 @@ import ray.train.torch
 
 from convlens import checkpoint as ckpt
 from convlens.data.load import load_dataset
-from convlens.errors import RunStopped
+from convlens.base.errors import RunStopped
 from convlens.raycluster import log_level
 from convlens.rundir import RunDir
 from convlens.specs.train import TrainJob
