@@ -25,7 +25,7 @@ from convlens.specs.train import TrainJob
 from convlens.tracking.tracker import open_tracker
 from convlens.training import resume
 from convlens.training.dist import all_gather_objects
-from convlens.training.progress import EpochProgress
+from convlens.base.progress import EpochProgress
 from convlens.training.trainer import Trainer
 
 
