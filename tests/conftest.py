@@ -196,7 +196,7 @@ def read_attempts(run_dir: Path) -> list[dict]:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    from convlens.rundir import RunDir
+    from convlens.storage.rundir import RunDir
     return RunDir(run_dir).read_metrics()
 
 
@@ -213,13 +213,13 @@ def inject(monkeypatch, *faults: dict) -> str:
 def committed_epochs(run_dir: Path) -> list[int]:
     """Epochs of the checkpoints Ray Train has registered and that verify: what a restarted
     run can resume from (a damaged one stays registered, but counts for nothing)."""
-    from convlens import checkpoint as ckpt
+    from convlens.storage import checkpoint as ckpt
     return sorted({ckpt.checkpoint_epoch(f) for f in ckpt.registered_checkpoints(run_dir)
                    if ckpt.first_verified([f])})
 
 
 def final_weights(run_dir: Path) -> dict:
-    from convlens import checkpoint as ckpt
+    from convlens.storage import checkpoint as ckpt
     return ckpt.load_checkpoint(ckpt.latest_verified(run_dir))["model"]
 
 

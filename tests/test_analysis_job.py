@@ -15,7 +15,7 @@ from convlens.analysis.job import analyze
 from convlens.specs.analyze import AnalyzeJob
 from convlens.analysis.registry import names
 from conftest import inject, tiny_spec
-from convlens.checkpoint import verify
+from convlens.storage.checkpoint import verify
 from convlens.base.errors import ConfigError
 from convlens.specs.base import validate
 

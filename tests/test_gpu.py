@@ -37,7 +37,7 @@ def test_training_on_the_gpu_uses_nccl_bf16_channels_last_and_compile(gpu_run):
 
 def test_a_gpu_checkpoint_evaluates_the_same_on_the_cpu(gpu_run):
     """Weights are saved in float32 without DDP/compile prefixes: a CPU-only user can load them."""
-    from convlens.checkpoint import best_checkpoint, load_model_weights
+    from convlens.storage.checkpoint import best_checkpoint, load_model_weights
     from convlens.data.load import load_dataset
     from convlens.models import build_model
     from convlens.training.evaluate import evaluate

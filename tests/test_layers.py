@@ -13,9 +13,9 @@ PACKAGE = LIB / "convlens"
 
 # Lowest first; a module may import from its own layer or below, never above.
 LAYERS = [
-    ["base", "files"],  # dependency-free (base.progress: tqdm only)
+    ["base"],  # dependency-free (base.progress: tqdm only)
     ["specs"],  # job schemas: pydantic and YAML only
-    ["data", "models", "checkpoint", "rundir", "restore", "faults", "tracking", "raycluster", "knn"],
+    ["data", "models", "storage", "faults", "tracking", "raycluster", "knn"],
     ["training", "analysis", "probes"],
     ["sweep", "launch", "report", "bench", "demo", "dispatch"],
     ["cli"],

@@ -9,7 +9,7 @@ import time
 import pytest
 import yaml
 
-from convlens import checkpoint as ckpt
+from convlens.storage import checkpoint as ckpt
 from convlens.base.errors import RunStopped
 from convlens.training.run import train
 from conftest import (assert_nothing_lost, committed_epochs, inject, read_attempts, read_metrics, steps_per_epoch,

@@ -41,7 +41,7 @@ def test_probe_never_updates_the_frozen_backbone(ray_cluster, tiny_job):
     from convlens.training.run import train
     job = tiny_job("rot", run={"task": "rotation", "epochs": 1})
     train(job)
-    from convlens import checkpoint as ckpt
+    from convlens.storage import checkpoint as ckpt
     folder = ckpt.best_checkpoint(job.run_dir)
     before = {k: v.clone() for k, v in ckpt.load_checkpoint(folder)["model"].items()}
     result = probe_run(job.run_dir, ProbeJob(runs=[str(job.run_dir)], stages=[1, 2], probe_epochs=2,

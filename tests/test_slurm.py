@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from conftest import assert_calm_log, assert_followed, read_attempts, require, submit_cli, tiny_spec
-from convlens.checkpoint import checkpoint_epoch
+from convlens.storage.checkpoint import checkpoint_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

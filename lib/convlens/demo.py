@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from convlens.base.errors import ConfigError
-from convlens.files import write_json
-from convlens.rundir import DemoDir, SweepDir
+from convlens.storage.files import write_json
+from convlens.storage.rundir import DemoDir, SweepDir
 from convlens.specs.demo import DemoJob, StepSpec
 from convlens.specs.load import step_job as load_step
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from convlens import faults
 from convlens.analysis import base
-from convlens.checkpoint import best_checkpoint, checkpoint_epoch, verify
+from convlens.storage.checkpoint import best_checkpoint, checkpoint_epoch, verify
 from convlens.base.errors import ConfigError
 from convlens.base.progress import Progress, progress_mode
 from convlens.raycluster import ensure_ray, forwarded_env
-from convlens.rundir import AnalysisDir, RunDir
+from convlens.storage.rundir import AnalysisDir, RunDir
 from convlens.specs.analyze import AnalyzeJob, AnalyzeOptions
 
 

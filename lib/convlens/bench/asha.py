@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from convlens.raycluster import prepare_environment
-from convlens.rundir import trial_epochs
+from convlens.storage.rundir import trial_epochs
 from convlens.specs.load import load_job
 
 SPEC = "sweeps/asha_bench.yaml"

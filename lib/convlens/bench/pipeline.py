@@ -19,7 +19,7 @@ import torch
 from convlens.data.images import ImageData
 from convlens.data.load import load_dataset
 from convlens.base.errors import ConfigError
-from convlens.files import write_atomic
+from convlens.storage.files import write_atomic
 from convlens.specs.bench import BenchJob
 from convlens.specs.train import TrainJob
 from convlens.training.trainer import Trainer

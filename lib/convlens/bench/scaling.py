@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from convlens.raycluster import prepare_environment
-from convlens.rundir import RunDir
+from convlens.storage.rundir import RunDir
 from convlens.specs.load import load_job
 
 # (label, overrides): the first row is the reference the others are divided by

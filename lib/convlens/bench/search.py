@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 
 from convlens.raycluster import prepare_environment
-from convlens.rundir import SweepDir
+from convlens.storage.rundir import SweepDir
 
 SPEC = "sweeps/search_bench.yaml"
 METHODS = {  # the sweep fields each method sets

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from convlens.base.errors import DataError, DownloadError
-from convlens.files import fsync_dir
+from convlens.storage.files import fsync_dir
 from convlens.specs.train import DATA_ENV
 
 MIRROR_ENV = "CONVLENS_DATA_MIRROR"  # a site's mirror when data.mirror is unset

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 
 from convlens.base.errors import ConfigError
-from convlens.files import read_json
-from convlens.rundir import SweepDir
+from convlens.storage.files import read_json
+from convlens.storage.rundir import SweepDir
 from convlens.specs.sweep import SweepJob
 from convlens.specs.train import TrainJob
 from convlens.sweep.results import rank_rows, run_row, write_outputs

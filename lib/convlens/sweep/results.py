@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from convlens.rundir import RunDir, SweepDir, early_stopping_saved, trial_epochs
+from convlens.storage.rundir import RunDir, SweepDir, early_stopping_saved, trial_epochs
 from convlens.specs.base import apply_overrides, validate
 from convlens.specs.sweep import SweepJob
 from convlens.specs.train import TrainJob

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import ray.tune
 
-from convlens.rundir import trial_epochs
+from convlens.storage.rundir import trial_epochs
 from convlens.sweep.results import fmt
 from convlens.sweep.space import trial_id
 from convlens.sweep.trial import trial_index

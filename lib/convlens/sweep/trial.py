@@ -13,7 +13,7 @@ import copy
 from pathlib import Path
 
 from convlens.base.errors import RunStopped
-from convlens.rundir import RunDir, trial_run_name
+from convlens.storage.rundir import RunDir, trial_run_name
 from convlens.specs.base import apply_overrides, validate
 from convlens.specs.sweep import SweepJob, base_spec
 from convlens.specs.train import TrainJob

@@ -22,7 +22,7 @@ from ray.tune.search.sample import Domain
 
 from convlens.base.errors import ConfigError
 from convlens.raycluster import forwarded_env, verbose
-from convlens.rundir import SweepDir
+from convlens.storage.rundir import SweepDir
 from convlens.specs.base import validate
 from convlens.specs.sweep import SweepJob
 from convlens.specs.train import TrainJob
@@ -186,9 +186,9 @@ def close_stopped_trial(row: dict) -> None:
     """An ASHA-stopped trial's actors were killed mid-run: close its W&B run here with every
     epoch it did and the stop reason in its summary."""
     from pathlib import Path
-    from convlens.checkpoint import latest_verified, read_manifest
+    from convlens.storage.checkpoint import latest_verified, read_manifest
     from convlens.specs.base import read_yaml
-    from convlens.rundir import RunDir
+    from convlens.storage.rundir import RunDir
     from convlens.tracking.run import tracking_mode
     from convlens.tracking.tracker import close_run
     run_dir = Path(row["run_dir"])

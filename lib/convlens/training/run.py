@@ -7,14 +7,14 @@ import time
 import torch
 import yaml
 
-from convlens import checkpoint as ckpt
+from convlens.storage import checkpoint as ckpt
 from convlens.data.images import ImageData, split_indices
 from convlens.data.load import check_path, load_dataset
 from convlens.base.errors import DataError, JobFailed, RunStopped
 from convlens.base.progress import progress_mode
 from convlens.raycluster import WorkerLine, check_fits, ensure_ray, forwarded_env, log_level, worker_resources
-from convlens.restore import load_model_and_data
-from convlens.rundir import RunDir
+from convlens.storage.restore import load_model_and_data
+from convlens.storage.rundir import RunDir
 from convlens.specs.train import TrainJob
 from convlens.tracking.tracker import close_run, open_driver, wandb_run_id
 from convlens.training import curves, tasks

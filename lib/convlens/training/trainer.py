@@ -18,7 +18,7 @@ from convlens import faults
 from convlens.data.augment import Augment
 from convlens.data.images import ImageData, split_indices
 from convlens.models import build_model
-from convlens.rundir import RunDir
+from convlens.storage.rundir import RunDir
 from convlens.specs.train import TrainJob
 from convlens.training import precise_bn, tasks
 from convlens.training.dist import all_reduce_

@@ -16,11 +16,11 @@ from pathlib import Path
 import ray.train
 import ray.train.torch
 
-from convlens import checkpoint as ckpt
+from convlens.storage import checkpoint as ckpt
 from convlens.data.load import load_dataset
 from convlens.base.errors import RunStopped
 from convlens.raycluster import log_level
-from convlens.rundir import RunDir
+from convlens.storage.rundir import RunDir
 from convlens.specs.train import TrainJob
 from convlens.tracking.tracker import open_tracker
 from convlens.training import resume

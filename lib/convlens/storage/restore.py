@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from convlens.checkpoint import load_checkpoint
+from convlens.storage.checkpoint import load_checkpoint
 from convlens.data.augment import Augment
 from convlens.data.images import ImageData
 from convlens.data.load import load_dataset

@@ -15,8 +15,8 @@ import shutil
 from pathlib import Path
 
 from convlens.base.errors import CheckpointError
-from convlens.files import fsync_dir, write_atomic
-from convlens.rundir import RunDir
+from convlens.storage.files import fsync_dir, write_atomic
+from convlens.storage.rundir import RunDir
 
 FORMAT = "convlens-checkpoint/1"
 STATE = "state.pt"
