@@ -12,7 +12,7 @@ import torch
 
 from convlens.storage.checkpoint import (CheckpointError, checkpoint_epoch, latest_verified, load_checkpoint,
                                  load_model_weights, save_checkpoint, verify)
-from convlens.models import ResNet
+from convlens.models.resnet import ResNet
 
 
 def saved(tmp_path, model=None):
@@ -74,7 +74,7 @@ import resource, signal, torch
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 from convlens.storage.checkpoint import save_checkpoint
-from convlens.models import ResNet
+from convlens.models.resnet import ResNet
 m = ResNet([2, 2], 32, in_chans=1, num_classes=10)
 save_checkpoint({{"model": m.state_dict(), "arch": m.arch}}, {str(target)!r})
 """
@@ -88,7 +88,7 @@ save_checkpoint({{"model": m.state_dict(), "arch": m.arch}}, {str(target)!r})
 SAVE_FOREVER = """
 import sys, torch
 from convlens.storage.checkpoint import save_checkpoint
-from convlens.models import ResNet
+from convlens.models.resnet import ResNet
 root, model = sys.argv[1], ResNet([2, 2], 64, in_chans=1, num_classes=10)
 for epoch in range(1, 1000):
     for t in model.state_dict().values():

@@ -39,7 +39,7 @@ def test_a_gpu_checkpoint_evaluates_the_same_on_the_cpu(gpu_run):
     """Weights are saved in float32 without DDP/compile prefixes: a CPU-only user can load them."""
     from convlens.storage.checkpoint import best_checkpoint, load_model_weights
     from convlens.data.load import load_dataset
-    from convlens.models import build_model
+    from convlens.models.resnet import build_model
     from convlens.training.evaluate import evaluate
     job, summary = gpu_run
     data = load_dataset(job.data)

@@ -1,7 +1,7 @@
 """RotNet batches and feature probes."""
 import torch
 
-from convlens.models import ResNet
+from convlens.models.resnet import ResNet
 from convlens.knn import knn_classify
 from convlens.probes import fit_probe, probe_run
 from convlens.specs.probe import ProbeJob

@@ -17,7 +17,7 @@ import torch
 from convlens.analysis import base, cam
 from convlens.analysis.registry import load_all
 from convlens.specs.analyze import AnalyzeOptions
-from convlens.models import ResNet
+from convlens.models.resnet import ResNet
 
 
 def context(images: int, width: int, device: str = "cpu", size: int = 28) -> base.Context:

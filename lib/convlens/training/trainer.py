@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from convlens import faults
 from convlens.data.augment import Augment
 from convlens.data.images import ImageData, split_indices
-from convlens.models import build_model
+from convlens.models.resnet import build_model
 from convlens.storage.rundir import RunDir
 from convlens.specs.train import TrainJob
 from convlens.training import precise_bn, tasks
