@@ -130,7 +130,7 @@ def ray_cluster():
     """A local Ray cluster shared by every test; 4 logical CPUs so 2 trials x 1 worker fit, and one
     logical GPU (no device behind it) for the scheduling of GPU shares."""
     import ray
-    from convlens.raycluster import init_local
+    from convlens.raycluster.connect import init_local
     if not ray.is_initialized():
         init_local(num_cpus=4, num_gpus=1, log_to_driver=True, logging_level="ERROR", configure_logging=False)
     yield ray

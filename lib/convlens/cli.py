@@ -224,7 +224,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.verbose:
         os.environ["CONVLENS_VERBOSE"] = "1"
-    from convlens.raycluster import prepare_environment  # before anything imports ray
+    from convlens.raycluster.env import prepare_environment  # before anything imports ray
     prepare_environment()
     try:
         args.func(args)

@@ -14,7 +14,8 @@ from convlens.analysis import base
 from convlens.storage.checkpoint import best_checkpoint, checkpoint_epoch, verify
 from convlens.base.errors import ConfigError
 from convlens.base.progress import Progress, progress_mode
-from convlens.raycluster import ensure_ray, forwarded_env
+from convlens.raycluster.connect import ensure_ray
+from convlens.raycluster.env import forwarded_env
 from convlens.storage.rundir import AnalysisDir, RunDir
 from convlens.specs.analyze import AnalyzeJob, AnalyzeOptions
 

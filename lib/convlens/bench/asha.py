@@ -13,7 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
-from convlens.raycluster import prepare_environment
+from convlens.raycluster.env import prepare_environment
 from convlens.storage.rundir import trial_epochs
 from convlens.specs.load import load_job
 

@@ -12,7 +12,7 @@ import shutil
 import time
 from pathlib import Path
 
-from convlens.raycluster import prepare_environment
+from convlens.raycluster.env import prepare_environment
 from convlens.storage.rundir import RunDir
 from convlens.specs.load import load_job
 

@@ -13,7 +13,7 @@ import csv
 import statistics
 from pathlib import Path
 
-from convlens.raycluster import prepare_environment
+from convlens.raycluster.env import prepare_environment
 from convlens.storage.rundir import SweepDir
 
 SPEC = "sweeps/search_bench.yaml"

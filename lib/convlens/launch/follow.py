@@ -89,7 +89,7 @@ def sweep_outcome(trials: Path, name: str, group: str | None) -> str:
 
 def show(tails: list[LogTail]) -> None:
     """The new lines of rank 0's logs: its own, or every line with --verbose."""
-    from convlens.raycluster import verbose
+    from convlens.raycluster.env import verbose
     for tail in tails:
         for line in tail.lines() if verbose() else filter(None, map(own_line, tail.lines())):
             print(line, flush=True)

@@ -3,7 +3,7 @@
 The job is validated here, before anything is queued, then written as a resolved spec next
 to the logs (shared storage) and run on the allocation by the same `convlens` CLI entry point.
 On one node the job starts its own Ray in-process; on several, Ray is bootstrapped across
-the nodes (slurmjob.py, raynodes.py). Preemption and time limits send USR2: submitit calls
+the nodes (slurmjob.py, raycluster/nodes.py). Preemption and time limits send USR2: submitit calls
 `checkpoint()` and requeues the same job, which resumes from what the run saved on disk
 (Ray Train checkpoints under run.root/run.name, or the sweep's state with --resume).
 

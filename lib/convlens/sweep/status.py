@@ -121,7 +121,7 @@ class SweepStatus(ray.tune.Callback):
 
     def setup(self, **info):
         from convlens.base.progress import progress_mode
-        from convlens.raycluster import verbose
+        from convlens.raycluster.env import verbose
         self.start, self.shown = time.time(), float("-inf")
         if progress_mode(quiet=False) == "bar" and not verbose():  # Tune's own lines would break it
             from tqdm import tqdm

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from ray.tune.search.sample import Domain
 
 from convlens.base.errors import ConfigError
-from convlens.raycluster import forwarded_env, verbose
+from convlens.raycluster.env import forwarded_env, verbose
 from convlens.storage.rundir import SweepDir
 from convlens.specs.base import validate
 from convlens.specs.sweep import SweepJob
@@ -36,7 +36,7 @@ from convlens.sweep.trial import TRIAL, run_trial, trial_index, trial_spec
 def sweep(job: SweepJob, resume: bool = False) -> list[dict]:
     """Run (or resume) the sweep; returns the trials.csv rows, best first."""
     from convlens.data.load import fetch
-    from convlens.raycluster import check_fits, ensure_ray
+    from convlens.raycluster.connect import check_fits, ensure_ray
     from convlens.tracking.jobs import close_job, open_sweep_run
     begun = time.time()
     spec = trial_spec(job)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from convlens.storage.files import write_atomic
-from convlens.raycluster import verbose
+from convlens.raycluster.env import verbose
 from convlens.storage.rundir import RunDir
 
 

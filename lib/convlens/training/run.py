@@ -12,7 +12,8 @@ from convlens.data.images import ImageData, split_indices
 from convlens.data.load import check_path, load_dataset
 from convlens.base.errors import DataError, JobFailed, RunStopped
 from convlens.base.progress import progress_mode
-from convlens.raycluster import WorkerLine, check_fits, ensure_ray, forwarded_env, log_level, worker_resources
+from convlens.raycluster.connect import WorkerLine, check_fits, ensure_ray, worker_resources
+from convlens.raycluster.env import forwarded_env, log_level
 from convlens.storage.restore import load_model_and_data
 from convlens.storage.rundir import RunDir
 from convlens.specs.train import TrainJob

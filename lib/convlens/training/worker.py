@@ -19,7 +19,7 @@ import ray.train.torch
 from convlens.storage import checkpoint as ckpt
 from convlens.data.load import load_dataset
 from convlens.base.errors import RunStopped
-from convlens.raycluster import log_level
+from convlens.raycluster.env import log_level
 from convlens.storage.rundir import RunDir
 from convlens.specs.train import TrainJob
 from convlens.tracking.tracker import open_tracker
