@@ -201,10 +201,10 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def inject(monkeypatch, *faults: dict) -> str:
-    """Plan test faults (convlens.faults) for the runs this test starts (each fault names its run,
+    """Plan test faults (convlens.testing.faults) for the runs this test starts (each fault names its run,
     so a reference run trained meanwhile stays clean): the driver forwards CONVLENS_FAULTS to its
     Ray workers, Tune trials and analysis tasks. Returns the value."""
-    from convlens.faults import ENV
+    from convlens.testing.faults import ENV
     value = json.dumps(list(faults))
     monkeypatch.setenv(ENV, value)
     return value

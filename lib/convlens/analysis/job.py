@@ -9,7 +9,7 @@ import itertools
 import time
 from pathlib import Path
 
-from convlens import faults
+from convlens.testing import faults
 from convlens.analysis import base
 from convlens.storage.checkpoint import best_checkpoint, checkpoint_epoch, verify
 from convlens.base.errors import ConfigError

@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from convlens import faults
+from convlens.testing import faults
 from convlens.data.augment import Augment
 from convlens.data.images import ImageData, split_indices
 from convlens.models.resnet import build_model
