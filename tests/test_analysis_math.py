@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from convlens import knn
+from convlens.analysis import knn
 from convlens.analysis import cam, deconv, embeddings
 from convlens.analysis.registry import load_all
 from convlens.models.resnet import ResNet

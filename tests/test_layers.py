@@ -15,7 +15,7 @@ PACKAGE = LIB / "convlens"
 LAYERS = [
     ["base"],  # dependency-free (base.progress: tqdm only)
     ["specs"],  # job schemas: pydantic and YAML only
-    ["data", "models", "storage", "testing", "tracking", "raycluster", "knn"],
+    ["data", "models", "storage", "testing", "tracking", "raycluster"],
     ["training", "analysis", "probes"],
     ["sweep", "launch", "report", "bench", "demo", "dispatch"],
     ["cli"],

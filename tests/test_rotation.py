@@ -2,7 +2,7 @@
 import torch
 
 from convlens.models.resnet import ResNet
-from convlens.knn import knn_classify
+from convlens.analysis.knn import knn_classify
 from convlens.probes import fit_probe, probe_run
 from convlens.specs.probe import ProbeJob
 from convlens.training.tasks import prepare, rotate_batch

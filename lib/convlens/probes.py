@@ -17,7 +17,7 @@ from convlens.storage import checkpoint as ckpt
 from convlens.data.images import ImageData
 from convlens.base.errors import CheckpointError
 from convlens.storage.files import write_atomic
-from convlens.knn import knn_classify
+from convlens.analysis.knn import knn_classify
 from convlens.models.resnet import ResNet
 from convlens.storage.restore import load_model_and_data
 from convlens.storage.rundir import RunDir
