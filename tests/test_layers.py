@@ -16,7 +16,7 @@ LAYERS = [
     ["base"],  # dependency-free (base.progress: tqdm only)
     ["specs"],  # job schemas: pydantic and YAML only
     ["data", "models", "storage", "testing", "tracking", "raycluster"],
-    ["training", "analysis", "probes"],
+    ["training", "analysis"],
     ["sweep", "launch", "report", "bench", "demo", "dispatch"],
     ["cli"],
 ]

@@ -77,7 +77,7 @@ def trained(tiny_job, ray_cluster):
     rot = tiny_job(name="rot", run={"task": "rotation", "epochs": 1})
     train(sup)
     train(rot)
-    from convlens.probes import probe_run
+    from convlens.analysis.probes import probe_run
     from convlens.specs.probe import ProbeJob
     for job in (sup, rot):
         probe_run(job.run_dir, ProbeJob(runs=[str(job.run_dir)], stages=[1, 2], probe_epochs=1, max_train=256))

@@ -77,7 +77,7 @@ def retried(ray_cluster, tmp_path_factory, cache_dir):
     Slurm requeue). W&B samples system metrics every second.
     (run dir, summary, API key, wall seconds from the first start to the end, the probe's)"""
     from convlens.base.errors import JobFailed
-    from convlens.probes import probe
+    from convlens.analysis.probes import probe
     from convlens.specs.base import validate
     from convlens.specs.probe import ProbeJob
     from convlens.specs.train import TrainJob

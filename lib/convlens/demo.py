@@ -61,7 +61,7 @@ def run_demo(job: DemoJob) -> Path:
         timed(steps, name, f"training the {name} network", train, train_job)
     outputs = list(runs)
     if probe_job:
-        from convlens.probes import probe
+        from convlens.analysis.probes import probe
         timed(steps, "probes", "probing frozen features (linear, MLP, kNN)", probe, probe_job)
     if sweep_job:
         from convlens.sweep.tune_runner import sweep

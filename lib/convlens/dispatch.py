@@ -19,7 +19,7 @@ def run_job(kind: str, spec, overrides=(), resume: bool = False, collect: bool =
         from convlens.analysis.job import analyze
         return analyze(job)
     if kind == "probe":
-        from convlens.probes import probe
+        from convlens.analysis.probes import probe
         return probe(job)
     if kind == "demo":
         from convlens.demo import run_demo

@@ -2,7 +2,7 @@
 
 Weighted kNN classification as in DINO's eval_knn: pure tensor functions that build the (Q, K)
 similarity matrix one chunk of queries at a time and never hold it whole (top_k_cosine,
-knn_predict, knn_classify), which the feature probes use too. The analysis
+knn_predict, knn_classify), which the feature probes (probes.py) use too. The analysis
 method "knn": the nearest training images by cosine similarity of penultimate features, and the
 kNN classifier they make (a similarity-weighted vote).
 """
