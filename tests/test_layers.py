@@ -17,7 +17,7 @@ LAYERS = [
     ["specs"],  # job schemas: pydantic and YAML only
     ["data", "models", "storage", "testing", "tracking", "raycluster"],
     ["training", "analysis"],
-    ["sweep", "launch", "report", "bench", "demo", "dispatch"],
+    ["sweep", "launch", "report", "bench", "jobs"],
     ["cli"],
 ]
 MAX_LINES = 300

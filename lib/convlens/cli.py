@@ -55,7 +55,7 @@ COMMANDS = {  # name -> (one-line help, description, example)
 
 
 def cmd_job(args):
-    from convlens.dispatch import run_job
+    from convlens.jobs.dispatch import run_job
     return run_job(args.command, args.spec, args.overrides, resume=getattr(args, "resume", False),
                    collect=getattr(args, "collect", False))
 
@@ -68,7 +68,7 @@ def cmd_show(args):
 
 
 def cmd_fetch_data(args):
-    from convlens.dispatch import fetch_data
+    from convlens.jobs.dispatch import fetch_data
     return fetch_data(args.spec, args.overrides)
 
 

@@ -34,7 +34,7 @@ class SlurmJob:
     def run(self, restarted: bool, before=None) -> int:
         """The job itself, as `convlens <kind> <spec>` would run it; 0 or a failure.
         before: a check to run first (its ConvlensError fails the job the same way)."""
-        from convlens.dispatch import run_job
+        from convlens.jobs.dispatch import run_job
         try:
             if before is not None:
                 before()

@@ -22,7 +22,7 @@ def run_job(kind: str, spec, overrides=(), resume: bool = False, collect: bool =
         from convlens.analysis.probes import probe
         return probe(job)
     if kind == "demo":
-        from convlens.demo import run_demo
+        from convlens.jobs.demo import run_demo
         return run_demo(job)
     if kind == "bench":
         from convlens.bench.pipeline import run_bench
