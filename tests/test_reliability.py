@@ -9,8 +9,8 @@ import time
 import pytest
 import yaml
 
-from convlens.storage import checkpoint as ckpt
 from convlens.base.errors import RunStopped
+from convlens.storage import checkpoint as ckpt
 from convlens.training.run import train
 from conftest import (assert_nothing_lost, committed_epochs, inject, read_attempts, read_metrics, steps_per_epoch,
                       tiny_spec)

@@ -1,9 +1,9 @@
 """RotNet batches and feature probes."""
 import torch
 
-from convlens.models.resnet import ResNet
 from convlens.analysis.knn import knn_classify
 from convlens.analysis.probes import fit_probe, probe_run
+from convlens.models.resnet import ResNet
 from convlens.specs.probe import ProbeJob
 from convlens.training.tasks import prepare, rotate_batch
 

@@ -150,11 +150,11 @@ def test_requeue_resumes_from_checkpoint(cluster, setup, monkeypatch):
 def test_two_node_script_and_multinode_bootstrap(cluster, setup, tmp_path):
     """The batch script and Ray commands of a 4-node GPU profile, then the head+workers bootstrap
     path for real on one node (two real nodes: tests/test_multinode.py)."""
+    from convlens.launch.sbatch import sbatch_script
+    from convlens.launch.slurm import submit
     from convlens.raycluster import nodes
     from convlens.raycluster.allocation import Allocation
     from convlens.specs.cluster import load_profile
-    from convlens.launch.sbatch import sbatch_script
-    from convlens.launch.slurm import submit
     profile, spec, runs = setup
     gpu = yaml.safe_load((REPO / "slurm/example_gpu_cluster.yaml").read_text())
     gpu.update(log_dir=str(tmp_path / "gpu_logs"))
@@ -196,8 +196,8 @@ def array_sweep(tmp_path: Path, spec, **fields) -> Path:
 
 
 def test_array_refuses_asha_and_other_kinds(setup, tmp_path):
-    from convlens.cli import main
     from convlens.base.errors import ConfigError
+    from convlens.cli import main
     from convlens.launch.slurm import submit
     profile, spec, runs = setup
     path = array_sweep(tmp_path, spec, scheduler={"name": "asha"})
@@ -211,9 +211,9 @@ def test_array_refuses_asha_and_other_kinds(setup, tmp_path):
 
 def test_array_sweep_runs_one_task_per_trial(cluster, setup, tmp_path, capsys):
     from convlens.cli import main
+    from convlens.launch.slurm import submit
     from convlens.specs.load import load_job
     from convlens.specs.train import TrainJob
-    from convlens.launch.slurm import submit
     profile, spec, runs = setup
     path = array_sweep(tmp_path, spec)
     assert submit(profile, "sweep", path, array=True, wait=True, timeout=300) == 0

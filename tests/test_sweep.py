@@ -138,8 +138,8 @@ def test_nan_trial_does_not_stop_the_others(ray_cluster, tmp_path, cache_dir, mo
 def test_stopped_trial_is_closed_without_reading_its_dataset(tmp_path, cache_dir, monkeypatch):
     """The driver closes an ASHA-stopped trial's W&B run with the class names its checkpoint
     recorded (what the trial logged under): it reads neither the dataset's files nor its cache."""
-    from convlens.storage import checkpoint as ckpt
     from convlens.data import fashion_mnist, load
+    from convlens.storage import checkpoint as ckpt
     from convlens.storage.rundir import RunDir
     from convlens.sweep.tune_runner import close_stopped_trial
     from convlens.tracking import tracker

@@ -76,8 +76,8 @@ def retried(ray_cluster, tmp_path_factory, cache_dir):
     fails, as a job cut off by Slurm), and the same spec run again finishes it (the path of a
     Slurm requeue). W&B samples system metrics every second.
     (run dir, summary, API key, wall seconds from the first start to the end, the probe's)"""
-    from convlens.base.errors import JobFailed
     from convlens.analysis.probes import probe
+    from convlens.base.errors import JobFailed
     from convlens.specs.base import validate
     from convlens.specs.probe import ProbeJob
     from convlens.specs.train import TrainJob

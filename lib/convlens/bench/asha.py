@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from convlens.raycluster.env import prepare_environment
-from convlens.storage.rundir import trial_epochs
 from convlens.specs.load import load_job
+from convlens.storage.rundir import trial_epochs
 
 SPEC = "sweeps/asha_bench.yaml"
 

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from convlens.raycluster.env import prepare_environment
-from convlens.storage.rundir import RunDir
 from convlens.specs.load import load_job
+from convlens.storage.rundir import RunDir
 
 # (label, overrides): the first row is the reference the others are divided by
 ROWS = [

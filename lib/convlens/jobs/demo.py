@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 from convlens.base.errors import ConfigError
-from convlens.storage.files import write_json
-from convlens.storage.rundir import DemoDir, SweepDir
 from convlens.specs.demo import DemoJob, StepSpec
 from convlens.specs.load import step_job as load_step
+from convlens.storage.files import write_json
+from convlens.storage.rundir import DemoDir, SweepDir
 
 
 def step_job(step: StepSpec, kind: str, extra: dict):

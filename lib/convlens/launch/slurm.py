@@ -28,10 +28,10 @@ from convlens.launch.follow import follow
 from convlens.launch.jobstate import wait_for
 from convlens.launch.sbatch import batch_script, make_executor
 from convlens.launch.slurmjob import SlurmJob
-from convlens.storage.rundir import SweepDir
 from convlens.specs.base import validate
 from convlens.specs.cluster import ClusterProfile, load_profile
 from convlens.specs.load import load_job
+from convlens.storage.rundir import SweepDir
 
 
 # ---------------------------------------------------------------- submitting side

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from convlens.storage.files import read_json
 from convlens.report.words import area, best_of, shown, table, verdict
+from convlens.storage.files import read_json
 from convlens.storage.rundir import AnalysisDir
 
 MAPS = {"cam": "CAM", "gradcam": "Grad-CAM", "guided_backprop": "guided backprop",

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from convlens.base.errors import ConfigError
 from convlens.report.analysis import analysis_section, title as analysis_title
-from convlens.report.html import anchor, esc, page
 from convlens.report.compare import COMPARE_ANCHOR, comparison_section
+from convlens.report.html import anchor, esc, page
 from convlens.report.runs import load_run, loss_section, run_section
 from convlens.report.sweeps import sweep_section
 from convlens.storage.rundir import AnalysisDir, RunDir, SweepDir

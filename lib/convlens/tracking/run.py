@@ -12,8 +12,8 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from convlens.storage.files import write_atomic
 from convlens.raycluster.env import verbose
+from convlens.storage.files import write_atomic
 from convlens.storage.rundir import RunDir
 
 

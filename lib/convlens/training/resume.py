@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from convlens.storage import checkpoint as ckpt
 from convlens.base.errors import CheckpointError, RunStopped
+from convlens.storage import checkpoint as ckpt
 from convlens.storage.rundir import RunDir
 
 
