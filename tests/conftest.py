@@ -130,7 +130,7 @@ def ray_cluster():
     """A local Ray cluster shared by every test; 4 logical CPUs so 2 trials x 1 worker fit, and one
     logical GPU (no device behind it) for the scheduling of GPU shares."""
     import ray
-    from convlens.raycluster import init_local
+    from convlens.raycluster.connect import init_local
     if not ray.is_initialized():
         init_local(num_cpus=4, num_gpus=1, log_to_driver=True, logging_level="ERROR", configure_logging=False)
     yield ray
@@ -196,15 +196,15 @@ def read_attempts(run_dir: Path) -> list[dict]:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    from convlens.rundir import RunDir
+    from convlens.storage.rundir import RunDir
     return RunDir(run_dir).read_metrics()
 
 
 def inject(monkeypatch, *faults: dict) -> str:
-    """Plan test faults (convlens.faults) for the runs this test starts (each fault names its run,
+    """Plan test faults (convlens.testing.faults) for the runs this test starts (each fault names its run,
     so a reference run trained meanwhile stays clean): the driver forwards CONVLENS_FAULTS to its
     Ray workers, Tune trials and analysis tasks. Returns the value."""
-    from convlens.faults import ENV
+    from convlens.testing.faults import ENV
     value = json.dumps(list(faults))
     monkeypatch.setenv(ENV, value)
     return value
@@ -213,13 +213,13 @@ def inject(monkeypatch, *faults: dict) -> str:
 def committed_epochs(run_dir: Path) -> list[int]:
     """Epochs of the checkpoints Ray Train has registered and that verify: what a restarted
     run can resume from (a damaged one stays registered, but counts for nothing)."""
-    from convlens import checkpoint as ckpt
+    from convlens.storage import checkpoint as ckpt
     return sorted({ckpt.checkpoint_epoch(f) for f in ckpt.registered_checkpoints(run_dir)
                    if ckpt.first_verified([f])})
 
 
 def final_weights(run_dir: Path) -> dict:
-    from convlens import checkpoint as ckpt
+    from convlens.storage import checkpoint as ckpt
     return ckpt.load_checkpoint(ckpt.latest_verified(run_dir))["model"]
 
 

@@ -58,7 +58,7 @@ def normalized(x_u8: torch.Tensor) -> torch.Tensor:
 def trained_tiny_model() -> torch.nn.Module:
     """A [1, 1] x 8 ResNet trained for seconds on the quadrant task (a random network's
     prediction hardly depends on its input, so nothing could be faithful to it)."""
-    from convlens.models import ResNet
+    from convlens.models.resnet import ResNet
     torch.manual_seed(0)
     model = ResNet([1, 1], width=8, in_chans=1, num_classes=4)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from convlens.analysis import cam
-from convlens.models import ResNet
+from convlens.models.resnet import ResNet
 
 
 def trained_looking_resnet(stem: str, seed: int = 0) -> ResNet:

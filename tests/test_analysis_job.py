@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from convlens.analysis.job import analyze
-from convlens.specs.analyze import AnalyzeJob
 from convlens.analysis.registry import names
+from convlens.specs.analyze import AnalyzeJob
 from conftest import inject, tiny_spec
-from convlens.checkpoint import verify
-from convlens.errors import ConfigError
+from convlens.base.errors import ConfigError
 from convlens.specs.base import validate
+from convlens.storage.checkpoint import verify
 
 
 @pytest.fixture(scope="module")

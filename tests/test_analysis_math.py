@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from convlens import knn
+from convlens.analysis import knn
 from convlens.analysis import cam, deconv, embeddings
 from convlens.analysis.registry import load_all
-from convlens.models import ResNet
+from convlens.models.resnet import ResNet
 
 
 def tiny_resnet(seed=0, stem="cifar"):

@@ -8,7 +8,7 @@ import torch
 
 from convlens.analysis import base, runner
 from convlens.analysis.registry import load_all
-from convlens.models import ResNet
+from convlens.models.resnet import ResNet
 from convlens.specs.analyze import AnalyzeOptions
 
 

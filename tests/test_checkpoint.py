@@ -10,9 +10,9 @@ import time
 import pytest
 import torch
 
-from convlens.checkpoint import (CheckpointError, checkpoint_epoch, latest_verified, load_checkpoint,
+from convlens.storage.checkpoint import (CheckpointError, checkpoint_epoch, latest_verified, load_checkpoint,
                                  load_model_weights, save_checkpoint, verify)
-from convlens.models import ResNet
+from convlens.models.resnet import ResNet
 
 
 def saved(tmp_path, model=None):
@@ -73,8 +73,8 @@ def test_disk_full_leaves_previous_checkpoint_intact(tmp_path):
 import resource, signal, torch
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
-from convlens.checkpoint import save_checkpoint
-from convlens.models import ResNet
+from convlens.models.resnet import ResNet
+from convlens.storage.checkpoint import save_checkpoint
 m = ResNet([2, 2], 32, in_chans=1, num_classes=10)
 save_checkpoint({{"model": m.state_dict(), "arch": m.arch}}, {str(target)!r})
 """
@@ -87,8 +87,8 @@ save_checkpoint({{"model": m.state_dict(), "arch": m.arch}}, {str(target)!r})
 
 SAVE_FOREVER = """
 import sys, torch
-from convlens.checkpoint import save_checkpoint
-from convlens.models import ResNet
+from convlens.models.resnet import ResNet
+from convlens.storage.checkpoint import save_checkpoint
 root, model = sys.argv[1], ResNet([2, 2], 64, in_chans=1, num_classes=10)
 for epoch in range(1, 1000):
     for t in model.state_dict().values():

@@ -2,7 +2,7 @@
 import pytest
 import yaml
 
-from convlens.errors import ConfigError
+from convlens.base.errors import ConfigError
 from convlens.specs.base import parse_overrides, validate
 from convlens.specs.load import load_job
 from convlens.specs.train import TrainJob

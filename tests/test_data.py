@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from convlens.specs.train import DataConfig
+from convlens.base.errors import DataError
+from convlens.data.augment import crop, epoch_plan
 from convlens.data.images import split_indices
 from convlens.data.load import load_dataset
-from convlens.errors import DataError
-from convlens.data.augment import crop, epoch_plan
+from convlens.specs.train import DataConfig
 
 
 def write_idx(path, array):

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from convlens.jobs.demo import run_demo
 from convlens.specs.load import load_job
-from convlens.demo import run_demo
 from results_check import check_block
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,9 +128,9 @@ def check_wandb(root: Path, index: dict, key: str) -> None:
 
 
 def test_demo_refuses_analysis_epochs_that_training_deletes(monkeypatch, tmp_path):
-    from convlens.errors import ConfigError
+    from convlens.base.errors import ConfigError
+    from convlens.jobs.demo import run_demo
     from convlens.specs.load import load_job
-    from convlens.demo import run_demo
     monkeypatch.chdir(REPO)
     job = load_job(REPO / "jobs/demo.yaml", [f"root={tmp_path}"], "demo")
     job.supervised.overrides["run.keep_last"] = 2

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from convlens.base.errors import ConfigError, DataError, DownloadError
 from convlens.cli import main
 from convlens.data import cifar, download, fashion_mnist
 from convlens.data.load import fetch_and_verify, load_dataset
-from convlens.errors import ConfigError, DataError, DownloadError
 from convlens.specs import train as train_spec
 from convlens.specs.base import validate
 from convlens.specs.train import DataConfig

@@ -37,9 +37,9 @@ def test_training_on_the_gpu_uses_nccl_bf16_channels_last_and_compile(gpu_run):
 
 def test_a_gpu_checkpoint_evaluates_the_same_on_the_cpu(gpu_run):
     """Weights are saved in float32 without DDP/compile prefixes: a CPU-only user can load them."""
-    from convlens.checkpoint import best_checkpoint, load_model_weights
     from convlens.data.load import load_dataset
-    from convlens.models import build_model
+    from convlens.models.resnet import build_model
+    from convlens.storage.checkpoint import best_checkpoint, load_model_weights
     from convlens.training.evaluate import evaluate
     job, summary = gpu_run
     data = load_dataset(job.data)
@@ -70,8 +70,8 @@ def test_rotation_network_trains_on_the_gpu(tmp_path, cache_dir, ray_cluster):
 
 def test_analysis_tasks_share_the_gpu(gpu_run, tmp_path):
     from convlens.analysis.job import analyze
-    from convlens.specs.analyze import AnalyzeJob
     from convlens.analysis.registry import names
+    from convlens.specs.analyze import AnalyzeJob
     from convlens.specs.base import validate
     job, _ = gpu_run
     spec = {"name": "gpu", "out": str(tmp_path / "analysis"), "runs": [str(job.run_dir)], "epochs": ["best"],

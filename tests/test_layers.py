@@ -1,6 +1,7 @@
-"""The package's structure, read from the source: layers without upward imports or cycles,
-package __init__ files that import nothing, modules a reader can take in at once, and W&B
-reached only through convlens.tracking's interface."""
+"""The package's structure, read from the source: cli.py and packages only at the top, layers
+without upward imports or cycles, package __init__ files that map their modules and import
+nothing, modules a reader can take in at once, and W&B reached only through convlens.tracking's
+interface."""
 from __future__ import annotations
 
 import ast
@@ -13,13 +14,14 @@ PACKAGE = LIB / "convlens"
 
 # Lowest first; a module may import from its own layer or below, never above.
 LAYERS = [
-    ["errors", "files", "progress"],  # dependency-free (progress: tqdm only)
+    ["base"],  # dependency-free (base.progress: tqdm only)
     ["specs"],  # job schemas: pydantic and YAML only
-    ["data", "models", "checkpoint", "rundir", "restore", "faults", "tracking", "raycluster", "knn"],
-    ["training", "analysis", "probes"],
-    ["sweep", "launch", "report", "bench", "demo", "dispatch"],
-    ["cli"],
+    ["data", "models", "storage", "testing", "tracking", "raycluster"],  # each concern's own package
+    ["training", "analysis"],
+    ["sweep", "launch", "report", "bench", "jobs"],
+    ["cli"],  # the one module at the top: pyproject's entry point names convlens.cli
 ]
+TOP_MODULES = {"__init__.py", "cli.py"}
 MAX_LINES = 300
 TRACKING = "convlens.tracking"
 # All that the rest of the package may import from convlens.tracking (its __init__ lists them).
@@ -101,6 +103,20 @@ def test_package_inits_import_nothing():
             body = ast.parse(path.read_text()).body
             assert all(isinstance(n, (ast.Expr, ast.Assign)) and isinstance(n.value, ast.Constant)
                        for n in body), name
+
+
+def test_the_top_holds_cli_and_packages_only():
+    """Every concern has its package; a loose module beside them would be a second place for one."""
+    loose = sorted(p.name for p in PACKAGE.glob("*.py") if p.name not in TOP_MODULES)
+    assert not loose, f"give each a package: {loose}"
+
+
+def test_package_inits_map_their_modules():
+    """Each package's __init__ opens with a docstring naming every module of it (what it holds)."""
+    for init in sorted(PACKAGE.glob("*/__init__.py")):
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        missing = [p.name for p in sorted(init.parent.glob("*.py")) if p.name != "__init__.py" and p.name not in doc]
+        assert doc and not missing, f"{init.relative_to(LIB)}: its docstring names no {missing}"
 
 
 @pytest.mark.parametrize("name", sorted(modules()))

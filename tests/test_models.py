@@ -3,8 +3,8 @@ import pytest
 import torch
 import torchvision
 
+from convlens.models.resnet import ResNet, build_model
 from convlens.specs.train import ModelConfig
-from convlens.models import ResNet, build_model
 
 
 def test_resnet18_matches_torchvision_and_loads_its_weights(tmp_path):

@@ -198,7 +198,7 @@ def test_worker_node_lost_mid_run(nodes, work):
     (run.max_failures) and resumes from its checkpoint, every epoch once; the log names the lost
     node; afterwards no Ray or training process is left on either node."""
     import signal
-    from convlens.errors import JobFailed
+    from convlens.base.errors import JobFailed
     from convlens.launch.jobstate import wait_for
     from convlens.launch.slurm import submit
     profile, spec, runs = work
@@ -228,7 +228,7 @@ def test_worker_node_lost_mid_run(nodes, work):
 def test_unwritable_runs_root_on_a_node_fails_before_the_job(nodes, work, tmp_path):
     """runs_root read-only on node2 only (a missing shared mount): the job fails before training,
     naming the node and the path."""
-    from convlens.errors import JobFailed
+    from convlens.base.errors import JobFailed
     from convlens.launch.slurm import submit
     profile, spec, _ = work
     root = tmp_path / "runs_ro"

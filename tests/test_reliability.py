@@ -9,8 +9,8 @@ import time
 import pytest
 import yaml
 
-from convlens import checkpoint as ckpt
-from convlens.errors import RunStopped
+from convlens.base.errors import RunStopped
+from convlens.storage import checkpoint as ckpt
 from convlens.training.run import train
 from conftest import (assert_nothing_lost, committed_epochs, inject, read_attempts, read_metrics, steps_per_epoch,
                       tiny_spec)
@@ -21,7 +21,7 @@ def epochs_of(run_dir):
 
 
 def test_retries_exhausted_gives_clear_error_and_checkpoints_still_load(ray_cluster, tiny_job, monkeypatch):
-    from convlens.errors import JobFailed
+    from convlens.base.errors import JobFailed
     job = tiny_job("exhausted", run={"epochs": 3, "max_failures": 1})
     inject(monkeypatch, {"kind": "kill", "run": "exhausted", "at": "0:2:1", "times": 5})
     with pytest.raises(JobFailed, match="(?i)worker"):

@@ -77,7 +77,7 @@ def trained(tiny_job, ray_cluster):
     rot = tiny_job(name="rot", run={"task": "rotation", "epochs": 1})
     train(sup)
     train(rot)
-    from convlens.probes import probe_run
+    from convlens.analysis.probes import probe_run
     from convlens.specs.probe import ProbeJob
     for job in (sup, rot):
         probe_run(job.run_dir, ProbeJob(runs=[str(job.run_dir)], stages=[1, 2], probe_epochs=1, max_train=256))
@@ -87,7 +87,7 @@ def trained(tiny_job, ray_cluster):
 def test_report_is_one_offline_page_with_every_figure(trained, tmp_path, capsys):
     from convlens.report.page import write_report
     runs_root, sup_dir = trained
-    from convlens.checkpoint import best_checkpoint
+    from convlens.storage.checkpoint import best_checkpoint
     analysis = analysis_dir(tmp_path / "analysis", str(best_checkpoint(sup_dir)))
     sweep = sweep_dir(tmp_path / "sweep")
     out = write_report([runs_root, analysis, sweep], out=tmp_path / "report" / "report.html")

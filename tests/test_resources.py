@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from conftest import tiny_spec
-from convlens.errors import ConfigError
-from convlens.raycluster import check_fits, worker_resources
+from convlens.base.errors import ConfigError
+from convlens.raycluster.connect import check_fits, worker_resources
 from convlens.specs.load import load_job
 from convlens.specs.train import TrainJob
 from convlens.sweep.tune_runner import concurrency

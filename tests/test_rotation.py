@@ -1,9 +1,9 @@
 """RotNet batches and feature probes."""
 import torch
 
-from convlens.models import ResNet
-from convlens.knn import knn_classify
-from convlens.probes import fit_probe, probe_run
+from convlens.analysis.knn import knn_classify
+from convlens.analysis.probes import fit_probe, probe_run
+from convlens.models.resnet import ResNet
 from convlens.specs.probe import ProbeJob
 from convlens.training.tasks import prepare, rotate_batch
 
@@ -41,7 +41,7 @@ def test_probe_never_updates_the_frozen_backbone(ray_cluster, tiny_job):
     from convlens.training.run import train
     job = tiny_job("rot", run={"task": "rotation", "epochs": 1})
     train(job)
-    from convlens import checkpoint as ckpt
+    from convlens.storage import checkpoint as ckpt
     folder = ckpt.best_checkpoint(job.run_dir)
     before = {k: v.clone() for k, v in ckpt.load_checkpoint(folder)["model"].items()}
     result = probe_run(job.run_dir, ProbeJob(runs=[str(job.run_dir)], stages=[1, 2], probe_epochs=2,
@@ -56,7 +56,7 @@ def test_probe_never_updates_the_frozen_backbone(ray_cluster, tiny_job):
 def test_probe_training_leaves_backbone_parameters_unchanged():
     model = ResNet([1, 1], 8, in_chans=1, num_classes=4)
     snapshot = {k: v.clone() for k, v in model.state_dict().items()}
-    from convlens.probes import extract
+    from convlens.analysis.probes import extract
     x = torch.randint(0, 255, (32, 1, 16, 16), dtype=torch.uint8)
     feats = extract(model, x, 2, 1, lambda batch: batch.float() / 255)
     fit_probe(torch.nn.Linear(feats.shape[1], 3), feats, torch.randint(0, 3, (32,)), 2, 0)

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from conftest import assert_calm_log, assert_followed, read_attempts, require, submit_cli, tiny_spec
-from convlens.checkpoint import checkpoint_epoch
+from convlens.storage.checkpoint import checkpoint_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -150,11 +150,11 @@ def test_requeue_resumes_from_checkpoint(cluster, setup, monkeypatch):
 def test_two_node_script_and_multinode_bootstrap(cluster, setup, tmp_path):
     """The batch script and Ray commands of a 4-node GPU profile, then the head+workers bootstrap
     path for real on one node (two real nodes: tests/test_multinode.py)."""
-    from convlens.launch import raynodes
-    from convlens.launch.allocation import Allocation
-    from convlens.specs.cluster import load_profile
     from convlens.launch.sbatch import sbatch_script
     from convlens.launch.slurm import submit
+    from convlens.raycluster import nodes
+    from convlens.raycluster.allocation import Allocation
+    from convlens.specs.cluster import load_profile
     profile, spec, runs = setup
     gpu = yaml.safe_load((REPO / "slurm/example_gpu_cluster.yaml").read_text())
     gpu.update(log_dir=str(tmp_path / "gpu_logs"))
@@ -165,11 +165,11 @@ def test_two_node_script_and_multinode_bootstrap(cluster, setup, tmp_path):
         assert f"#SBATCH {flag}" in script, flag
     assert "module load cuda/12.4" in script and "srun" in script and "RAY_AUTH_MODE" in script
 
-    port = raynodes.ray_port("12345")
-    assert raynodes.ray_port("12345_3") == port and 20000 <= port < 30000
+    port = nodes.ray_port("12345")
+    assert nodes.ray_port("12345_3") == port and 20000 <= port < 30000
     alloc = Allocation(32, 4, 256 * 2**30)
-    head = raynodes.head_command("10.0.0.1", port, alloc)
-    worker = raynodes.worker_command("10.0.0.2", f"10.0.0.1:{port}", alloc)
+    head = nodes.head_command("10.0.0.1", port, alloc)
+    worker = nodes.worker_command("10.0.0.2", f"10.0.0.1:{port}", alloc)
     assert "--head" in head and f"--port={port}" in head and "--num-gpus=4" in head
     assert "--log-color=false" in head and any(a.startswith("--object-store-memory=") for a in worker)
     assert f"--address=10.0.0.1:{port}" in worker and "--head" not in worker
@@ -183,7 +183,7 @@ def test_two_node_script_and_multinode_bootstrap(cluster, setup, tmp_path):
     assert "Ray runtime started" in (log_file.parent / "ray_start_head.log").read_text()
     # our `ray start` must not become the node's default cluster for other ray.init() calls
     shared = Path("/tmp/ray/ray_current_cluster")
-    job_port = raynodes.ray_port(log_file.parent.name)
+    job_port = nodes.ray_port(log_file.parent.name)
     assert not shared.exists() or not shared.read_text().endswith(f":{job_port}")
 
 
@@ -196,8 +196,8 @@ def array_sweep(tmp_path: Path, spec, **fields) -> Path:
 
 
 def test_array_refuses_asha_and_other_kinds(setup, tmp_path):
+    from convlens.base.errors import ConfigError
     from convlens.cli import main
-    from convlens.errors import ConfigError
     from convlens.launch.slurm import submit
     profile, spec, runs = setup
     path = array_sweep(tmp_path, spec, scheduler={"name": "asha"})
@@ -211,9 +211,9 @@ def test_array_refuses_asha_and_other_kinds(setup, tmp_path):
 
 def test_array_sweep_runs_one_task_per_trial(cluster, setup, tmp_path, capsys):
     from convlens.cli import main
+    from convlens.launch.slurm import submit
     from convlens.specs.load import load_job
     from convlens.specs.train import TrainJob
-    from convlens.launch.slurm import submit
     profile, spec, runs = setup
     path = array_sweep(tmp_path, spec)
     assert submit(profile, "sweep", path, array=True, wait=True, timeout=300) == 0
@@ -245,7 +245,7 @@ def test_array_sweep_runs_one_task_per_trial(cluster, setup, tmp_path, capsys):
 
 def test_ray_sized_to_the_allocation():
     """Ray's CPUs, GPUs and memory come from Slurm's variables; memory + object store fit the grant."""
-    from convlens.launch.allocation import Allocation, granted, ray_init_kwargs, ray_start_args
+    from convlens.raycluster.allocation import Allocation, granted, ray_init_kwargs, ray_start_args
     job = {"SLURM_JOB_ID": "7", "SLURM_CPUS_ON_NODE": "3", "SLURM_MEM_PER_NODE": "4096", "SLURM_GPUS_ON_NODE": "2"}
     alloc = granted(cpus=32, gpus=4, env=job)
     assert alloc == Allocation(3, 2, 4096 * 2**20)

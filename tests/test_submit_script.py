@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from conftest import tiny_spec
-from convlens.errors import ConfigError
+from convlens.base.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 LIB = str(REPO / "lib")
@@ -352,7 +352,7 @@ def test_wait_and_dry_run_exclude_each_other(capsys):
 
 def test_ray_and_node_address_inside_a_container(tmp_path, monkeypatch):
     """In an image, `ray` may not sit beside python3, and Slurm's scontrol is absent."""
-    from convlens.launch import raynodes
+    from convlens.raycluster import nodes
     exe = fake_python(tmp_path)
     monkeypatch.setattr(sys, "executable", str(exe))
     tools = tmp_path / "usr-local-bin"
@@ -360,10 +360,10 @@ def test_ray_and_node_address_inside_a_container(tmp_path, monkeypatch):
     (tools / "ray").write_text("#!/bin/sh\n")
     (tools / "ray").chmod(0o755)
     monkeypatch.setenv("PATH", str(tools))
-    assert raynodes.ray_bin() == str(tools / "ray")
+    assert nodes.ray_bin() == str(tools / "ray")
     (exe.parent / "ray").write_text("#!/bin/sh\n")
-    assert raynodes.ray_bin() == str(exe.parent / "ray")  # a virtualenv's own first
-    assert raynodes.node_address("localhost", shared=False) == "127.0.0.1"  # no scontrol on PATH
+    assert nodes.ray_bin() == str(exe.parent / "ray")  # a virtualenv's own first
+    assert nodes.node_address("localhost", shared=False) == "127.0.0.1"  # no scontrol on PATH
 
 
 def test_wandb_group_named_at_submission_is_the_one_the_runs_use(tmp_path, cache_dir):

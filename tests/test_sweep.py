@@ -16,7 +16,7 @@ import yaml
 
 from conftest import assert_nothing_lost, committed_epochs, inject, read_attempts, tiny_spec
 from test_sweep_status import assert_compact_status
-from convlens.errors import ConfigError
+from convlens.base.errors import ConfigError
 from convlens.specs.load import load_job
 from convlens.specs.train import TrainJob
 
@@ -138,9 +138,9 @@ def test_nan_trial_does_not_stop_the_others(ray_cluster, tmp_path, cache_dir, mo
 def test_stopped_trial_is_closed_without_reading_its_dataset(tmp_path, cache_dir, monkeypatch):
     """The driver closes an ASHA-stopped trial's W&B run with the class names its checkpoint
     recorded (what the trial logged under): it reads neither the dataset's files nor its cache."""
-    from convlens import checkpoint as ckpt
     from convlens.data import fashion_mnist, load
-    from convlens.rundir import RunDir
+    from convlens.storage import checkpoint as ckpt
+    from convlens.storage.rundir import RunDir
     from convlens.sweep.tune_runner import close_stopped_trial
     from convlens.tracking import tracker
     run = RunDir(tmp_path / "asha_trial_00001")

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from test_sweep import read_trials, sweep_cli, write_sweep
-from convlens.errors import ConfigError
+from convlens.base.errors import ConfigError
 from convlens.specs.load import load_job
 
 
@@ -68,7 +68,7 @@ def test_pbt_trial_restored_from_before_its_donor_goes_on_with_the_donor_start_v
     """A sweep killed after a trial took a donor, resumed from Tune's state saved before that:
     Tune gives the trial its own old pointer (or none) and its old lr; the trial goes on from the
     donor copy (its own checkpoint once its run has one) with the lr it took with the donor."""
-    from convlens.rundir import RunDir
+    from convlens.storage.rundir import RunDir
     from convlens.sweep.pbt import start_point, with_values
     job = tiny_job("pbt_trial_00001", optim={"name": "sgd", "lr": 2e-5}, tracking={"params": {"optim.lr": 2e-5}})
     run = RunDir(job.run_dir)

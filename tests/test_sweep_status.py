@@ -41,9 +41,9 @@ def test_error_line_is_the_named_error_of_a_traceback():
             "ray::ImplicitFunc.train() (pid=1, ip=10.0.0.1)\n"
             "  File \"trial.py\", line 88, in run_trial\n"
             "    summary = train(job)\n"
-            "convlens.errors.JobFailed: run s_trial_00003 failed after 0 retries (run.max_failures): "
+            "convlens.base.errors.JobFailed: run s_trial_00003 failed after 0 retries (run.max_failures): "
             "rank 0: ValueError: boom\n")
-    assert error_line(text) == ("convlens.errors.JobFailed: run s_trial_00003 failed after 0 retries "
+    assert error_line(text) == ("convlens.base.errors.JobFailed: run s_trial_00003 failed after 0 retries "
                                 "(run.max_failures): rank 0: ValueError: boom")
     assert error_line("something odd\nno name here\n") == "no name here"
     assert error_line("") == "(no message)"

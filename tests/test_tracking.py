@@ -76,8 +76,8 @@ def retried(ray_cluster, tmp_path_factory, cache_dir):
     fails, as a job cut off by Slurm), and the same spec run again finishes it (the path of a
     Slurm requeue). W&B samples system metrics every second.
     (run dir, summary, API key, wall seconds from the first start to the end, the probe's)"""
-    from convlens.errors import JobFailed
-    from convlens.probes import probe
+    from convlens.analysis.probes import probe
+    from convlens.base.errors import JobFailed
     from convlens.specs.base import validate
     from convlens.specs.probe import ProbeJob
     from convlens.specs.train import TrainJob
@@ -245,7 +245,7 @@ def test_online_without_server_falls_back_offline_and_keeps_key_secret(tiny_job,
 
 
 def test_stopped_run_tells_wandb_why(tiny_job, ray_cluster, monkeypatch):
-    from convlens.errors import RunStopped
+    from convlens.base.errors import RunStopped
     job = tiny_job(name="nan-tracked", tracking={"mode": "offline"})
     inject(monkeypatch, {"kind": "nan", "run": "nan-tracked", "at": "0:2:1"})
     with pytest.raises(RunStopped):

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import (assert_nothing_lost, committed_epochs, inject, read_attempts, read_metrics,
                       reordering_tolerance, steps_per_epoch)
-from convlens.errors import RunStopped
+from convlens.base.errors import RunStopped
 from convlens.training.run import train
 
 
@@ -86,7 +86,7 @@ def test_frozen_parts_stay_bit_identical(ray_cluster, tiny_job, tmp_path):
     to the file, while the rest learns."""
     import torch
     from conftest import final_weights
-    from convlens.models import ResNet
+    from convlens.models.resnet import ResNet
     torch.manual_seed(5)
     source = ResNet([1, 1], 8, in_chans=1, num_classes=4)
     for m in source.modules():

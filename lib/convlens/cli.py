@@ -12,7 +12,7 @@ import sys
 import textwrap
 import traceback
 
-from convlens.errors import ERROR_PREFIX, ConvlensError
+from convlens.base.errors import ERROR_PREFIX, ConvlensError
 
 COMMANDS = {  # name -> (one-line help, description, example)
     "train": ("train one network with Ray Train",
@@ -55,7 +55,7 @@ COMMANDS = {  # name -> (one-line help, description, example)
 
 
 def cmd_job(args):
-    from convlens.dispatch import run_job
+    from convlens.jobs.dispatch import run_job
     return run_job(args.command, args.spec, args.overrides, resume=getattr(args, "resume", False),
                    collect=getattr(args, "collect", False))
 
@@ -68,7 +68,7 @@ def cmd_show(args):
 
 
 def cmd_fetch_data(args):
-    from convlens.dispatch import fetch_data
+    from convlens.jobs.dispatch import fetch_data
     return fetch_data(args.spec, args.overrides)
 
 
@@ -84,7 +84,7 @@ def cmd_report(args):
 def cmd_markdown(args):
     """The README's results block: printed, written to --out, or put between the markers of --into."""
     from pathlib import Path
-    from convlens.errors import ConfigError
+    from convlens.base.errors import ConfigError
     from convlens.report.markdown import into, markdown
     if len(args.paths) != 1:
         raise ConfigError("report --markdown: one demo folder (convlens demo's root), e.g. runs/demo")
@@ -224,7 +224,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.verbose:
         os.environ["CONVLENS_VERBOSE"] = "1"
-    from convlens.raycluster import prepare_environment  # before anything imports ray
+    from convlens.raycluster.env import prepare_environment  # before anything imports ray
     prepare_environment()
     try:
         args.func(args)

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from convlens.data.augment import Augment, normalize
-from convlens.restore import load_model_and_data
 from convlens.specs.analyze import AnalyzeOptions
+from convlens.storage.restore import load_model_and_data
 from convlens.training import tasks
 
 

@@ -9,7 +9,7 @@ import itertools
 from pathlib import Path
 
 from convlens.analysis import plots
-from convlens.rundir import AnalysisDir
+from convlens.storage.rundir import AnalysisDir
 
 NAME = "compare"  # the pages' method in index.json
 ABOUT = {"title": "Comparisons across runs and epochs",

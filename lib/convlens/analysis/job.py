@@ -9,14 +9,15 @@ import itertools
 import time
 from pathlib import Path
 
-from convlens import faults
 from convlens.analysis import base
-from convlens.checkpoint import best_checkpoint, checkpoint_epoch, verify
-from convlens.errors import ConfigError
-from convlens.progress import Progress, progress_mode
-from convlens.raycluster import ensure_ray, forwarded_env
-from convlens.rundir import AnalysisDir, RunDir
+from convlens.base.errors import ConfigError
+from convlens.base.progress import Progress, progress_mode
+from convlens.raycluster.connect import ensure_ray
+from convlens.raycluster.env import forwarded_env
 from convlens.specs.analyze import AnalyzeJob, AnalyzeOptions
+from convlens.storage.checkpoint import best_checkpoint, checkpoint_epoch, verify
+from convlens.storage.rundir import AnalysisDir, RunDir
+from convlens.testing import faults
 
 
 def check_methods(job: AnalyzeJob) -> list[str]:

@@ -47,9 +47,15 @@ def register(name: str, draw: Callable, *, title: str, explanation: str, caption
 
 
 def load_all() -> dict[str, Method]:
-    """Import every method module (each registers itself) and return the registry."""
+    """Import every method module (each registers itself) and return the registry, its methods in
+    the order of MODULES whichever module was imported first (the probes import knn's maths)."""
     for module in MODULES:
         importlib.import_module(f"convlens.analysis.{module}")
+    order = {f"convlens.analysis.{module}": i for i, module in enumerate(MODULES)}
+    ordered = sorted(METHODS.values(), key=lambda m: order.get(getattr(m.compute, "__module__", ""), len(order)))
+    if list(METHODS) != [m.name for m in ordered]:
+        METHODS.clear()
+        METHODS.update({m.name: m for m in ordered})
     return METHODS
 
 

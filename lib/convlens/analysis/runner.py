@@ -13,7 +13,7 @@ import numpy as np
 
 from convlens.analysis import plots, tables
 from convlens.analysis.registry import load_all
-from convlens.files import write_atomic
+from convlens.storage.files import write_atomic
 
 
 def scalars(result: dict) -> dict:

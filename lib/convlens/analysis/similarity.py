@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from convlens.analysis import base, cka, plots
-from convlens.files import write_atomic
-from convlens.rundir import AnalysisDir
+from convlens.storage.files import write_atomic
+from convlens.storage.rundir import AnalysisDir
 
 NAME = "similarity"  # the figures' method in index.json
 BATCH = 64  # images per CKA minibatch

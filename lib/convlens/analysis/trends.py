@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from convlens.analysis import plots
-from convlens.rundir import AnalysisDir
+from convlens.storage.rundir import AnalysisDir
 
 
 def collect(entries: list[dict], columns: dict[str, tuple[str, ...]]) -> dict[str, dict]:

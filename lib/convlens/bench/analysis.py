@@ -16,8 +16,8 @@ import torch
 
 from convlens.analysis import base, cam
 from convlens.analysis.registry import load_all
+from convlens.models.resnet import ResNet
 from convlens.specs.analyze import AnalyzeOptions
-from convlens.models import ResNet
 
 
 def context(images: int, width: int, device: str = "cpu", size: int = 28) -> base.Context:

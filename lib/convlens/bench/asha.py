@@ -13,9 +13,9 @@ import shutil
 import time
 from pathlib import Path
 
-from convlens.raycluster import prepare_environment
-from convlens.rundir import trial_epochs
+from convlens.raycluster.env import prepare_environment
 from convlens.specs.load import load_job
+from convlens.storage.rundir import trial_epochs
 
 SPEC = "sweeps/asha_bench.yaml"
 

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
+from convlens.base.errors import ConfigError
 from convlens.data.images import ImageData
 from convlens.data.load import load_dataset
-from convlens.errors import ConfigError
-from convlens.files import write_atomic
 from convlens.specs.bench import BenchJob
 from convlens.specs.train import TrainJob
+from convlens.storage.files import write_atomic
 from convlens.training.trainer import Trainer
 
 

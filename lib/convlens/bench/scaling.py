@@ -12,9 +12,9 @@ import shutil
 import time
 from pathlib import Path
 
-from convlens.raycluster import prepare_environment
-from convlens.rundir import RunDir
+from convlens.raycluster.env import prepare_environment
 from convlens.specs.load import load_job
+from convlens.storage.rundir import RunDir
 
 # (label, overrides): the first row is the reference the others are divided by
 ROWS = [

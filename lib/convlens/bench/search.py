@@ -13,8 +13,8 @@ import csv
 import statistics
 from pathlib import Path
 
-from convlens.raycluster import prepare_environment
-from convlens.rundir import SweepDir
+from convlens.raycluster.env import prepare_environment
+from convlens.storage.rundir import SweepDir
 
 SPEC = "sweeps/search_bench.yaml"
 METHODS = {  # the sweep fields each method sets

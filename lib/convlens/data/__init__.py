@@ -2,4 +2,13 @@
 
 `load.load_dataset(cfg)` returns an `images.ImageData` whose images are (N, C, H, W) uint8 and
 labels (N,) int64; augmentation happens later, in batches, on the training device (augment.py).
+
+    load.py           a configured dataset: fetched when missing, read by its format's loader,
+                      verified and cached on disk
+    images.py         the dataset container (ImageData) and the seeded train/validation split
+    download.py       fetching a dataset's published files, safely for many processes at once
+    fashion_mnist.py  Fashion-MNIST from the original IDX files
+    cifar.py          CIFAR-10 in torchvision's on-disk format
+    image_folder.py   an image folder, one sub-folder per class, resized once
+    augment.py        what happens to a uint8 batch on the training device before the model sees it
 """

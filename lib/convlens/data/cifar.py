@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from convlens.base.errors import DataError, DownloadError
 from convlens.data import download
 from convlens.data.images import ImageData
-from convlens.errors import DataError, DownloadError
 
 TITLE = "CIFAR-10"
 FOLDER = "cifar-10-batches-py"

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from convlens.errors import DataError, DownloadError
-from convlens.files import fsync_dir
+from convlens.base.errors import DataError, DownloadError
 from convlens.specs.train import DATA_ENV
+from convlens.storage.files import fsync_dir
 
 MIRROR_ENV = "CONVLENS_DATA_MIRROR"  # a site's mirror when data.mirror is unset
 LOCK_NAME = ".convlens-download.lock"

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from convlens.base.errors import DataError
 from convlens.data import download
 from convlens.data.images import ImageData
-from convlens.errors import DataError
 
 TITLE = "Fashion-MNIST"
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",

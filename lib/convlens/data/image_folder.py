@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from convlens.base.errors import DataError
 from convlens.data.images import ImageData
-from convlens.errors import DataError
 
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 

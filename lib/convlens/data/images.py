@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from convlens.errors import DataError
+from convlens.base.errors import DataError
 
 
 @dataclass

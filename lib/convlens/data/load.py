@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 
+from convlens.base.errors import ConfigError, DataError
 from convlens.data import cifar, download, fashion_mnist, image_folder
 from convlens.data.images import ImageData, subset
-from convlens.errors import ConfigError, DataError
-from convlens.files import write_atomic
+from convlens.storage.files import write_atomic
 
 LOADERS = {"fashion_mnist": fashion_mnist.load, "cifar10": cifar.load, "image_folder": image_folder.load}
 # The downloadable datasets: each module's ensure(path, mirror) and verify(path, skip).

@@ -15,7 +15,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from convlens.errors import ConfigError
+from convlens.base.errors import ConfigError
 from convlens.specs.base import read_yaml
 from convlens.specs.cluster import ClusterProfile
 

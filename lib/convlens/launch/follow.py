@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from convlens.errors import ERROR_PREFIX, ConfigError, JobFailed
+from convlens.base.errors import ERROR_PREFIX, ConfigError, JobFailed
 
 # Ray's prefix on a line a worker or actor printed: "(RayTrainWorker pid=123, ip=10.0.0.2) "
 RAY_PREFIX = re.compile(r"^\([^()]*pid=\d+[^()]*\) ")
@@ -97,7 +97,7 @@ def sweep_outcome(trials: Path, name: str, group: str | None) -> str:
 
 def show(tails: list[LogTail]) -> None:
     """The new lines of rank 0's logs: its own, or every line with --verbose."""
-    from convlens.raycluster import verbose
+    from convlens.raycluster.env import verbose
     for tail in tails:
         for line in tail.lines() if verbose() else filter(None, map(own_line, tail.lines())):
             print(line, flush=True)

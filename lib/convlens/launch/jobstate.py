@@ -6,7 +6,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from convlens.errors import ERROR_PREFIX, JobFailed
+from convlens.base.errors import ERROR_PREFIX, JobFailed
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
             "DEADLINE", "PREEMPTED"}

@@ -3,7 +3,7 @@
 The job is validated here, before anything is queued, then written as a resolved spec next
 to the logs (shared storage) and run on the allocation by the same `convlens` CLI entry point.
 On one node the job starts its own Ray in-process; on several, Ray is bootstrapped across
-the nodes (slurmjob.py, raynodes.py). Preemption and time limits send USR2: submitit calls
+the nodes (slurmjob.py, raycluster/nodes.py). Preemption and time limits send USR2: submitit calls
 `checkpoint()` and requeues the same job, which resumes from what the run saved on disk
 (Ray Train checkpoints under run.root/run.name, or the sweep's state with --resume).
 
@@ -22,16 +22,16 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
-from convlens.errors import ConfigError, JobFailed
+from convlens.base.errors import ConfigError, JobFailed
 from convlens.launch.container import job_folders, job_paths, missing_sources
 from convlens.launch.follow import follow, wandb_group
 from convlens.launch.jobstate import wait_for
 from convlens.launch.sbatch import batch_script, make_executor
 from convlens.launch.slurmjob import SlurmJob
-from convlens.rundir import SweepDir
 from convlens.specs.base import validate
 from convlens.specs.cluster import ClusterProfile, load_profile
 from convlens.specs.load import load_job
+from convlens.storage.rundir import SweepDir
 
 
 # ---------------------------------------------------------------- submitting side

@@ -1,5 +1,5 @@
 """What runs on a Slurm allocation: `convlens <kind> <spec>` on one node, or across its nodes with
-Ray (head on the first node, a worker on each other one, raynodes.py).
+Ray (head on the first node, a worker on each other one, raycluster/nodes.py).
 
 Preemption and time limits send USR2: submitit calls `checkpoint()` and requeues the same job,
 which resumes from what the run saved on disk. Before a multi-node job starts, every node must
@@ -12,8 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from convlens.errors import ERROR_PREFIX, ConvlensError
-from convlens.launch.allocation import Allocation, cluster_line, granted, ray_init_kwargs
+from convlens.base.errors import ERROR_PREFIX, ConvlensError
+from convlens.raycluster.allocation import Allocation, cluster_line, granted, ray_init_kwargs
 
 
 class SlurmJob:
@@ -34,7 +34,7 @@ class SlurmJob:
     def run(self, restarted: bool, before=None) -> int:
         """The job itself, as `convlens <kind> <spec>` would run it; 0 or a failure.
         before: a check to run first (its ConvlensError fails the job the same way)."""
-        from convlens.dispatch import run_job
+        from convlens.jobs.dispatch import run_job
         try:
             if before is not None:
                 before()
@@ -46,7 +46,7 @@ class SlurmJob:
 
     def __call__(self) -> int:
         import submitit
-        from convlens.raycluster import prepare_environment
+        from convlens.raycluster.env import prepare_environment
         prepare_environment()  # before ray is imported: a calm log (no colour codes, no dedup notes)
         env = submitit.JobEnvironment()
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
@@ -61,19 +61,19 @@ class SlurmJob:
 
     def run_multinode(self, env, restarted: bool, restarts: int) -> int:
         """Rank 0: the Ray head and the driver; the other ranks: a Ray worker until the driver is done.
-        Every address is the one Slurm reaches the node at (raynodes.node_address), never loopback."""
-        from convlens.launch import raynodes
-        head_ip = raynodes.node_address(env.hostnames[0], shared=self.nodes > 1)
-        port = raynodes.ray_port(env.job_id)
+        Every address is the one Slurm reaches the node at (nodes.node_address), never loopback."""
+        from convlens.raycluster import nodes
+        head_ip = nodes.node_address(env.hostnames[0], shared=self.nodes > 1)
+        port = nodes.ray_port(env.job_id)
         done = Path(os.environ.get("CONVLENS_SLURM_FOLDER", ".")) / f"ray_done_{env.job_id}_{restarts}"
         if env.global_rank > 0:
             me = os.environ.get("SLURMD_NODENAME") or env.hostnames[env.global_rank]
-            raynodes.worker_node(me, raynodes.node_address(me), f"{head_ip}:{port}", granted(self.cpus, self.gpus),
+            nodes.worker_node(me, nodes.node_address(me), f"{head_ip}:{port}", granted(self.cpus, self.gpus),
                                  done)
             return 0
         try:
-            with raynodes.head_node(head_ip, port, self.nodes, granted(self.cpus, self.gpus)):
-                check = (lambda: raynodes.check_writable(self.runs_root)) if self.runs_root else None
+            with nodes.head_node(head_ip, port, self.nodes, granted(self.cpus, self.gpus)):
+                check = (lambda: nodes.check_writable(self.runs_root)) if self.runs_root else None
                 return self.run(restarted, before=check)
         finally:
             done.touch()
@@ -90,7 +90,7 @@ def run_single_node(job, alloc: Allocation, hostname: str) -> int:
     """A private Ray sized to this allocation (not to the whole machine), then the job."""
     import time
     import ray
-    from convlens.raycluster import log_level
+    from convlens.raycluster.env import log_level
     os.environ.pop("RAY_ADDRESS", None)  # never join a cluster inherited from the submitter
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -109,7 +109,7 @@ def run_single_node(job, alloc: Allocation, hostname: str) -> int:
 
 def node_ip(hostname: str) -> str | None:
     """This node's address as Slurm knows it, unless that is loopback (Ray then finds its own)."""
-    from convlens.launch.raynodes import node_address
+    from convlens.raycluster.nodes import node_address
     try:
         ip = node_address(hostname, shared=False)
     except OSError:

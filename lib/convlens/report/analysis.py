@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from convlens.report.html import anchor, esc, img, markup, table
-from convlens.rundir import AnalysisDir
+from convlens.storage.rundir import AnalysisDir
 
 
 def figures(folder: Path, index: dict) -> list[dict]:

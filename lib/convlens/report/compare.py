@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from convlens.report.html import img, table
-from convlens.rundir import AnalysisDir, RunDir
+from convlens.storage.rundir import AnalysisDir, RunDir
 
 COMPARE_ANCHOR = "compare"
 PROBES = (("linear", "linear_accuracy"), ("MLP", "mlp_accuracy"), ("kNN", "knn_accuracy"))

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import yaml
 
-from convlens.errors import ConfigError
-from convlens.files import read_json
+from convlens.base.errors import ConfigError
 from convlens.report import markdown_analysis as analysis
 from convlens.report.page import discover
 from convlens.report.words import best_of, cell, pct, plural, seconds, shown, table, verdict
-from convlens.rundir import AnalysisDir, DemoDir, RunDir, SweepDir, trial_epochs
+from convlens.storage.files import read_json
+from convlens.storage.rundir import AnalysisDir, DemoDir, RunDir, SweepDir, trial_epochs
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 PROBES = {"linear": "linear", "mlp": "MLP", "knn": "kNN"}

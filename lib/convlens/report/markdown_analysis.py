@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from convlens.files import read_json
 from convlens.report.words import area, best_of, shown, table, verdict
-from convlens.rundir import AnalysisDir
+from convlens.storage.files import read_json
+from convlens.storage.rundir import AnalysisDir
 
 MAPS = {"cam": "CAM", "gradcam": "Grad-CAM", "guided_backprop": "guided backprop",
         "guided_gradcam": "guided Grad-CAM", "input_gradient": "the input gradient", "random": "the random map"}

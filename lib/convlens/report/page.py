@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from convlens.errors import ConfigError
+from convlens.base.errors import ConfigError
 from convlens.report.analysis import analysis_section, title as analysis_title
-from convlens.report.html import anchor, esc, page
 from convlens.report.compare import COMPARE_ANCHOR, comparison_section
+from convlens.report.html import anchor, esc, page
 from convlens.report.runs import load_run, loss_section, run_section
 from convlens.report.sweeps import sweep_section
-from convlens.rundir import AnalysisDir, RunDir, SweepDir
+from convlens.storage.rundir import AnalysisDir, RunDir, SweepDir
 
 MARKERS = (("runs", RunDir.SUMMARY), ("sweeps", SweepDir.TRIALS), ("analyses", AnalysisDir.INDEX))
 SKIP_DIRS = (RunDir.CHECKPOINT, RunDir.BEST, RunDir.WANDB, ".")  # never hold a report's folders

@@ -6,7 +6,7 @@ from pathlib import Path
 import yaml
 
 from convlens.report.html import anchor, duration, esc, fmt, img, read_csv, table
-from convlens.rundir import RunDir
+from convlens.storage.rundir import RunDir
 
 
 def loss_section() -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from convlens.report.html import Text, anchor, as_number, esc, img, read_csv, table
-from convlens.rundir import SweepDir, early_stopping_saved, trial_epochs
+from convlens.storage.rundir import SweepDir, early_stopping_saved, trial_epochs
 
 
 def best_row(cols: list[str], rows: list[list[str]]) -> tuple[str, list[str]] | None:

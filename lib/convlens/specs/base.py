@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from convlens.errors import ConfigError
+from convlens.base.errors import ConfigError
 
 RUN_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 

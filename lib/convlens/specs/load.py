@@ -5,7 +5,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from convlens.errors import ConfigError
+from convlens.base.errors import ConfigError
 from convlens.specs.analyze import AnalyzeJob
 from convlens.specs.base import apply_overrides, parse_overrides, read_yaml, validate
 from convlens.specs.bench import BenchJob

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_serializer, model_validator
 
-from convlens.errors import ConfigError
+from convlens.base.errors import ConfigError
 from convlens.specs.base import RUN_NAME, Strict, apply_overrides, flatten, has_field, read_yaml, validate
 from convlens.specs.train import TrainJob
 

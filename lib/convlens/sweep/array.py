@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 
-from convlens.errors import ConfigError
-from convlens.files import read_json
-from convlens.rundir import SweepDir
+from convlens.base.errors import ConfigError
 from convlens.specs.sweep import SweepJob
 from convlens.specs.train import TrainJob
+from convlens.storage.files import read_json
+from convlens.storage.rundir import SweepDir
 from convlens.sweep.results import rank_rows, run_row, write_outputs
 from convlens.sweep.space import draw_trials, trial_id
 from convlens.sweep.trial import trial_job, trial_spec

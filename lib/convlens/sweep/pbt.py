@@ -24,12 +24,12 @@ import tempfile
 import threading
 from pathlib import Path
 
-from convlens import checkpoint as ckpt
-from convlens.errors import CheckpointError
-from convlens.files import read_jsonl
-from convlens.rundir import RunDir
+from convlens.base.errors import CheckpointError
 from convlens.specs.base import apply_overrides, validate
 from convlens.specs.train import TrainJob
+from convlens.storage import checkpoint as ckpt
+from convlens.storage.files import read_jsonl
+from convlens.storage.rundir import RunDir
 
 POINTER = "pointer.json"
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import yaml
 
-from convlens.rundir import RunDir, SweepDir, early_stopping_saved, trial_epochs
 from convlens.specs.base import apply_overrides, validate
 from convlens.specs.sweep import SweepJob
 from convlens.specs.train import TrainJob
+from convlens.storage.rundir import RunDir, SweepDir, early_stopping_saved, trial_epochs
 
 
 def run_row(job: SweepJob, tid: str, sampled: dict, error) -> dict:

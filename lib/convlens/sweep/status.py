@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import ray.tune
 
-from convlens.rundir import trial_epochs
+from convlens.storage.rundir import trial_epochs
 from convlens.sweep.results import fmt
 from convlens.sweep.space import trial_id
 from convlens.sweep.trial import trial_index
@@ -120,8 +120,8 @@ class SweepStatus(ray.tune.Callback):
         self.bar, self.start, self.shown = None, time.time(), float("-inf")
 
     def setup(self, **info):
-        from convlens.progress import progress_mode
-        from convlens.raycluster import verbose
+        from convlens.base.progress import progress_mode
+        from convlens.raycluster.env import verbose
         self.start, self.shown = time.time(), float("-inf")
         if progress_mode(quiet=False) == "bar" and not verbose():  # Tune's own lines would break it
             from tqdm import tqdm

@@ -12,11 +12,11 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from convlens.errors import RunStopped
-from convlens.rundir import RunDir, trial_run_name
+from convlens.base.errors import RunStopped
 from convlens.specs.base import apply_overrides, validate
 from convlens.specs.sweep import SweepJob, base_spec
 from convlens.specs.train import TrainJob
+from convlens.storage.rundir import RunDir, trial_run_name
 from convlens.sweep.space import trial_id
 
 STOPPED_VAL_ERROR = 1.0  # what a NaN / stopped trial reports, so it is never the best

@@ -20,23 +20,23 @@ from contextlib import contextmanager
 
 from ray.tune.search.sample import Domain
 
-from convlens.errors import ConfigError
-from convlens.raycluster import forwarded_env, verbose
-from convlens.rundir import SweepDir
+from convlens.base.errors import ConfigError
+from convlens.raycluster.env import forwarded_env, verbose
 from convlens.specs.base import validate
 from convlens.specs.sweep import SweepJob
 from convlens.specs.train import TrainJob
+from convlens.storage.rundir import SweepDir
 from convlens.sweep.results import planned_epochs, rank_rows, run_row, write_outputs
+from convlens.sweep.search import scheduler, searcher, tpe_space
 from convlens.sweep.space import draw_trials, trial_id
 from convlens.sweep.status import SweepStatus
-from convlens.sweep.search import scheduler, searcher, tpe_space
 from convlens.sweep.trial import TRIAL, run_trial, trial_index, trial_spec
 
 
 def sweep(job: SweepJob, resume: bool = False) -> list[dict]:
     """Run (or resume) the sweep; returns the trials.csv rows, best first."""
     from convlens.data.load import fetch
-    from convlens.raycluster import check_fits, ensure_ray
+    from convlens.raycluster.connect import check_fits, ensure_ray
     from convlens.tracking.jobs import close_job, open_sweep_run
     begun = time.time()
     spec = trial_spec(job)
@@ -186,9 +186,9 @@ def close_stopped_trial(row: dict) -> None:
     """An ASHA-stopped trial's actors were killed mid-run: close its W&B run here with every
     epoch it did and the stop reason in its summary."""
     from pathlib import Path
-    from convlens.checkpoint import latest_verified, read_manifest
     from convlens.specs.base import read_yaml
-    from convlens.rundir import RunDir
+    from convlens.storage.checkpoint import latest_verified, read_manifest
+    from convlens.storage.rundir import RunDir
     from convlens.tracking.run import tracking_mode
     from convlens.tracking.tracker import close_run
     run_dir = Path(row["run_dir"])

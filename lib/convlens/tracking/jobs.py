@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from convlens.rundir import RunDir
+from convlens.storage.rundir import RunDir
 from convlens.tracking.run import (RunInfo, checkpoint_artifact, model_tag, new_run_id, open_run, run_id, run_url,
                                    tracking_mode)
 
@@ -52,7 +52,7 @@ class JobRun:
         """Mark a checkpoint as this run's input: the training run's `model-<id>` version with
         the same content. Offline, wandb's public use_artifact refuses; the call below is what it
         makes online for a draft artifact (log it, then record the use), so sync links the same."""
-        from convlens.checkpoint import checkpoint_epoch
+        from convlens.storage.checkpoint import checkpoint_epoch
         art = checkpoint_artifact(folder, train_run_id)
         aliases = [f"epoch-{checkpoint_epoch(Path(folder))}"]
         if self.mode == "online":
@@ -91,7 +91,7 @@ def close_job(runs, failed: bool = False) -> None:
 
 def train_job_of(run_dir: Path):
     """The TrainJob of a training run directory (its config.yaml), or None outside one."""
-    from convlens.errors import ConfigError
+    from convlens.base.errors import ConfigError
     from convlens.specs.base import read_yaml, validate
     from convlens.specs.train import TrainJob
     config = Path(run_dir) / RunDir.CONFIG

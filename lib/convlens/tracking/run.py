@@ -12,9 +12,9 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from convlens.files import write_atomic
-from convlens.raycluster import verbose
-from convlens.rundir import RunDir
+from convlens.raycluster.env import verbose
+from convlens.storage.files import write_atomic
+from convlens.storage.rundir import RunDir
 
 
 def tracking_mode(cfg) -> str:
@@ -99,7 +99,7 @@ def checkpoint_artifact(folder: Path, train_run_id: str):
     which epoch, its validation error and the sha256 of state.pt. The same folder always makes
     the same content digest, so the analysis's copy is the training run's version."""
     import wandb
-    from convlens.checkpoint import read_manifest
+    from convlens.storage.checkpoint import read_manifest
     manifest = read_manifest(folder)
     meta = {"epoch": manifest["epoch"], "val_error": manifest.get("val_error"),
             "sha256": manifest["files"]["state.pt"], "folder": Path(folder).name}

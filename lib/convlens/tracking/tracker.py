@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from convlens.rundir import RunDir
+from convlens.storage.rundir import RunDir
 from convlens.tracking.run import (RunInfo, checkpoint_artifact, model_tag, open_run, run_id, run_url,
                                    tracking_mode)
 
@@ -213,13 +213,13 @@ def define_metrics(run) -> None:
 
 
 def checkpoint_epoch_of(folder: str) -> int:
-    from convlens.checkpoint import checkpoint_epoch
+    from convlens.storage.checkpoint import checkpoint_epoch
     return checkpoint_epoch(Path(folder))
 
 
 def checkpoint_folders(run_dir: Path, best: str | None) -> dict[int, Path]:
     """epoch -> folder over the kept checkpoint_epoch* folders and the best (the former preferred)."""
-    from convlens.checkpoint import checkpoint_epoch
+    from convlens.storage.checkpoint import checkpoint_epoch
     run = RunDir(run_dir)
     found = {checkpoint_epoch(Path(best)): Path(best)} if best and Path(best).is_dir() else {}
     found.update({checkpoint_epoch(p): p for p in run.checkpoints()})

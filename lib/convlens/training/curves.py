@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from convlens.rundir import RunDir  # noqa: E402
+from convlens.storage.rundir import RunDir  # noqa: E402
 
 
 def plot_curves(history: list[dict], run: RunDir, title: str) -> list[Path]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from convlens import checkpoint as ckpt
-from convlens.errors import CheckpointError, RunStopped
-from convlens.rundir import RunDir
+from convlens.base.errors import CheckpointError, RunStopped
+from convlens.storage import checkpoint as ckpt
+from convlens.storage.rundir import RunDir
 
 
 def restore(latest: Path | None, arch: dict, on_corrupt: str) -> tuple[dict | None, Path | None]:

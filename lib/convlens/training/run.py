@@ -7,15 +7,16 @@ import time
 import torch
 import yaml
 
-from convlens import checkpoint as ckpt
+from convlens.base.errors import DataError, JobFailed, RunStopped
+from convlens.base.progress import progress_mode
 from convlens.data.images import ImageData, split_indices
 from convlens.data.load import check_path, load_dataset
-from convlens.errors import DataError, JobFailed, RunStopped
-from convlens.progress import progress_mode
-from convlens.raycluster import WorkerLine, check_fits, ensure_ray, forwarded_env, log_level, worker_resources
-from convlens.restore import load_model_and_data
-from convlens.rundir import RunDir
+from convlens.raycluster.connect import WorkerLine, check_fits, ensure_ray, worker_resources
+from convlens.raycluster.env import forwarded_env, log_level
 from convlens.specs.train import TrainJob
+from convlens.storage import checkpoint as ckpt
+from convlens.storage.restore import load_model_and_data
+from convlens.storage.rundir import RunDir
 from convlens.tracking.tracker import close_run, open_driver, wandb_run_id
 from convlens.training import curves, tasks
 from convlens.training.evaluate import evaluate

@@ -14,12 +14,12 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from convlens import faults
 from convlens.data.augment import Augment
 from convlens.data.images import ImageData, split_indices
-from convlens.models import build_model
-from convlens.rundir import RunDir
+from convlens.models.resnet import build_model
 from convlens.specs.train import TrainJob
+from convlens.storage.rundir import RunDir
+from convlens.testing import faults
 from convlens.training import precise_bn, tasks
 from convlens.training.dist import all_reduce_
 from convlens.training.evaluate import evaluate

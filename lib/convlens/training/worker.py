@@ -16,16 +16,16 @@ from pathlib import Path
 import ray.train
 import ray.train.torch
 
-from convlens import checkpoint as ckpt
+from convlens.base.errors import RunStopped
+from convlens.base.progress import EpochProgress
 from convlens.data.load import load_dataset
-from convlens.errors import RunStopped
-from convlens.raycluster import log_level
-from convlens.rundir import RunDir
+from convlens.raycluster.env import log_level
 from convlens.specs.train import TrainJob
+from convlens.storage import checkpoint as ckpt
+from convlens.storage.rundir import RunDir
 from convlens.tracking.tracker import open_tracker
 from convlens.training import resume
 from convlens.training.dist import all_gather_objects
-from convlens.training.progress import EpochProgress
 from convlens.training.trainer import Trainer
 
 

@@ -20,7 +20,7 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
-from convlens.rundir import RunDir
+from convlens.storage.rundir import RunDir
 
 ENV = "CONVLENS_FAULTS"
 

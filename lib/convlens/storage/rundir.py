@@ -12,7 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
-from convlens.files import read_json, read_jsonl, write_atomic, write_json
+from convlens.storage.files import read_json, read_jsonl, write_atomic, write_json
 
 
 class RunDir:

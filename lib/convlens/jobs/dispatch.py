@@ -1,7 +1,7 @@
 """Any job kind run from its resolved spec: what `convlens <kind> SPEC` and a Slurm job both do."""
 from __future__ import annotations
 
-from convlens.errors import ConfigError
+from convlens.base.errors import ConfigError
 from convlens.specs.load import load_job, step_job
 
 
@@ -19,10 +19,10 @@ def run_job(kind: str, spec, overrides=(), resume: bool = False, collect: bool =
         from convlens.analysis.job import analyze
         return analyze(job)
     if kind == "probe":
-        from convlens.probes import probe
+        from convlens.analysis.probes import probe
         return probe(job)
     if kind == "demo":
-        from convlens.demo import run_demo
+        from convlens.jobs.demo import run_demo
         return run_demo(job)
     if kind == "bench":
         from convlens.bench.pipeline import run_bench

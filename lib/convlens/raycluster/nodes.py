@@ -22,7 +22,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from convlens.launch.allocation import Allocation, cluster_line, ray_start_args
+from convlens.raycluster.allocation import Allocation, cluster_line, ray_start_args
 
 
 def use_token_auth() -> None:
@@ -80,7 +80,7 @@ def ray_log_path(name: str) -> Path:
 
 def start_ray(command: list[str], head: str, log: Path) -> subprocess.Popen:
     """Run `ray start ... --block`; its output goes to log, or to the job log with --verbose."""
-    from convlens.raycluster import verbose
+    from convlens.raycluster.env import verbose
     out = None
     if not verbose():
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -179,7 +179,7 @@ def start_head(ip: str, port: int, alloc: Allocation, timeout: float, tries: int
     """`ray start --head`, and this process connected to it as the driver. Ray gives its raylet a
     fixed 30 s to register, which an overloaded node can miss; the head is then started again."""
     import ray
-    from convlens.raycluster import log_level
+    from convlens.raycluster.env import log_level
     os.environ["RAY_ADDRESS"] = f"{ip}:{port}"
     log = ray_log_path("head")
     for attempt in range(1, tries + 1):
@@ -263,7 +263,7 @@ def check_writable(path: str) -> None:
     """Fail unless every node of the Ray cluster can create a file in `path` (the shared runs root)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-    from convlens.errors import ConfigError
+    from convlens.base.errors import ConfigError
     probe = ray.remote(num_cpus=0)(write_error)
     nodes = [n for n in ray.nodes() if n["Alive"]]
     errors = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from convlens.errors import ConfigError
+from convlens.base.errors import ConfigError
 
 
 class BasicBlock(nn.Module):

@@ -10,11 +10,11 @@ import os
 import time
 from pathlib import Path
 
-from convlens.errors import ConfigError
-from convlens.files import write_json
-from convlens.rundir import DemoDir, SweepDir
+from convlens.base.errors import ConfigError
 from convlens.specs.demo import DemoJob, StepSpec
 from convlens.specs.load import step_job as load_step
+from convlens.storage.files import write_json
+from convlens.storage.rundir import DemoDir, SweepDir
 
 
 def step_job(step: StepSpec, kind: str, extra: dict):
@@ -61,7 +61,7 @@ def run_demo(job: DemoJob) -> Path:
         timed(steps, name, f"training the {name} network", train, train_job)
     outputs = list(runs)
     if probe_job:
-        from convlens.probes import probe
+        from convlens.analysis.probes import probe
         timed(steps, "probes", "probing frozen features (linear, MLP, kNN)", probe, probe_job)
     if sweep_job:
         from convlens.sweep.tune_runner import sweep

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import torch
 
-from convlens.checkpoint import load_checkpoint
 from convlens.data.augment import Augment
 from convlens.data.images import ImageData
 from convlens.data.load import load_dataset
-from convlens.models import ResNet
+from convlens.models.resnet import ResNet
 from convlens.specs.train import DataConfig
+from convlens.storage.checkpoint import load_checkpoint
 
 
 @dataclass

@@ -14,9 +14,9 @@ import os
 import shutil
 from pathlib import Path
 
-from convlens.errors import CheckpointError
-from convlens.files import fsync_dir, write_atomic
-from convlens.rundir import RunDir
+from convlens.base.errors import CheckpointError
+from convlens.storage.files import fsync_dir, write_atomic
+from convlens.storage.rundir import RunDir
 
 FORMAT = "convlens-checkpoint/1"
 STATE = "state.pt"

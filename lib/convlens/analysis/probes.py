@@ -13,15 +13,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from convlens import checkpoint as ckpt
+from convlens.analysis.knn import knn_classify
+from convlens.base.errors import CheckpointError
 from convlens.data.images import ImageData
-from convlens.errors import CheckpointError
-from convlens.files import write_atomic
-from convlens.knn import knn_classify
-from convlens.models import ResNet
-from convlens.restore import load_model_and_data
-from convlens.rundir import RunDir
+from convlens.models.resnet import ResNet
 from convlens.specs.probe import ProbeJob
+from convlens.storage import checkpoint as ckpt
+from convlens.storage.files import write_atomic
+from convlens.storage.restore import load_model_and_data
+from convlens.storage.rundir import RunDir
 from convlens.tracking.jobs import close_job, log_probe, open_linked_runs
 
 
