@@ -76,9 +76,7 @@ def outcome(kind: str, spec_path: str) -> str:
 def wandb_group(job) -> str | None:
     """The W&B group a job's runs go to: a training run's tracking.group or else its name, a
     sweep's group; None for the analysis and probe jobs, whose runs join each analysed run's group."""
-    if job.kind == "train":
-        return job.tracking.group or job.run.name
-    return job.group if job.kind == "sweep" else None
+    return job.group if job.kind in ("train", "sweep") else None
 
 
 def sweep_outcome(trials: Path, name: str, group: str | None) -> str:

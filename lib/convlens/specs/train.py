@@ -202,3 +202,8 @@ class TrainJob(Strict):
     @property
     def run_dir(self) -> Path:
         return Path(self.run.root).expanduser().resolve() / self.run.name
+
+    @property
+    def group(self) -> str:
+        """The W&B group of the run and of the analysis and probe runs linked to it."""
+        return self.tracking.group or self.run.name

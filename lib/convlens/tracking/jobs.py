@@ -114,7 +114,7 @@ def open_linked_run(run_dir: Path, job_type: str, name: str, folder: Path | None
     if train is None or tracking_mode(train.tracking) == "disabled" or not id_file.is_file():
         return None
     cfg = train.tracking
-    info = RunInfo(id=new_run_id(), name=name, group=cfg.group or train.run.name, job_type=job_type,
+    info = RunInfo(id=new_run_id(), name=name, group=train.group, job_type=job_type,
                    dir=Path(cfg.dir).expanduser() if cfg.dir else Path(folder or run_dir),
                    tags=[train.run.task, train.data.dataset, model_tag(train.model.model_dump()), *cfg.tags],
                    config={**config, "train_run": train.run.name, "train_run_id": id_file.read_text().strip()})

@@ -103,7 +103,7 @@ def train_run_info(job, run_dir: Path) -> RunInfo:
     """group: tracking.group (the sweep or the demo) or the run's name; sweep parameters as
     top-level config keys, so the runs table and parallel coordinates show them."""
     cfg = job.tracking
-    return RunInfo(id=run_id(run_dir), name=job.run.name, group=cfg.group or job.run.name, job_type="train",
+    return RunInfo(id=run_id(run_dir), name=job.run.name, group=job.group, job_type="train",
                    dir=Path(cfg.dir).expanduser() if cfg.dir else Path(run_dir),
                    tags=[job.run.task, job.data.dataset, model_tag(job.model.model_dump()), *cfg.tags],
                    config={**job.model_dump(mode="json"), **cfg.params})
