@@ -57,8 +57,15 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor,
     return perm[n_val:].sort().values, perm[:n_val].sort().values
 
 
+def subset_indices(total: int, n: int | None, seed: int) -> torch.Tensor | None:
+    """A seeded sorted choice of n of range(total); None where n keeps them all."""
+    if n is None or n >= total:
+        return None
+    return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+
+
 def subset(x: torch.Tensor, y: torch.Tensor, n: int | None, seed: int):
-    if n is None or n >= len(y):
+    idx = subset_indices(len(y), n, seed)
+    if idx is None:
         return x, y
-    idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:n].sort().values
     return x[idx].contiguous(), y[idx].contiguous()

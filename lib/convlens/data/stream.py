@@ -1,0 +1,158 @@
+"""An image folder streamed through Ray Data instead of held decoded in every Train worker.
+
+The driver lists the files (folder_index.py); reading, decoding and resizing run as Ray Data
+tasks in the CPUs the Train workers leave free, and each worker takes its shard of every split
+through Ray Train's dataset sharding, as uint8 batches for the same on-device augmentation as
+the in-memory path. An unreadable file becomes a row marked with its error, which the worker
+drops and counts: one bad JPEG must not end an epoch halfway.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from convlens.data.folder_index import FolderIndex, Items
+from convlens.data.image_folder import decode_image
+from convlens.base.errors import ConfigError
+
+DECODE_BATCH = 32  # images per decoding task call: small, so the first batch comes quickly
+STATS_IMAGES = 2048  # training images the normalization statistics are taken from
+
+
+def node_memory_gb() -> float:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+
+
+def memory_budget_gb(cfg) -> float:
+    return cfg.memory_budget_gb or node_memory_gb() / 4
+
+
+def decide(cfg, index: FolderIndex) -> tuple[bool, str]:
+    """Whether to stream, and the line that says which path and why."""
+    size, budget = index.decoded_gb(cfg.image_size), memory_budget_gb(cfg)
+    figures = (f"{len(index.train)} training images at {cfg.image_size} px take {size:.2f} GB decoded, "
+               f"data.memory_budget_gb {budget:.2f}")
+    if cfg.stream != "auto":
+        return cfg.stream, f"data.stream = {str(cfg.stream).lower()}: {'streaming' if cfg.stream else 'in memory'} ({figures})"
+    stream = size > budget
+    return stream, f"data.stream = auto: {'streaming' if stream else 'in memory'} ({figures})"
+
+
+def decode_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    """Ray Data's decoding step: paths and labels in, (B, 3, size, size) uint8 images out, with
+    `error` empty or naming what made a file unreadable (its image then zeros)."""
+    images, errors = [], []
+    for path in batch["path"]:
+        try:
+            images.append(decode_image(path, size))
+            errors.append("")
+        except Exception as err:  # PIL raises many kinds for a damaged file
+            images.append(np.zeros((3, size, size), np.uint8))
+            errors.append(type(err).__name__)
+    return {"image": np.stack(images), "label": batch["label"].astype(np.int64), "path": batch["path"],
+            "error": np.array(errors, dtype=object)}
+
+
+def image_dataset(items: Items, size: int, shuffle: bool = False):
+    """A Ray Dataset of the decoded images; shuffle: a new order of the files every epoch."""
+    import ray.data
+    ds = ray.data.from_items([{"path": p, "label": label} for p, label in items])
+    if shuffle:  # of the file names, before decoding: cheap
+        ds = ds.random_shuffle()
+    return ds.map_batches(decode_batch, fn_kwargs={"size": size}, batch_size=DECODE_BATCH, batch_format="numpy")
+
+
+def channel_sums(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-channel sums of x and x^2 over a decoded batch's readable images, in [0, 1] units."""
+    x = batch["image"][batch["error"] == ""].astype(np.float64) / 255
+    return {"sum": x.sum((0, 2, 3))[None], "sq": (x ** 2).sum((0, 2, 3))[None],
+            "n": np.array([x.shape[0] * x.shape[2] * x.shape[3]])}
+
+
+def mean_std(items: Items, size: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the first STATS_IMAGES training images, decoded by Ray Data
+    (the in-memory path takes the same images' statistics while there are at most that many)."""
+    sums = image_dataset(items[:STATS_IMAGES], size).map_batches(channel_sums, batch_format="numpy")
+    rows = sums.take_all()
+    s, sq = sum(r["sum"] for r in rows), sum(r["sq"] for r in rows)
+    n = sum(int(r["n"]) for r in rows)
+    mean = s / n
+    std = np.sqrt(np.maximum(sq - n * mean ** 2, 0) / max(n - 1, 1))
+    return mean.tolist(), std.tolist()
+
+
+@dataclass
+class StreamedData:
+    """The driver's view of a streamed dataset: its files and splits, classes and statistics."""
+    index: FolderIndex
+    image_size: int
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+    @property
+    def classes(self) -> list[str]:
+        return self.index.classes
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.index.classes)
+
+    in_chans = 3  # decode_image makes every image RGB
+
+    def measure(self) -> None:
+        """Fill mean and std (Ray must be up: its tasks decode the images)."""
+        self.mean, self.std = mean_std(self.index.train, self.image_size)
+
+    def mean_std(self) -> tuple[list[float], list[float]]:
+        return self.mean, self.std
+
+    def norm_stats(self, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.tensor(self.mean, device=device).view(1, -1, 1, 1),
+                torch.tensor(self.std, device=device).view(1, -1, 1, 1))
+
+    def datasets(self, job) -> dict:
+        """The splits the Train workers shard: training (reshuffled every epoch), validation and
+        the fixed images precise batch norm recomputes its statistics on."""
+        train, val = self.index.train_val(job.data.val_fraction, job.run.seed)
+        n_bn = min(job.run.precise_bn_images, len(train)) // job.data.batch_size * job.data.batch_size
+        out = {"train": image_dataset(train, self.image_size, shuffle=True),
+               "val": image_dataset(val, self.image_size)}
+        return {**out, "bn": image_dataset(train[:n_bn], self.image_size)} if n_bn else out
+
+    def test_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The test split's readable images, decoded by Ray Data, for the driver's final test."""
+        ds = image_dataset(self.index.test, self.image_size)
+        for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
+            ok = batch["error"] == ""
+            yield torch.from_numpy(batch["image"][ok]), torch.from_numpy(batch["label"][ok])
+
+    def worker_config(self, job) -> dict:
+        """What a Train worker needs besides its shards."""
+        n_train = len(self.index.train_val(job.data.val_fraction, job.run.seed)[0])
+        bn = min(job.run.precise_bn_images, n_train) >= job.data.batch_size
+        return {"classes": self.classes, "n_train": n_train, "mean": self.mean, "std": self.std, "bn": bn}
+
+
+def data_config(run):
+    """Ray Train's DataConfig: Ray Data plans with the cluster's CPUs less the Train workers'
+    (Ray Train V2 does not subtract them itself, and Data would count on CPUs it cannot get)."""
+    import ray.train
+    from ray.data import ExecutionOptions, ExecutionResources
+    reserved = ExecutionResources(cpu=run.workers * run.cpus_per_worker,
+                                  gpu=run.workers * run.gpus_per_worker if run.use_gpu else 0)
+    return ray.train.DataConfig(execution_options=ExecutionOptions(exclude_resources=reserved))
+
+
+def check_cpus_left(run) -> None:
+    """Fail now if the Train workers would hold every CPU: Ray Data could decode nothing and the
+    first batch would never come."""
+    import ray
+    total = ray.cluster_resources().get("CPU", 0)
+    if total - run.workers * run.cpus_per_worker < 1 - 1e-9:
+        raise ConfigError(f"data.stream: run.workers = {run.workers} x run.cpus_per_worker = {run.cpus_per_worker:g} "
+                          f"leaves under one of the Ray cluster's {total:g} CPUs to decode the streamed images; "
+                          f"lower run.cpus_per_worker (e.g. {max(0.5, (total - 1) / run.workers):g})")

@@ -1,0 +1,112 @@
+"""A Trainer whose images stream in as this rank's Ray Data shards (data/stream.py) instead of
+lying on its device: the same steps, augmentation, precise batch norm and validation.
+
+Ray Train splits every dataset into equal shards, so every rank takes the same number of
+batches: DDP's collectives stay in step. An unreadable image leaves its batch one image short
+and is counted; each rank names its epoch's count and first such file in one line.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from convlens.training.evaluate import evaluate_batches
+from convlens.training.trainer import Trainer
+
+
+@dataclass
+class ShardData:
+    """A worker's view of a streamed dataset: its shards and what the driver measured."""
+    shards: dict  # split name -> ray.data.DataIterator
+    classes: list[str]
+    n_train: int
+    mean: list[float]
+    std: list[float]
+    in_chans: int = 3
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def norm_stats(self, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.tensor(self.mean, device=device).view(1, -1, 1, 1),
+                torch.tensor(self.std, device=device).view(1, -1, 1, 1))
+
+
+class Skipped:
+    """Unreadable images met in one epoch: their count and the first one."""
+
+    def __init__(self):
+        self.count, self.first = 0, None
+
+    def note(self, paths: np.ndarray, errors: np.ndarray) -> None:
+        if self.first is None and len(paths):
+            self.first = f"{paths[0]} ({errors[0]})"
+        self.count += len(paths)
+
+    def line(self, name: str, epoch: int, rank: int) -> str | None:
+        if not self.count:
+            return None
+        return (f"[convlens] {name} epoch {epoch}: rank {rank} skipped {self.count} unreadable "
+                f"image(s), the first {self.first}")
+
+
+def shard_batches(shard, batch_size: int, device, skipped: Skipped, drop_last: bool
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
+    """(uint8 images, labels) on the device and the readable rows' mask, per batch of the shard."""
+    for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=drop_last,
+                                    prefetch_batches=2):
+        ok = batch["error"] == ""
+        if not ok.all():
+            skipped.note(batch["path"][~ok], batch["error"][~ok])
+        images, labels = batch["image"][ok], batch["label"][ok]  # a copy: Ray's arrays are read-only
+        yield (torch.from_numpy(images).to(device, non_blocking=True),
+               torch.from_numpy(labels).to(device, non_blocking=True), ok)
+
+
+class StreamTrainer(Trainer):
+    def use_data(self, data: ShardData) -> int:
+        self.shards, self.skipped = data.shards, Skipped()
+        return data.n_train
+
+    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's steps of the epoch as its shard delivers them (Ray Data reshuffles the files
+        every epoch); the random crop and flip come from the epoch's plan by stream position."""
+        B, b = self.job.data.batch_size, self.local_batch
+        plan = self.augment.plan(self.steps * B, self.job.run.seed, epoch).to(self.device)
+        stream = shard_batches(self.shards["train"], b, self.device, self.skipped, drop_last=True)
+        for step, (x, y, ok) in zip(range(self.steps), stream):
+            start = step * B + self.rank * b
+            pos = torch.arange(start, start + b, device=self.device)[torch.from_numpy(ok).to(self.device)]
+            yield self.inputs(self.augment.train(x, plan, pos), y)
+
+    def bn_batches(self) -> Iterator[torch.Tensor]:
+        if "bn" not in self.shards:
+            return
+        for x, y, _ in shard_batches(self.shards["bn"], self.local_batch, self.device, self.skipped, drop_last=True):
+            yield self.inputs(self.augment.eval(x), y)[0]
+
+    def validate(self) -> dict:
+        batches = ((x, y) for x, y, _ in shard_batches(self.shards["val"], self.job.run.eval_batch_size,
+                                                        self.device, self.skipped, drop_last=False))
+        return evaluate_batches(self.model, batches, self.job.run.task, self.num_out, self.augment.eval,
+                                self.device, self.amp, self.channels_last)
+
+    def run_epoch(self, epoch: int, on_step=None) -> dict:
+        metrics = super().run_epoch(epoch, on_step)
+        line = self.skipped.line(self.job.run.name, epoch, self.rank)
+        if line:
+            print(line, flush=True)
+        self.skipped = Skipped()
+        return metrics
+
+
+def shard_data(streamed: dict) -> ShardData:
+    """This rank's shards of every streamed split, with the driver's worker_config."""
+    import ray.train
+    names = ("train", "val", "bn") if streamed["bn"] else ("train", "val")
+    shards = {name: ray.train.get_dataset_shard(name) for name in names}
+    return ShardData(shards, streamed["classes"], streamed["n_train"], streamed["mean"], streamed["std"])
