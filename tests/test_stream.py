@@ -100,10 +100,11 @@ def test_a_short_streamed_run_learns_despite_a_bad_file(ray_cluster, tiny_job, p
     (folder / "class1" / "zz-broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     job = folder_job(tiny_job, folder, "streamed", run={"quiet": False}, optim={"lr": 0.05})
     summary = train(job)
-    assert summary["test_accuracy"] > 0.7  # chance: 1/3
+    assert summary["test_accuracy"] > 0.55  # chance: 1/3
     assert [m["epoch"] for m in read_metrics(job.run_dir)] == [1, 2]
     out = capfd.readouterr().out
     assert "data.stream = true: streaming (289 training images" in out
+    assert "streamed epoch 1: rank 0 skipped 1 unreadable image(s), the first " in out and "zz-broken.png (" in out
 
 
 def test_resume_continues_a_streamed_run(ray_cluster, tiny_job, png_folder, monkeypatch):

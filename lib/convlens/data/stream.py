@@ -15,11 +15,13 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from convlens.base.errors import ConfigError
 from convlens.data.folder_index import FolderIndex, Items
 from convlens.data.image_folder import decode_image
-from convlens.base.errors import ConfigError
+from convlens.raycluster.env import verbose
 
-DECODE_BATCH = 32  # images per decoding task call: small, so the first batch comes quickly
+DECODE_BATCH = 32  # images per decoding call: small, so the first batch comes quickly
+BLOCK_ROWS = 128  # files per block (and decoding task): a task per file would cost more than its decoding
 STATS_IMAGES = 2048  # training images the normalization statistics are taken from
 
 
@@ -57,12 +59,32 @@ def decode_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarra
             "error": np.array(errors, dtype=object)}
 
 
-def image_dataset(items: Items, size: int, shuffle: bool = False):
-    """A Ray Dataset of the decoded images; shuffle: a new order of the files every epoch."""
+def quiet_data() -> None:
+    """Ray Data's progress bars and per-execution log lines stay off unless --verbose (the
+    datasets, and the Train workers, take the driver's DataContext with them)."""
+    import logging
+    from ray.data import DataContext
+    if verbose():
+        return
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = ctx.print_on_execution_start = ctx.enable_auto_log_stats = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+
+
+def image_dataset(items: Items, size: int, shuffle_seed: int | None = None):
+    """A Ray Dataset of the decoded images. shuffle_seed: the files in a seeded order whose
+    blocks come in a new seeded order every epoch (Ray Data's cheap alternative to a global
+    shuffle; the worker's local shuffle buffer mixes the blocks' rows)."""
     import ray.data
-    ds = ray.data.from_items([{"path": p, "label": label} for p, label in items])
-    if shuffle:  # of the file names, before decoding: cheap
-        ds = ds.random_shuffle()
+    from ray.data import RandomSeedConfig
+    quiet_data()
+    if shuffle_seed is not None:
+        order = torch.randperm(len(items), generator=torch.Generator().manual_seed(shuffle_seed)).tolist()
+        items = [items[i] for i in order]
+    ds = ray.data.from_items([{"path": p, "label": label} for p, label in items],
+                             override_num_blocks=max(1, -(-len(items) // BLOCK_ROWS)))
+    if shuffle_seed is not None:
+        ds = ds.randomize_block_order(seed=RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True))
     return ds.map_batches(decode_batch, fn_kwargs={"size": size}, batch_size=DECODE_BATCH, batch_format="numpy")
 
 
@@ -119,7 +141,7 @@ class StreamedData:
         the fixed images precise batch norm recomputes its statistics on."""
         train, val = self.index.train_val(job.data.val_fraction, job.run.seed)
         n_bn = min(job.run.precise_bn_images, len(train)) // job.data.batch_size * job.data.batch_size
-        out = {"train": image_dataset(train, self.image_size, shuffle=True),
+        out = {"train": image_dataset(train, self.image_size, shuffle_seed=job.run.seed),
                "val": image_dataset(val, self.image_size)}
         return {**out, "bn": image_dataset(train[:n_bn], self.image_size)} if n_bn else out
 
@@ -140,11 +162,11 @@ class StreamedData:
 def data_config(run):
     """Ray Train's DataConfig: Ray Data plans with the cluster's CPUs less the Train workers'
     (Ray Train V2 does not subtract them itself, and Data would count on CPUs it cannot get)."""
+    import ray
     import ray.train
     from ray.data import ExecutionOptions, ExecutionResources
-    reserved = ExecutionResources(cpu=run.workers * run.cpus_per_worker,
-                                  gpu=run.workers * run.gpus_per_worker if run.use_gpu else 0)
-    return ray.train.DataConfig(execution_options=ExecutionOptions(exclude_resources=reserved))
+    free = ray.cluster_resources().get("CPU", 0) - run.workers * run.cpus_per_worker
+    return ray.train.DataConfig(execution_options=ExecutionOptions(resource_limits=ExecutionResources(cpu=free)))
 
 
 def check_cpus_left(run) -> None:

@@ -7,14 +7,19 @@ and is counted; each rank names its epoch's count and first such file in one lin
 """
 from __future__ import annotations
 
+import resource
+import time
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 import torch
 
+from convlens.training.dist import all_gather_objects
 from convlens.training.evaluate import evaluate_batches
 from convlens.training.trainer import Trainer
+
+SHUFFLE_BATCHES = 8
 
 
 @dataclass
@@ -37,15 +42,20 @@ class ShardData:
 
 
 class Skipped:
-    """Unreadable images met in one epoch: their count and the first one."""
+    """Unreadable files met in one epoch (each once, though training, precise batch norm and
+    validation may each meet it): their count and the first one."""
 
     def __init__(self):
-        self.count, self.first = 0, None
+        self.paths, self.first = set(), None
+
+    @property
+    def count(self) -> int:
+        return len(self.paths)
 
     def note(self, paths: np.ndarray, errors: np.ndarray) -> None:
         if self.first is None and len(paths):
             self.first = f"{paths[0]} ({errors[0]})"
-        self.count += len(paths)
+        self.paths.update(paths.tolist())
 
     def line(self, name: str, epoch: int, rank: int) -> str | None:
         if not self.count:
@@ -54,11 +64,13 @@ class Skipped:
                 f"image(s), the first {self.first}")
 
 
-def shard_batches(shard, batch_size: int, device, skipped: Skipped, drop_last: bool
+def shard_batches(shard, batch_size: int, device, skipped: Skipped, drop_last: bool, shuffle: bool = False
                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
-    """(uint8 images, labels) on the device and the readable rows' mask, per batch of the shard."""
+    """(uint8 images, labels) on the device and the readable rows' mask, per batch of the shard;
+    shuffle: rows mixed in a buffer of SHUFFLE_BATCHES batches (training)."""
+    buffer = SHUFFLE_BATCHES * batch_size if shuffle else None
     for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=drop_last,
-                                    prefetch_batches=2):
+                                    prefetch_batches=2, local_shuffle_buffer_size=buffer):
         ok = batch["error"] == ""
         if not ok.all():
             skipped.note(batch["path"][~ok], batch["error"][~ok])
@@ -69,7 +81,7 @@ def shard_batches(shard, batch_size: int, device, skipped: Skipped, drop_last: b
 
 class StreamTrainer(Trainer):
     def use_data(self, data: ShardData) -> int:
-        self.shards, self.skipped = data.shards, Skipped()
+        self.shards, self.skipped, self.first_batch_seconds = data.shards, Skipped(), None
         return data.n_train
 
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -77,8 +89,11 @@ class StreamTrainer(Trainer):
         every epoch); the random crop and flip come from the epoch's plan by stream position."""
         B, b = self.job.data.batch_size, self.local_batch
         plan = self.augment.plan(self.steps * B, self.job.run.seed, epoch).to(self.device)
-        stream = shard_batches(self.shards["train"], b, self.device, self.skipped, drop_last=True)
+        stream = shard_batches(self.shards["train"], b, self.device, self.skipped, drop_last=True, shuffle=True)
+        asked = time.perf_counter()
         for step, (x, y, ok) in zip(range(self.steps), stream):
+            if step == 0:
+                self.first_batch_seconds = time.perf_counter() - asked
             start = step * B + self.rank * b
             pos = torch.arange(start, start + b, device=self.device)[torch.from_numpy(ok).to(self.device)]
             yield self.inputs(self.augment.train(x, plan, pos), y)
@@ -96,12 +111,18 @@ class StreamTrainer(Trainer):
                                 self.device, self.amp, self.channels_last)
 
     def run_epoch(self, epoch: int, on_step=None) -> dict:
+        """The in-memory path's metrics, plus how long the first batch took to come and every
+        rank's peak resident memory (what streaming is for)."""
         metrics = super().run_epoch(epoch, on_step)
+        if "stop_reason" in metrics:
+            return metrics
         line = self.skipped.line(self.job.run.name, epoch, self.rank)
         if line:
             print(line, flush=True)
         self.skipped = Skipped()
-        return metrics
+        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux: KiB
+        return {**metrics, "first_batch_seconds": self.first_batch_seconds,
+                "peak_rss_gb": all_gather_objects(round(peak_gb, 3))}
 
 
 def shard_data(streamed: dict) -> ShardData:

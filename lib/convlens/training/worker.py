@@ -34,6 +34,7 @@ def train_worker(config: dict) -> None:
     # Ray Train logs an INFO line per rank and report through a logger its LoggingConfig does
     # not reach (named after a file path); the worker's root level hides it unless --verbose.
     logging.getLogger().setLevel(log_level())
+    logging.getLogger("ray.data").setLevel(log_level())  # a streamed run's shards: Ray Data's own logger
     job = TrainJob.model_validate(config["job"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
