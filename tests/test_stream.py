@@ -35,8 +35,7 @@ def png_folder(tmp_path_factory):
 def folder_job(tiny_job, path, name, stream=True, **sections):
     data = {"dataset": "image_folder", "path": str(path), "image_size": 28, "stream": stream,
             "train_subset": None, "test_subset": None, "batch_size": 32, **sections.pop("data", {})}
-    return tiny_job(name, data=data, run={"epochs": 2, **sections.pop("run", {})},
-                    model={"layers": [1, 1], "width": 8}, **sections)
+    return tiny_job(name, data=data, run={"epochs": 2, **sections.pop("run", {})}, **sections)
 
 
 def test_streamed_split_labels_classes_and_pixels_match_in_memory(ray_cluster, png_folder, tmp_path):
@@ -121,3 +120,16 @@ def test_resume_continues_a_streamed_run(ray_cluster, tiny_job, png_folder, monk
 def test_stream_job_spec_names_the_field():
     with pytest.raises(ValidationError, match="stream"):
         TrainJob.model_validate({"data": {"dataset": "cifar10", "path": "/tmp", "stream": True}})
+
+
+def test_two_workers_stream_equal_shards(ray_cluster, tiny_job, png_folder):
+    """DDP over a streamed folder: each rank takes its shard of every split (the same number of
+    batches, or the collectives would hang) and the run learns as one worker's does."""
+    from convlens.training.run import train
+    job = folder_job(tiny_job, png_folder, "stream-ddp", run={"workers": 2},
+                     model={"layers": [1, 1], "width": 8, "sync_bn": True})
+    summary = train(job)
+    history = read_metrics(job.run_dir)
+    assert [m["steps"] for m in history] == [8, 16]
+    assert len(history[-1]["peak_rss_gb"]) == 2 and history[-1]["first_batch_seconds"] > 0
+    assert summary["test_accuracy"] > 0.55 and summary["workers"] == 2
