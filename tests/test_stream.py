@@ -133,3 +133,13 @@ def test_two_workers_stream_equal_shards(ray_cluster, tiny_job, png_folder):
     assert [m["steps"] for m in history] == [8, 16]
     assert len(history[-1]["peak_rss_gb"]) == 2 and history[-1]["first_batch_seconds"] > 0
     assert summary["test_accuracy"] > 0.55 and summary["workers"] == 2
+
+
+def test_workers_holding_every_cpu_are_refused_before_they_start(ray_cluster, tiny_job, png_folder):
+    """Ray Data would get no CPU to decode with, and the first batch would never come."""
+    from convlens.errors import ConfigError
+    from convlens.training.run import train
+    job = folder_job(tiny_job, png_folder, "stream-no-cpu", run={"workers": 4})
+    with pytest.raises(ConfigError, match=r"run.cpus_per_worker = 1 leaves under one of the Ray cluster's 4 CPUs"):
+        train(job)
+    assert not job.run_dir.exists()
