@@ -12,7 +12,7 @@ from conftest import FMNIST, assert_nothing_lost, inject, read_metrics, steps_pe
 from convlens.data.folder_index import index_folder
 from convlens.data.load import load_dataset
 from convlens.data.stream import StreamedData, decide, image_dataset
-from convlens.errors import DataError
+from convlens.base.errors import DataError
 from convlens.specs.train import DataConfig, TrainJob
 from convlens.training.streamed import Skipped, shard_batches
 
@@ -137,7 +137,7 @@ def test_two_workers_stream_equal_shards(ray_cluster, tiny_job, png_folder):
 
 def test_workers_holding_every_cpu_are_refused_before_they_start(ray_cluster, tiny_job, png_folder):
     """Ray Data would get no CPU to decode with, and the first batch would never come."""
-    from convlens.errors import ConfigError
+    from convlens.base.errors import ConfigError
     from convlens.training.run import train
     job = folder_job(tiny_job, png_folder, "stream-no-cpu", run={"workers": 4})
     with pytest.raises(ConfigError, match=r"run.cpus_per_worker = 1 leaves under one of the Ray cluster's 4 CPUs"):

@@ -107,7 +107,7 @@ def main(argv=None) -> None:
     parser.add_argument("--budget-gb", type=float, default=0.5, help="(b): data.memory_budget_gb")
     parser.add_argument("--steps", type=int, default=60, help="(b): training steps")
     args = parser.parse_args(argv)
-    from convlens.raycluster import prepare_environment
+    from convlens.raycluster.env import prepare_environment
     prepare_environment()  # before ray is imported: Ray Train V2, quiet Ray Data
     with tempfile.TemporaryDirectory(prefix="convlens-bench-stream-") as tmp:
         work = Path(args.work or tmp)
