@@ -29,6 +29,8 @@ from convlens.training.syncbn import convert_to_global_bn
 
 
 class Trainer:
+    streamed = False  # StreamTrainer: the images come from Ray Data shards
+
     def __init__(self, job: TrainJob, data: ImageData, rank: int = 0, world: int = 1,
                  device: torch.device = torch.device("cpu"), wrap: Callable = lambda model: model):
         """wrap: what makes the model distributed (Ray Train's prepare_model); identity alone."""
@@ -179,7 +181,13 @@ class Trainer:
                 "scheduler": self.sched.state_dict(), "epoch": self.epoch, "arch": self.arch,
                 "task": self.job.run.task, "classes": self.class_names,
                 "config": self.job.model_dump(mode="json"), "history": self.history, "best": self.best,
-                "optimizer_steps": self.optimizer_steps}
+                "optimizer_steps": self.optimizer_steps, "data": self.data_record()}
+
+    def data_record(self) -> dict:
+        """What a reader of the checkpoint needs to feed the network as the run did without
+        reading the training set again: the normalization, and whether the images streamed."""
+        return {"mean": self.augment.mean.flatten().tolist(), "std": self.augment.std.flatten().tolist(),
+                "streamed": self.streamed}
 
     def load_state_dict(self, state: dict) -> None:
         self.raw_model.load_state_dict(strip_prefix(state["model"]), strict=True)
