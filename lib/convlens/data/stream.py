@@ -18,15 +18,20 @@ import torch
 from convlens.base.errors import ConfigError
 from convlens.data.folder_index import FolderIndex, Items
 from convlens.data.image_folder import decode_image
+from convlens.raycluster import allocation
 from convlens.raycluster.env import verbose
 
 DECODE_BATCH = 32  # images per decoding call: small, so the first batch comes quickly
 BLOCK_ROWS = 128  # files per block (and decoding task): a task per file would cost more than its decoding
 STATS_IMAGES = 2048  # training images the normalization statistics are taken from
+EVAL_PIXELS = 512 * 64 * 64  # an evaluation batch's pixels at most: 512 images of 64 px, 41 of 224 px
 
 
 def node_memory_gb() -> float:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    """The memory this job has on its node: what Slurm granted it where it set a limit, else the
+    machine's (every node of a Slurm job is granted the same)."""
+    granted = allocation.granted(cpus=0, gpus=0).mem_bytes
+    return (granted or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) / 1e9
 
 
 def memory_budget_gb(cfg) -> float:
@@ -42,6 +47,15 @@ def decide(cfg, index: FolderIndex) -> tuple[bool, str]:
         return cfg.stream, f"data.stream = {str(cfg.stream).lower()}: {'streaming' if cfg.stream else 'in memory'} ({figures})"
     stream = size > budget
     return stream, f"data.stream = auto: {'streaming' if stream else 'in memory'} ({figures})"
+
+
+def eval_batch_size(job) -> int:
+    """run.eval_batch_size, capped to EVAL_PIXELS' worth of the network's input (but never under a
+    worker's training batch): at 224 px a batch of 512 would add about 1 GB of activations to
+    the worker, more than all its streamed data."""
+    side = job.data.resize or job.data.image_size
+    cap = max(job.data.batch_size // job.run.workers, EVAL_PIXELS // side ** 2)
+    return min(job.run.eval_batch_size, cap)
 
 
 def decode_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
@@ -146,11 +160,16 @@ class StreamedData:
         return {**out, "bn": image_dataset(train[:n_bn], self.image_size)} if n_bn else out
 
     def test_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The test split's readable images, decoded by Ray Data, for the driver's final test."""
+        """The test split's readable images, decoded by Ray Data, for the driver's final test;
+        one line names the unreadable ones' count and the first."""
         ds = image_dataset(self.index.test, self.image_size)
+        bad = []
         for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
             ok = batch["error"] == ""
+            bad += [f"{p} ({e})" for p, e in zip(batch["path"][~ok], batch["error"][~ok])]
             yield torch.from_numpy(batch["image"][ok]), torch.from_numpy(batch["label"][ok])
+        if bad:
+            print(f"[convlens] test split: skipped {len(bad)} unreadable image(s), the first {bad[0]}", flush=True)
 
     def worker_config(self, job) -> dict:
         """What a Train worker needs besides its shards."""

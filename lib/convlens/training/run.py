@@ -181,7 +181,7 @@ def test_checkpoint(folder, data: ImageData, job: TrainJob) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     loaded = load_model_and_data(folder, device, data=data)
     if isinstance(data, StreamedData):
-        return evaluate_batches(loaded.model, data.test_batches(job.run.eval_batch_size), job.run.task,
+        return evaluate_batches(loaded.model, data.test_batches(stream.eval_batch_size(job)), job.run.task,
                                 loaded.model.arch["num_classes"], loaded.prepare, device)
     return evaluate(loaded.model, data.test_x, data.test_y, job.run.task, loaded.model.arch["num_classes"],
                     loaded.prepare, job.run.eval_batch_size, device)

@@ -3,7 +3,7 @@ lying on its device: the same steps, augmentation, precise batch norm and valida
 
 Ray Train splits every dataset into equal shards, so every rank takes the same number of
 batches: DDP's collectives stay in step. An unreadable image leaves its batch one image short
-and is counted; each rank names its epoch's count and first such file in one line.
+and is counted; rank 0 names the epoch's count, over every rank, and the first such file in one line.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from convlens.data.stream import eval_batch_size
 from convlens.training.dist import all_gather_objects
 from convlens.training.evaluate import evaluate_batches
 from convlens.training.trainer import Trainer
@@ -42,26 +43,34 @@ class ShardData:
 
 
 class Skipped:
-    """Unreadable files met in one epoch (each once, though training, precise batch norm and
-    validation may each meet it): their count and the first one."""
+    """Unreadable files met in one epoch, each counted once though training, precise batch norm
+    and validation, on any rank, may each meet it: path -> error, in the order first met."""
 
-    def __init__(self):
-        self.paths, self.first = set(), None
+    def __init__(self, errors: dict[str, str] | None = None):
+        self.errors = dict(errors or {})
 
     @property
     def count(self) -> int:
-        return len(self.paths)
+        return len(self.errors)
 
     def note(self, paths: np.ndarray, errors: np.ndarray) -> None:
-        if self.first is None and len(paths):
-            self.first = f"{paths[0]} ({errors[0]})"
-        self.paths.update(paths.tolist())
+        for path, error in zip(paths.tolist(), errors.tolist()):
+            self.errors.setdefault(path, error)
 
-    def line(self, name: str, epoch: int, rank: int) -> str | None:
+    @classmethod
+    def merged(cls, ranks: list[dict[str, str]]) -> Skipped:
+        """Every rank's files (all_gather_objects of each rank's `errors`), rank 0's first."""
+        out = cls()
+        for errors in ranks:
+            for path, error in errors.items():
+                out.errors.setdefault(path, error)
+        return out
+
+    def line(self, name: str, epoch: int) -> str | None:
         if not self.count:
             return None
-        return (f"[convlens] {name} epoch {epoch}: rank {rank} skipped {self.count} unreadable "
-                f"image(s), the first {self.first}")
+        path, error = next(iter(self.errors.items()))
+        return f"[convlens] {name} epoch {epoch}: skipped {self.count} unreadable image(s), the first {path} ({error})"
 
 
 def shard_batches(shard, batch_size: int, device, skipped: Skipped, drop_last: bool, shuffle: bool = False
@@ -80,6 +89,8 @@ def shard_batches(shard, batch_size: int, device, skipped: Skipped, drop_last: b
 
 
 class StreamTrainer(Trainer):
+    streamed = True
+
     def use_data(self, data: ShardData) -> int:
         self.shards, self.skipped, self.first_batch_seconds = data.shards, Skipped(), None
         return data.n_train
@@ -105,24 +116,25 @@ class StreamTrainer(Trainer):
             yield self.inputs(self.augment.eval(x), y)[0]
 
     def validate(self) -> dict:
-        batches = ((x, y) for x, y, _ in shard_batches(self.shards["val"], self.job.run.eval_batch_size,
+        batches = ((x, y) for x, y, _ in shard_batches(self.shards["val"], eval_batch_size(self.job),
                                                         self.device, self.skipped, drop_last=False))
         return evaluate_batches(self.model, batches, self.job.run.task, self.num_out, self.augment.eval,
                                 self.device, self.amp, self.channels_last)
 
     def run_epoch(self, epoch: int, on_step=None) -> dict:
-        """The in-memory path's metrics, plus how long the first batch took to come and every
-        rank's peak resident memory (what streaming is for)."""
+        """The in-memory path's metrics, plus how long the first batch took to come, each rank's
+        peak resident memory (what streaming is for) and the unreadable files skipped (rank 0's
+        line names their count and the first)."""
         metrics = super().run_epoch(epoch, on_step)
         if "stop_reason" in metrics:
             return metrics
-        line = self.skipped.line(self.job.run.name, epoch, self.rank)
-        if line:
+        skipped, self.skipped = Skipped.merged(all_gather_objects(self.skipped.errors)), Skipped()
+        line = skipped.line(self.job.run.name, epoch)
+        if line and self.rank == 0:
             print(line, flush=True)
-        self.skipped = Skipped()
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux: KiB
         return {**metrics, "first_batch_seconds": self.first_batch_seconds,
-                "peak_rss_gb": all_gather_objects(round(peak_gb, 3))}
+                "peak_rss_gb": all_gather_objects(round(peak_gb, 3)), "skipped_images": skipped.count}
 
 
 def shard_data(streamed: dict) -> ShardData:
