@@ -156,7 +156,8 @@ def concurrency(job: SweepJob, train: TrainJob) -> int:
     if fit < 1:
         raise ConfigError(f"one trial needs {per_trial:g} CPUs (resources.trial_cpus + run.workers x "
                           f"run.cpus_per_worker{' + 1 to decode the streamed images' if decoding else ''}), "
-                          f"but the Ray cluster has {total.get('CPU', 0):g}")
+                          f"but the Ray cluster has {total.get('CPU', 0):g}; lower run.cpus_per_worker "
+                          f"(e.g. 0.5) or resources.trial_cpus")
     if fit < job.max_concurrent:
         print(f"[convlens] max_concurrent {job.max_concurrent} -> {fit}: what the cluster fits", flush=True)
     return min(fit, job.max_concurrent)
