@@ -202,8 +202,8 @@ def test_analysis_and_probes_read_only_the_images_they_need(streamed_run, monkey
 
 def test_a_sweep_leaves_each_trial_a_cpu_to_decode_with(ray_cluster, png_folder, tmp_path, cache_dir, capsys):
     """Tune counts a trial's own CPUs only; a streamed trial also needs one for Ray Data, or two
-    trials would hold all 4 CPUs and neither's first batch would come. (A streamed sweep ran
-    end to end: see the README's Streaming paragraph.)"""
+    trials would hold all 4 CPUs and neither's first batch would come. (A whole streamed sweep
+    costs minutes here; one ran by hand: the README's CPU figures.)"""
     from convlens.specs.sweep import SweepJob, TrialResources
     from convlens.sweep.tune_runner import concurrency
     base = validate(TrainJob, tiny_spec(tmp_path, cache_dir, "base", data=folder_data(png_folder)))
