@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from conftest import FMNIST, assert_nothing_lost, inject, read_metrics, tiny_spec
 from convlens.base.errors import ConfigError, DataError
 from convlens.data.folder_index import index_folder
+from convlens.data.images import split_indices
 from convlens.data.load import load_dataset
 from convlens.data.stream import StreamedData, decide, image_dataset
 from convlens.specs.base import validate
@@ -89,6 +90,8 @@ def test_streamed_split_labels_classes_and_pixels_match_in_memory(ray_cluster, p
     rows = {r["path"]: r for r in image_dataset(index.train, 20).take_all()}  # any order: keyed by file
     streamed = np.stack([rows[path]["image"] for path, _ in index.train])
     assert torch.equal(torch.from_numpy(streamed), data.train_x)
+    _, val_idx = split_indices(len(data.train_y), 0.1, seed=3)  # the Trainer's validation split
+    assert torch.equal(torch.from_numpy(np.stack([rows[path]["image"] for path, _ in val])), data.train_x[val_idx])
     measured = StreamedData(index, 20)
     measured.measure()
     assert np.allclose(measured.mean_std(), data.mean_std(), atol=1e-5)
