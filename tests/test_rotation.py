@@ -58,6 +58,6 @@ def test_probe_training_leaves_backbone_parameters_unchanged():
     snapshot = {k: v.clone() for k, v in model.state_dict().items()}
     from convlens.analysis.probes import extract
     x = torch.randint(0, 255, (32, 1, 16, 16), dtype=torch.uint8)
-    feats = extract(model, x, 2, 1, lambda batch: batch.float() / 255)
+    feats = extract(model, [(x, torch.zeros(32, dtype=torch.int64))], [2], 1, lambda batch: batch.float() / 255)[0][2]
     fit_probe(torch.nn.Linear(feats.shape[1], 3), feats, torch.randint(0, 3, (32,)), 2, 0)
     assert all(torch.equal(snapshot[k], v) for k, v in model.state_dict().items())

@@ -119,14 +119,17 @@ def seeded(seed: int) -> torch.Generator:
 
 
 def build_context(folder: Path, opts: AnalyzeOptions, device: str = "cpu", title: str = "") -> Context:
-    """Model and test images for one checkpoint, rebuilt from what the checkpoint recorded."""
+    """Model and test images for one checkpoint, rebuilt from what the checkpoint recorded; only
+    the chosen images are read (a streamed run's folder is decoded file by file)."""
     loaded = load_model_and_data(folder, device)  # verified load, strict, same architecture
     data = loaded.data
     g = seeded(opts.seed)
-    test = torch.randperm(len(data.test_y), generator=g)[:opts.num_images].sort().values
-    train = torch.randperm(len(data.train_y), generator=g)[:opts.num_train].sort().values
+    test = torch.randperm(len(data.labels("test")), generator=g)[:opts.num_images].sort().values
+    train = torch.randperm(len(data.labels("train")), generator=g)[:opts.num_train].sort().values
+    images, labels = data.take("test", test)
+    train_images, train_labels = data.take("train", train)
     return Context(model=loaded.model.to(device), task=loaded.task, classes=list(data.classes),
-                   head_classes=loaded.head_classes, images=data.test_x[test], labels=data.test_y[test],
+                   head_classes=loaded.head_classes, images=images, labels=labels,
                    mean=loaded.mean, std=loaded.std, opts=opts, device=torch.device(device),
-                   train_images=data.train_x[train], train_labels=data.train_y[train], title=title,
+                   train_images=train_images, train_labels=train_labels, title=title,
                    augment=loaded.augment)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from convlens.analysis.knn import knn_classify
 from convlens.base.errors import CheckpointError
-from convlens.data.images import ImageData
+from convlens.data.images import batches
 from convlens.models.resnet import ResNet
 from convlens.specs.probe import ProbeJob
 from convlens.storage import checkpoint as ckpt
@@ -24,19 +24,22 @@ from convlens.storage.restore import load_model_and_data
 from convlens.storage.rundir import RunDir
 from convlens.tracking.jobs import close_job, log_probe, open_linked_runs
 
+BATCH = 512  # images per feature pass
+
 
 @torch.no_grad()
-def extract(model: ResNet, images: torch.Tensor, stage: int, pool: int, prepare,
-            batch: int = 512) -> torch.Tensor:
-    """(N, C*pool*pool) features after `stage` for uint8 images (N, C, H, W); prepare: a uint8
-    batch -> the network's input (the run's evaluation view)."""
+def extract(model: ResNet, batches, stages: list[int], pool: int, prepare) -> tuple[dict, torch.Tensor]:
+    """{stage: features (N, C*pool*pool) after it} and labels (N,) of (uint8 images, labels)
+    batches, each batch read once for every stage; prepare: a uint8 batch -> the network's input
+    (the run's evaluation view)."""
     model.eval()
-    out = []
-    for start in range(0, len(images), batch):
-        x = prepare(images[start:start + batch])
-        f = model.forward_features(x, upto=stage)
-        out.append(F.adaptive_avg_pool2d(f, pool).flatten(1))
-    return torch.cat(out)
+    out, labels = {s: [] for s in stages}, []
+    for x, y in batches:
+        x = prepare(x)
+        for s in stages:
+            out[s].append(F.adaptive_avg_pool2d(model.forward_features(x, upto=s), pool).flatten(1))
+        labels.append(y)
+    return {s: torch.cat(f) for s, f in out.items()}, torch.cat(labels)
 
 
 def fit_probe(head: torch.nn.Module, train_f, train_y, epochs: int, seed: int) -> torch.nn.Module:
@@ -61,21 +64,28 @@ def probe_heads(dim: int, num_classes: int) -> dict[str, torch.nn.Module]:
                                        torch.nn.ReLU(), torch.nn.Linear(256, num_classes))}
 
 
-def evaluate_stage(model, data: ImageData, stage: int, job: ProbeJob, prepare) -> dict:
+def stage_features(model, data, stages: list[int], job: ProbeJob, prepare) -> tuple[tuple, tuple]:
+    """((train features by stage, labels), (test ...)) of job.max_train seeded training images
+    and the test split. data: ImageData or FolderImages, read a batch at a time (a streamed
+    run's folder is never read whole, and each image is decoded once)."""
+    n_all = len(data.labels("train"))
+    idx = torch.randperm(n_all, generator=torch.Generator().manual_seed(job.seed))[:min(job.max_train or n_all, n_all)]
+    test_idx = torch.arange(len(data.labels("test")))
+    return (extract(model, batches(data, "train", idx, BATCH), stages, job.pool, prepare),
+            extract(model, batches(data, "test", test_idx, BATCH), stages, job.pool, prepare))
+
+
+def evaluate_stage(train_f, train_y, test_f, test_y, num_classes: int, job: ProbeJob) -> dict:
+    """Test accuracy of the linear, MLP and kNN probes fitted on one stage's training features."""
     torch.manual_seed(job.seed)
-    n = min(job.max_train or len(data.train_y), len(data.train_y))
-    idx = torch.randperm(len(data.train_y), generator=torch.Generator().manual_seed(job.seed))[:n]
-    train_f = extract(model, data.train_x[idx], stage, job.pool, prepare)
-    test_f = extract(model, data.test_x, stage, job.pool, prepare)
-    train_y, test_y = data.train_y[idx], data.test_y
     mu, sd = train_f.mean(0), train_f.std(0) + 1e-6
     train_z, test_z = (train_f - mu) / sd, (test_f - mu) / sd
     result = {"feature_dim": train_f.shape[1]}
-    for name, head in probe_heads(train_f.shape[1], data.num_classes).items():
+    for name, head in probe_heads(train_f.shape[1], num_classes).items():
         fit_probe(head, train_z, train_y, job.probe_epochs, job.seed)
         with torch.no_grad():
             result[f"{name}_accuracy"] = float((head(test_z).argmax(1) == test_y).float().mean())
-    preds = knn_classify(train_f, train_y, test_f, job.knn_k, job.knn_temperature, data.num_classes)
+    preds = knn_classify(train_f, train_y, test_f, job.knn_k, job.knn_temperature, num_classes)
     result["knn_accuracy"] = float((preds == test_y).float().mean())
     return result
 
@@ -100,10 +110,10 @@ def probe_run(run_dir: Path, job: ProbeJob, tracked=None) -> dict:
     for p in model.parameters():
         p.requires_grad_(False)
     stages = [s for s in job.stages if 1 <= s <= len(model.stage_names)]
-    results = {"run": run_dir.name, "task": loaded.task, "checkpoint": str(folder),
-               "chance": 1 / loaded.data.num_classes,
-               "stages": {str(s): evaluate_stage(model, loaded.data, s, job, loaded.prepare)
-                          for s in stages}}
+    (train_f, train_y), (test_f, test_y) = stage_features(model, loaded.data, stages, job, loaded.prepare)
+    n = loaded.data.num_classes
+    results = {"run": run_dir.name, "task": loaded.task, "checkpoint": str(folder), "chance": 1 / n,
+               "stages": {str(s): evaluate_stage(train_f[s], train_y, test_f[s], test_y, n, job) for s in stages}}
     results.update(log_probe(tracked, results))  # its own W&B run
     write_atomic(RunDir(run_dir) / RunDir.PROBES, json.dumps(results, indent=2).encode())
     return results

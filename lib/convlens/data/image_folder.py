@@ -17,15 +17,40 @@ def list_images(root: Path, classes: list[str]) -> list[tuple[Path, int]]:
             for p in sorted((root / c).rglob("*")) if p.suffix.lower() in SUFFIXES]
 
 
-def read_images(items, size: int, corrupt: str) -> tuple[torch.Tensor, torch.Tensor]:
+def check_classes(root: Path, classes: list[str], items: list[tuple[Path, int]]) -> None:
+    """An image folder without class sub-folders, without images, or with a class folder that
+    holds none fails, naming the folder (before any image is decoded)."""
+    if not classes:
+        raise DataError(f"data.path = {str(root)!r}: no class sub-folders")
+    if not items:
+        raise DataError(f"data.path = {str(root)!r}: no images ({', '.join(sorted(SUFFIXES))}) in {classes}")
+    empty = sorted(set(range(len(classes))) - {label for _, label in items})
+    if empty:
+        raise DataError(f"data.path = {str(root)!r}: class folder {str(root / classes[empty[0]])!r} has no images"
+                        + (f" ({len(empty) - 1} more empty)" if len(empty) > 1 else ""))
+
+
+def decode_image(path, size: int) -> np.ndarray:
+    """One image file as (3, size, size) uint8 RGB, resized bilinearly; both paths decode with it."""
     from PIL import Image
+    with Image.open(path) as im:
+        im = im.convert("RGB").resize((size, size), Image.BILINEAR)
+        return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def holdout(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Without a test/ folder: a seeded 20% of the listed images is the test set; (train, test) indices."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    n_test = max(1, n // 5)
+    return perm[n_test:].sort().values, perm[:n_test].sort().values
+
+
+def read_images(items, size: int, corrupt: str) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys, bad = [], [], []
     for path, label in items:
         try:
-            with Image.open(path) as im:
-                im = im.convert("RGB").resize((size, size), Image.BILINEAR)
-                xs.append(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
-                ys.append(label)
+            xs.append(decode_image(path, size))
+            ys.append(label)
         except Exception as err:
             bad.append(f"{path} ({type(err).__name__})")
     if bad and corrupt == "fail":
@@ -43,17 +68,11 @@ def load(path: Path, cfg) -> ImageData:
     split = train_root.is_dir() and test_root.is_dir()
     root = train_root if split else path
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-    if not classes:
-        raise DataError(f"data.path = {str(path)!r}: no class sub-folders")
     items = list_images(root, classes)
-    if not items:
-        raise DataError(f"data.path = {str(path)!r}: no images ({', '.join(sorted(SUFFIXES))}) in {classes}")
+    check_classes(root, classes, items)
     x, y = read_images(items, cfg.image_size, cfg.corrupt_images)
     if split:
         tx, ty = read_images(list_images(test_root, classes), cfg.image_size, cfg.corrupt_images)
         return ImageData(x, y, tx, ty, classes)
-    # No test/ folder: hold out a seeded 20% as the test set.
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    n_test = max(1, len(y) // 5)
-    te, tr = perm[:n_test].sort().values, perm[n_test:].sort().values
+    tr, te = holdout(len(y))
     return ImageData(x[tr], y[tr], x[te], y[te], classes)

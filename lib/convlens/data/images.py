@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -23,6 +24,15 @@ class ImageData:
     @property
     def in_chans(self) -> int:
         return self.train_x.shape[1]
+
+    def labels(self, split: str) -> torch.Tensor:
+        """(N,) int64 labels of "train" (before the validation hold-out) or "test"."""
+        return self.train_y if split == "train" else self.test_y
+
+    def take(self, split: str, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """The split's (uint8 images, labels) at `indices` (folder_images.FolderImages too)."""
+        x = self.train_x if split == "train" else self.test_x
+        return x[indices], self.labels(split)[indices]
 
     def mean_std(self) -> tuple[list[float], list[float]]:
         """Per-channel mean and std of the training images, in [0, 1] units."""
@@ -57,8 +67,23 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor,
     return perm[n_val:].sort().values, perm[:n_val].sort().values
 
 
+def subset_indices(total: int, n: int | None, seed: int) -> torch.Tensor | None:
+    """A seeded sorted choice of n of range(total); None where n keeps them all."""
+    if n is None or n >= total:
+        return None
+    return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+
+
 def subset(x: torch.Tensor, y: torch.Tensor, n: int | None, seed: int):
-    if n is None or n >= len(y):
+    idx = subset_indices(len(y), n, seed)
+    if idx is None:
         return x, y
-    idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:n].sort().values
     return x[idx].contiguous(), y[idx].contiguous()
+
+
+def batches(data, split: str, indices, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """data.take(split, ...) in batches of batch_size: (uint8 images, labels), whether data is an
+    ImageData or a FolderImages (which decodes each batch's files as it comes)."""
+    indices = torch.as_tensor(indices)
+    for start in range(0, len(indices), batch_size):
+        yield data.take(split, indices[start:start + batch_size])

@@ -44,6 +44,8 @@ def prepare_environment() -> None:
         # Tune's legacy output engine prints nothing at RunConfig(verbose=0); the new one still
         # prints a box of the experiment's configuration and one per failed trial
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        # a streamed run's Ray Data (its split coordinator and tasks too): no per-execution lines
+        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
     if not os.environ.get("RAY_ADDRESS"):
         os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray's default for a new cluster, chosen explicitly
     if not verbose():

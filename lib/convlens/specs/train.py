@@ -73,7 +73,14 @@ class DataConfig(Strict):
     color_jitter: ColorJitter | None = None
     train_subset: int | None = Field(None, gt=0)  # use only N training images (smoke runs)
     test_subset: int | None = Field(None, gt=0)
-    corrupt_images: Literal["fail", "skip"] = "fail"  # image_folder: unreadable files
+    corrupt_images: Literal["fail", "skip"] = "fail"  # image_folder in memory: unreadable files (streamed: skip)
+    # image_folder: decode in Ray Data's CPU pool and stream each worker its shard (data/stream.py)
+    # instead of holding the decoded split in every worker; auto: when the decoded training split
+    # exceeds data.memory_budget_gb. A streamed run skips (and counts) unreadable images.
+    stream: bool | Literal["auto"] = "auto"
+    # what auto lets the decoded training split take; unset: a quarter of the node's memory (of
+    # the job's per-node memory where Slurm grants one)
+    memory_budget_gb: float | None = Field(None, gt=0)
     cache_dir: str = "~/.cache/convlens"
 
     @field_validator("path")
@@ -92,6 +99,12 @@ class DataConfig(Strict):
         if mirror is not None and not re.match(r"(https?|ftp|file)://", mirror):
             raise ValueError("expected a base URL: http(s)://, ftp:// or file://")
         return mirror
+
+    @model_validator(mode="after")
+    def _streams_folders(self):
+        if self.stream is True and self.dataset != "image_folder":
+            raise ValueError(f"data.stream = true: only data.dataset = 'image_folder' streams, not {self.dataset!r}")
+        return self
 
     @model_validator(mode="after")
     def _one_crop(self):

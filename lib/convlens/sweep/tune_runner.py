@@ -142,17 +142,22 @@ class Drawn(Domain):
 
 
 def concurrency(job: SweepJob, train: TrainJob) -> int:
-    """Trials that fit at once: Tune only sees the trial's own CPUs, not its Train workers'.
+    """Trials that fit at once: Tune only sees the trial's own CPUs, not its Train workers', nor
+    the CPU a streamed image folder's Ray Data decodes with (data.stream; one per trial).
     With run.gpus_per_worker below 1, several trials share one GPU."""
     import ray
+    from convlens.training.run import streamed_or_none
     total = ray.cluster_resources()
-    per_trial = job.resources.trial_cpus + train.run.workers * train.run.cpus_per_worker
+    decoding = 1 if streamed_or_none(train, verbose=True) else 0
+    per_trial = job.resources.trial_cpus + train.run.workers * train.run.cpus_per_worker + decoding
     fit = int(total.get("CPU", 0) // per_trial + 1e-9)
     if train.run.use_gpu:
         fit = min(fit, int(total.get("GPU", 0) / (train.run.workers * train.run.gpus_per_worker) + 1e-9))
     if fit < 1:
         raise ConfigError(f"one trial needs {per_trial:g} CPUs (resources.trial_cpus + run.workers x "
-                          f"run.cpus_per_worker), but the Ray cluster has {total.get('CPU', 0):g}")
+                          f"run.cpus_per_worker{' + 1 to decode the streamed images' if decoding else ''}), "
+                          f"but the Ray cluster has {total.get('CPU', 0):g}; lower run.cpus_per_worker "
+                          f"(e.g. 0.5) or resources.trial_cpus")
     if fit < job.max_concurrent:
         print(f"[convlens] max_concurrent {job.max_concurrent} -> {fit}: what the cluster fits", flush=True)
     return min(fit, job.max_concurrent)

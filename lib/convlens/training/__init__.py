@@ -3,6 +3,7 @@
     run.py         `convlens train`: validate, start the Ray Train run, write the final figures
     worker.py      the function each Ray Train worker runs, top to bottom
     trainer.py     one worker's training state: data on the device, model, optimizer, history
+    streamed.py    the Trainer of a streamed image folder: batches from this rank's Ray Data shards
     resume.py      where a started run continues from, and the record of every start
     tasks.py       the two kinds of supervision: class labels, and rotation prediction
     optim.py       optimizer and learning-rate schedule from the config

@@ -8,21 +8,29 @@ from convlens.training import tasks
 from convlens.training.dist import all_reduce_
 
 
-@torch.no_grad()
 def evaluate(model, images, labels, task: str, num_out: int, prepare, batch_size: int,
              device, amp: bool = False, channels_last: bool = False) -> dict:
+    """evaluate_batches over a split held in memory: images (N, C, H, W) uint8 on any device,
+    labels (N,) int64, in batches of batch_size."""
+    batches = ((images[s:s + batch_size], labels[s:s + batch_size]) for s in range(0, len(labels), batch_size))
+    return evaluate_batches(model, batches, task, num_out, prepare, device, amp, channels_last)
+
+
+@torch.no_grad()
+def evaluate_batches(model, batches, task: str, num_out: int, prepare, device, amp: bool = False,
+                     channels_last: bool = False) -> dict:
     """Sum of loss, correct and per-class counts over this shard, all-reduced across workers.
 
-    images: (N, C, H, W) uint8 on any device; labels (N,) int64; prepare: uint8 batch on the
+    batches: (uint8 images, int64 labels) pairs on any device; prepare: uint8 batch on the
     device -> the model's input (Augment.eval: resize and normalize).
     Returns {"loss", "accuracy", "per_class_accuracy" (list), "count"}.
     """
     model.eval()
     sums = torch.zeros(2, device=device, dtype=torch.float64)  # loss sum, count
     confusion = torch.zeros(num_out * num_out, device=device, dtype=torch.float64)
-    for start in range(0, len(labels), batch_size):
-        x = prepare(images[start:start + batch_size].to(device, non_blocking=True))
-        y = labels[start:start + batch_size].to(device, non_blocking=True)
+    for images, labels in batches:
+        x = prepare(images.to(device, non_blocking=True))
+        y = labels.to(device, non_blocking=True)
         x, y = tasks.prepare(task, x, y)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -9,8 +9,11 @@ import yaml
 
 from convlens.base.errors import DataError, JobFailed, RunStopped
 from convlens.base.progress import progress_mode
+from convlens.data import stream
+from convlens.data.folder_index import index_folder
 from convlens.data.images import ImageData, split_indices
 from convlens.data.load import check_path, load_dataset
+from convlens.data.stream import StreamedData
 from convlens.raycluster.connect import WorkerLine, check_fits, ensure_ray, worker_resources
 from convlens.raycluster.env import forwarded_env, log_level
 from convlens.specs.train import TrainJob
@@ -19,7 +22,7 @@ from convlens.storage.restore import load_model_and_data
 from convlens.storage.rundir import RunDir
 from convlens.tracking.tracker import close_run, open_driver, wandb_run_id
 from convlens.training import curves, tasks
-from convlens.training.evaluate import evaluate
+from convlens.training.evaluate import evaluate, evaluate_batches
 
 
 def prepare(job: TrainJob, verbose: bool = True) -> tuple[TrainJob, ImageData]:
@@ -28,15 +31,27 @@ def prepare(job: TrainJob, verbose: bool = True) -> tuple[TrainJob, ImageData]:
     job = job.model_copy(deep=True)
     job.run.root = str(job.run_dir.parent)
     check_path(job.data)
-    data = load_dataset(job.data, verbose=verbose)
-    n_train = len(split_indices(len(data.train_y), job.data.val_fraction, job.run.seed)[0])
+    data = streamed_or_none(job, verbose) or load_dataset(job.data, verbose=verbose)
+    n_all = len(data.index.train) if isinstance(data, StreamedData) else len(data.train_y)
+    n_train = len(split_indices(n_all, job.data.val_fraction, job.run.seed)[0])
     if n_train < job.data.batch_size:
         raise DataError(f"data.batch_size = {job.data.batch_size}: the training split has only {n_train} "
                         f"images, fewer than one batch ({job.data.batch_size // job.run.workers} per worker "
                         f"x {job.run.workers} workers)")
-    if job.data.val_fraction > 0 and n_train == len(data.train_y):
+    if job.data.val_fraction > 0 and n_train == n_all:
         raise DataError(f"data.val_fraction = {job.data.val_fraction}: leaves an empty validation split")
     return job, data
+
+
+def streamed_or_none(job: TrainJob, verbose: bool) -> StreamedData | None:
+    """An image folder's listing, when the run streams it (data.stream; the line says why)."""
+    if job.data.dataset != "image_folder":
+        return None
+    index = index_folder(job.data)
+    streams, why = stream.decide(job.data, index)
+    if verbose:
+        print(f"[convlens] {why}", flush=True)
+    return StreamedData(index, job.data.image_size) if streams else None
 
 
 def train(job: TrainJob, trainer_kwargs: dict | None = None, start_from: str | None = None) -> dict:
@@ -46,6 +61,9 @@ def train(job: TrainJob, trainer_kwargs: dict | None = None, start_from: str | N
     job, data = prepare(job, verbose=not job.run.quiet)
     ensure_ray(quiet=job.run.quiet, address=job.run.ray_address)
     check_fits(job.run)
+    if isinstance(data, StreamedData):
+        stream.check_cpus_left(job.run)
+        data.measure()
     run = RunDir(job.run_dir)
     if run.finished():
         print(f"[convlens] {job.run.name} already finished: {run / RunDir.SUMMARY}", flush=True)
@@ -58,7 +76,8 @@ def train(job: TrainJob, trainer_kwargs: dict | None = None, start_from: str | N
     driver = open_driver(job, run.path)  # offline: W&B's system monitor samples the whole job
     try:
         with WorkerLine(f"{job.run.name} epoch {job.run.epochs}/{job.run.epochs}:") as last_epoch:
-            fit(job, start_from=start_from, **(trainer_kwargs or {}))
+            fit(job, start_from=start_from, streamed=data if isinstance(data, StreamedData) else None,
+                **(trainer_kwargs or {}))
             stopped = run.read_stopped()  # written by rank 0 when the run ended on a non-retryable error
             if not stopped and not job.run.quiet:
                 last_epoch.wait()  # rank 0's last epoch line before the summary (none if resumed after it)
@@ -84,8 +103,9 @@ def train(job: TrainJob, trainer_kwargs: dict | None = None, start_from: str | N
 WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "WANDB_SERVICE": ""}
 
 
-def fit(job: TrainJob, start_from: str | None = None, **run_config_extra):
-    """Build and fit the TorchTrainer; raises JobFailed when its retries run out."""
+def fit(job: TrainJob, start_from: str | None = None, streamed: StreamedData | None = None, **run_config_extra):
+    """Build and fit the TorchTrainer; raises JobFailed when its retries run out. streamed: the
+    workers take their shards of its Ray Datasets instead of loading the dataset."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
     from convlens.training.worker import train_worker
@@ -95,7 +115,8 @@ def fit(job: TrainJob, start_from: str | None = None, **run_config_extra):
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"job": job.model_dump(mode="json"), "progress": progress_mode(job.run.quiet),
-                           "start_from": start_from},
+                           "start_from": start_from, "stream": streamed and streamed.worker_config(job)},
+        **({"datasets": streamed.datasets(job), "dataset_config": stream.data_config(job.run)} if streamed else {}),
         torch_config=TorchConfig(backend="nccl" if job.run.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=job.run.workers, use_gpu=job.run.use_gpu,
@@ -159,5 +180,8 @@ def test_checkpoint(folder, data: ImageData, job: TrainJob) -> dict:
     """Evaluate a checkpoint on the test split (touched only here, for the final figures)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     loaded = load_model_and_data(folder, device, data=data)
+    if isinstance(data, StreamedData):
+        return evaluate_batches(loaded.model, data.test_batches(stream.eval_batch_size(job)), job.run.task,
+                                loaded.model.arch["num_classes"], loaded.prepare, device)
     return evaluate(loaded.model, data.test_x, data.test_y, job.run.task, loaded.model.arch["num_classes"],
                     loaded.prepare, job.run.eval_batch_size, device)

@@ -29,16 +29,15 @@ from convlens.training.syncbn import convert_to_global_bn
 
 
 class Trainer:
+    streamed = False  # StreamTrainer: the images come from Ray Data shards
+
     def __init__(self, job: TrainJob, data: ImageData, rank: int = 0, world: int = 1,
                  device: torch.device = torch.device("cpu"), wrap: Callable = lambda model: model):
         """wrap: what makes the model distributed (Ray Train's prepare_model); identity alone."""
         self.job, self.rank, self.world, self.device = job, rank, world, device
         self.run = RunDir(job.run_dir)
         torch.manual_seed(job.run.seed)
-        train_idx, val_idx = split_indices(len(data.train_y), job.data.val_fraction, job.run.seed)
-        self.train_x, self.train_y = data.train_x[train_idx].to(device), data.train_y[train_idx].to(device)
-        self.val_x = data.train_x[val_idx][rank::world].to(device)  # each rank evaluates its shard
-        self.val_y = data.train_y[val_idx][rank::world].to(device)
+        n_train = self.use_data(data)
         self.augment = Augment(job.data, *data.norm_stats(device))
         self.class_names = tasks.class_names(job.run.task, data.classes)
         self.num_out = tasks.num_outputs(job.run.task, data.num_classes)
@@ -49,12 +48,21 @@ class Trainer:
         self.raw_model = self.build_model(data.in_chans)
         self.model = wrap(torch.compile(self.raw_model) if job.run.compile else self.raw_model)
         self.local_batch = job.data.batch_size // world
-        self.steps = min(len(self.train_y) // job.data.batch_size, job.run.steps_per_epoch or 2 ** 62)
+        self.steps = min(n_train // job.data.batch_size, job.run.steps_per_epoch or 2 ** 62)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = build_optimizer(trainable, job.optim, fused=self.gpu)
         self.sched, self.per_step = build_scheduler(self.opt, job.schedule, job.optim.lr, job.run.epochs, self.steps)
         self.epoch, self.history, self.best = 0, [], {"epoch": 0, "val_error": float("inf")}
         self.optimizer_steps = 0  # counted, and checkpointed: a resume neither repeats nor skips any
+
+    def use_data(self, data: ImageData) -> int:
+        """Put this rank's images on the device: the training split whole, its validation shard;
+        returns the number of training images."""
+        train_idx, val_idx = split_indices(len(data.train_y), self.job.data.val_fraction, self.job.run.seed)
+        self.train_x, self.train_y = data.train_x[train_idx].to(self.device), data.train_y[train_idx].to(self.device)
+        self.val_x = data.train_x[val_idx][self.rank::self.world].to(self.device)  # each rank evaluates its shard
+        self.val_y = data.train_y[val_idx][self.rank::self.world].to(self.device)
+        return len(self.train_y)
 
     def build_model(self, in_chans: int) -> torch.nn.Module:
         model = build_model(self.job.model, in_chans, self.num_out)
@@ -126,12 +134,15 @@ class Trainer:
         if self.job.run.precise_bn_images:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 precise_bn.recompute(self.raw_model, self.bn_batches(), synced=self.job.model.sync_bn)
-        val = evaluate(self.model, self.val_x, self.val_y, self.job.run.task, self.num_out, self.augment.eval,
-                       self.job.run.eval_batch_size, self.device, self.amp, self.channels_last)
+        val = self.validate()
         return {"epoch": epoch, **train,
                 "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_error": 1 - val["accuracy"],
                 "val_per_class_accuracy": val["per_class_accuracy"],
                 "epoch_seconds": time.perf_counter() - start, "steps": self.optimizer_steps}
+
+    def validate(self) -> dict:
+        return evaluate(self.model, self.val_x, self.val_y, self.job.run.task, self.num_out, self.augment.eval,
+                        self.job.run.eval_batch_size, self.device, self.amp, self.channels_last)
 
     def train_epoch(self, epoch: int, on_step: Callable | None = None) -> dict:
         self.model.train()
@@ -170,7 +181,13 @@ class Trainer:
                 "scheduler": self.sched.state_dict(), "epoch": self.epoch, "arch": self.arch,
                 "task": self.job.run.task, "classes": self.class_names,
                 "config": self.job.model_dump(mode="json"), "history": self.history, "best": self.best,
-                "optimizer_steps": self.optimizer_steps}
+                "optimizer_steps": self.optimizer_steps, "data": self.data_record()}
+
+    def data_record(self) -> dict:
+        """What a reader of the checkpoint needs to feed the network as the run did without
+        reading the training set again: the normalization, and whether the images streamed."""
+        return {"mean": self.augment.mean.flatten().tolist(), "std": self.augment.std.flatten().tolist(),
+                "streamed": self.streamed}
 
     def load_state_dict(self, state: dict) -> None:
         self.raw_model.load_state_dict(strip_prefix(state["model"]), strict=True)

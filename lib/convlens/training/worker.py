@@ -26,6 +26,7 @@ from convlens.storage.rundir import RunDir
 from convlens.tracking.tracker import open_tracker
 from convlens.training import resume
 from convlens.training.dist import all_gather_objects
+from convlens.training.streamed import StreamTrainer, shard_data
 from convlens.training.trainer import Trainer
 
 
@@ -33,14 +34,18 @@ def train_worker(config: dict) -> None:
     # Ray Train logs an INFO line per rank and report through a logger its LoggingConfig does
     # not reach (named after a file path); the worker's root level hides it unless --verbose.
     logging.getLogger().setLevel(log_level())
+    logging.getLogger("ray.data").setLevel(log_level())  # a streamed run's shards: Ray Data's own logger
     job = TrainJob.model_validate(config["job"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     run = RunDir(job.run_dir)
     tracker = open_tracker(job, run.path, rank)  # first: W&B's console capture sees the whole attempt
     try:
-        trainer = Trainer(job, load_dataset(job.data), rank, world, ray.train.torch.get_device(),
-                          wrap=ray.train.torch.prepare_model)
+        streamed = config.get("stream")
+        trainer = (StreamTrainer(job, shard_data(streamed), rank, world, ray.train.torch.get_device(),
+                                 wrap=ray.train.torch.prepare_model) if streamed else
+                   Trainer(job, load_dataset(job.data), rank, world, ray.train.torch.get_device(),
+                           wrap=ray.train.torch.prepare_model))
         latest = ray.train.get_checkpoint()  # the run's own; else where it was told to start (PBT's donor)
         start = Path(latest.path) if latest else (Path(config["start_from"]) if config.get("start_from") else None)
         try:
