@@ -159,6 +159,13 @@ def tiny_spec(root: Path, cache_dir: str, name: str = "tiny", **sections) -> dic
     return spec
 
 
+# The sections of every 2-worker tiny run that a test compares with a reference (1 vs 2 workers, 2 nodes,
+# a killed worker, the same seed twice): one set, so that uninterrupted() trains that reference once.
+DDP = dict(model={"layers": [1, 1], "width": 8, "sync_bn": True}, optim={"lr": 0.01},
+           data={"batch_size": 64, "train_subset": 768})
+TWO_WORKERS = {"workers": 2, "epochs": 3}
+
+
 @pytest.fixture
 def tiny_job(tmp_path, cache_dir):
     """Factory: tiny_job(name=..., run={...}, data={...}) -> validated TrainJob."""

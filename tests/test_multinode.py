@@ -18,15 +18,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import (assert_calm_log, assert_followed, assert_nothing_lost, submit_cli, committed_epochs, read_attempts, read_metrics, reordering_tolerance,
+from conftest import (DDP, TWO_WORKERS, assert_calm_log, assert_followed, assert_nothing_lost, submit_cli, committed_epochs, read_attempts, read_metrics, reordering_tolerance,
                       require, steps_per_epoch, tiny_spec)
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "convlens-node"  # node K runs in network namespace convlens-nodeK (cluster.sh)
 pytestmark = pytest.mark.slow
-# the 2-vs-1 worker comparison of tests/test_train.py, here with one worker on each node
-DDP = dict(model={"layers": [1, 1], "width": 8, "sync_bn": True}, optim={"lr": 0.01},
-           data={"batch_size": 64, "train_subset": 768})
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +85,7 @@ def ddp_run(nodes, work) -> tuple[Path, float, str]:
     """A train job on 2 nodes x 1 worker (3 epochs, every checkpoint kept): its run dir, wall seconds, and driver log."""
     profile, spec, runs = work
     start = time.time()
-    done = submit_cli(profile, spec("ddp2", run={"workers": 2, "epochs": 3, "keep_last": 3, "quiet": False}, **DDP),
+    done = submit_cli(profile, spec("ddp2", run={**TWO_WORKERS, "keep_last": 3, "quiet": False}, **DDP),
                       timeout=600)
     seconds = time.time() - start
     print(f"\n[test_multinode] 2-node DDP job (submit --wait to its outcome): {seconds:.1f} s\n{done.stdout}")
@@ -112,7 +109,7 @@ def test_ddp_across_two_nodes_matches_one_node(nodes, ddp_run, uninterrupted):
     up = next(line for line in log.splitlines() if "Ray cluster up" in line)
     node_mb = int(subprocess.run(["sinfo", "-h", "-N", "-o", "%m"], capture_output=True, text=True).stdout.split()[0])
     assert "2 CPUs" in up and "each node as granted: 1 CPUs, 0 GPUs, mem_gb 4.0 " in up and 4 * 1024 < node_mb, up
-    reference = read_metrics(uninterrupted(run={"workers": 2, "epochs": 3}, **DDP))
+    reference = read_metrics(uninterrupted(run=TWO_WORKERS, **DDP))
     ours = read_metrics(run_dir)
     assert [m["epoch"] for m in ours] == [1, 2, 3]
     for a, b in zip(reference, ours):

@@ -12,7 +12,7 @@ import yaml
 from convlens.base.errors import RunStopped
 from convlens.storage import checkpoint as ckpt
 from convlens.training.run import train
-from conftest import (assert_nothing_lost, committed_epochs, inject, read_attempts, read_metrics, steps_per_epoch,
+from conftest import (DDP, TWO_WORKERS, assert_nothing_lost, committed_epochs, inject, read_attempts, read_metrics, steps_per_epoch,
                       tiny_spec)
 
 
@@ -56,8 +56,7 @@ def test_corrupt_latest_checkpoint_falls_back_or_stops(ray_cluster, tiny_job, un
 
 
 def test_same_seed_same_metrics(ray_cluster, tiny_job, uninterrupted):
-    two = {"workers": 2, "epochs": 3}
-    a, b = uninterrupted(run=two), tiny_job("rep_b", run=two)
+    a, b = uninterrupted(run=TWO_WORKERS, **DDP), tiny_job("rep_b", run=TWO_WORKERS, **DDP)
     train(b)
     keys = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "steps")
     assert [[m[k] for k in keys] for m in read_metrics(a)] == [[m[k] for k in keys] for m in read_metrics(b.run_dir)]

@@ -36,23 +36,47 @@ def test_a_sweep_packs_trials_onto_one_gpu_by_their_share(ray_cluster, tmp_path,
 
 
 def test_ray_places_as_many_workers_as_their_shares_fit(ray_cluster):
-    """Real placement: four tasks that each ask for one worker's resources at 0.25 GPU all run at
-    once on the one logical GPU; at 0.5 only two do."""
+    """Real placement: four tasks that each ask for one worker's resources at 0.25 GPU are all
+    running at once on the one logical GPU; at 0.5 never more than two are. Each task waits in a
+    room until that many are inside together (so a slow machine, starting workers late, cannot
+    make it fail), then stays a second longer."""
     import time
+    ray = ray_cluster
 
-    @ray_cluster.remote
-    def hold(seconds: float) -> float:
-        start = time.time()
-        time.sleep(seconds)
-        return start
+    @ray.remote(num_cpus=0)
+    class Room:
+        def __init__(self):
+            self.inside = self.most = 0
+
+        def enter(self):
+            self.inside += 1
+            self.most = max(self.most, self.inside)
+
+        def leave(self):
+            self.inside -= 1
+
+        def count(self) -> int:
+            return self.inside
+
+        def peak(self) -> int:
+            return self.most
+
+    @ray.remote
+    def meet(room, together: int) -> None:
+        ray.get(room.enter.remote())
+        deadline = time.time() + 60
+        while ray.get(room.count.remote()) < together and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)
+        ray.get(room.leave.remote())
 
     for share, together in ((0.25, 4), (0.5, 2)):
         run = TrainJob.model_validate({"run": {"use_gpu": True, "gpus_per_worker": share,
                                                "cpus_per_worker": 0.5}}).run
         res = worker_resources(run)
-        starts = sorted(ray_cluster.get([hold.options(num_cpus=res["CPU"], num_gpus=res["GPU"]).remote(2.0)
-                                         for _ in range(4)]))
-        assert starts[together - 1] - starts[0] < 1.5 and (together == 4 or starts[together] - starts[0] >= 1.9)
+        room = Room.remote()
+        ray.get([meet.options(num_cpus=res["CPU"], num_gpus=res["GPU"]).remote(room, together) for _ in range(4)])
+        assert ray.get(room.peak.remote()) == together, share
 
 
 def test_a_run_asking_for_more_gpu_than_the_cluster_has_fails_naming_the_field(ray_cluster):

@@ -81,51 +81,23 @@ def other_ray():
     proc.wait(timeout=60)
 
 
-def test_asha_sweep_stops_weak_trials_and_writes_best_job(ray_cluster, other_ray, tmp_path, cache_dir, capsys):
-    """With another Ray on the machine too: Ray Train's placement group cleaner must still find
-    this cluster and free what the stopped trials held."""
-    from convlens.sweep.tune_runner import sweep
-    # Two useful learning rates run first; the two tiny ones lose at the first rung. Epochs of 50
-    # steps put the useful ones near 0.7 validation error and the tiny ones at chance (0.9); with
-    # 5 steps every trial sat at chance and ASHA's choice was a coin flip.
-    path = write_sweep(tmp_path, cache_dir, "asha", {"optim.lr": {"grid": [0.1, 0.05, 1e-6, 1e-7]}},
-                       run={"steps_per_epoch": 50}, data={"train_subset": 4000})
-    job = load_job(path, [], "sweep")
-    rows = sweep(job)
-    out = capsys.readouterr()
-    trials = read_trials(job.sweep_dir)
-    assert len(trials) == len(rows) == 4
-    assert_compact_status((out.out + out.err).splitlines(), {r["trial_id"]: r for r in trials}, FAST["epochs"])
-    assert {r["status"] for r in trials} <= {"completed", "early_stopped"}
-    stopped = [r for r in trials if r["status"] == "early_stopped"]
-    # ASHA decides on the epoch Tune saw; the nested Train run may write one more before it dies.
-    stopped_at = [int(re.search(r"ASHA stopped it after epoch (\d+)", r["stop_reason"]).group(1)) for r in stopped]
-    # ASHA's rungs lie before the last epoch: a trial that trained every epoch gets its test run.
-    assert stopped and all(epoch < FAST["epochs"] for epoch in stopped_at), trials
-    assert all(r["test_accuracy"] == "" and int(r["epochs"]) <= FAST["epochs"] for r in stopped), trials
-    trained = sum(int(r["epochs"]) for r in trials)
-    assert [r["planned_epochs"] for r in trials] == [str(FAST["epochs"])] * 4  # for the report's line
-    assert f"4 trials trained {trained} of 12 epochs; early stopping saved {12 - trained} " in out.out
-    best = [r for r in trials if r["best"] == "True"]
-    assert len(best) == 1 and best[0]["status"] == "completed" and float(best[0]["test_accuracy"]) > 0
-    assert float(best[0]["config/optim.lr"]) in (0.1, 0.05)
-    best_job = load_job(job.sweep_dir / "best_job.yaml", [], "train")
-    assert isinstance(best_job, TrainJob)
-    assert best_job.optim.lr == float(best[0]["config/optim.lr"]) and best_job.tracking.group == "asha"
-    assert (job.sweep_dir / "curves.png").stat().st_size > 10_000
-    # ASHA's stops tore the nested Train runs down: every CPU is free again.
-    assert wait_cpus_free(ray_cluster, 4) >= 4
-
-
-def test_nan_trial_does_not_stop_the_others(ray_cluster, tmp_path, cache_dir, monkeypatch):
+def test_nan_trial_does_not_stop_the_others_and_array_draws_the_same_trials(ray_cluster, tmp_path, cache_dir,
+                                                                              monkeypatch):
+    """Two of three trials hit a non-finite loss (one before its first checkpoint, one after): each
+    stops with its reason and the third completes. The same spec and seed give the same trials and
+    run names in an `--array` sweep (start_array draws and records them in array.json; no Slurm needed)."""
+    from convlens.sweep.array import start_array
     from convlens.sweep.tune_runner import sweep
     inject(monkeypatch, {"kind": "nan", "run": "*_00001", "at": "0:1:2"},
            {"kind": "nan", "run": "*_00002", "at": "0:2:2"})
-    path = write_sweep(tmp_path, cache_dir, "nan", {"run.seed": {"grid": [0, 1, 2]}},
-                       run={"epochs": 2}, scheduler={"name": "none"})
+    space = {"optim.name": {"choice": ["sgd", "adam"]}, "optim.lr": {"loguniform": [0.001, 0.1]},
+             "run.seed": {"randint": [0, 1000]}}
+    path = write_sweep(tmp_path, cache_dir, "nan", space, run={"epochs": 2}, search="random", num_samples=3,
+                       seed=7, scheduler={"name": "none"})
     job = load_job(path, [], "sweep")
     sweep(job)
-    trials = {r["trial_id"][-5:]: r for r in read_trials(job.sweep_dir)}
+    rows = read_trials(job.sweep_dir)
+    trials = {r["trial_id"][-5:]: r for r in rows}
     assert trials["00001"]["status"] == "stopped"
     assert "non-finite loss at epoch 1" in trials["00001"]["stop_reason"]
     # A NaN after a checkpoint exists still stops the trial (not finalized as if it completed).
@@ -133,6 +105,16 @@ def test_nan_trial_does_not_stop_the_others(ray_cluster, tmp_path, cache_dir, mo
     assert "non-finite loss at epoch 2" in trials["00002"]["stop_reason"]
     assert trials["00001"]["best"] == trials["00002"]["best"] == "False"
     assert trials["00000"]["status"] == "completed" and trials["00000"]["best"] == "True"
+
+    ran = {r["trial_id"]: {k: yaml.safe_load(r[f"config/{k}"]) for k in space} for r in rows}
+    arrayed = load_job(path, ["name=arrayed"], "sweep")
+    jobs = start_array(arrayed)
+    recorded = json.loads((arrayed.sweep_dir / "array.json").read_text())["trials"]
+    assert ran == recorded and len(recorded) == 3, (ran, recorded)
+    assert len({t["optim.lr"] for t in recorded.values()}) == 3  # drawn per trial
+    assert sorted(r["run"] for r in rows) == [f"nan_trial_{tid}" for tid in sorted(recorded)]
+    assert sorted(j.run.name for j in jobs.values()) == [f"arrayed_trial_{tid}" for tid in sorted(recorded)]
+    assert all(Path(r["run_dir"]).parent == job.sweep_dir / "trials" for r in rows)
 
 
 def test_stopped_trial_is_closed_without_reading_its_dataset(tmp_path, cache_dir, monkeypatch):
@@ -251,39 +233,19 @@ def test_sample_trials_grid_product_and_seeded_draws(tmp_path, cache_dir):
     assert draw_trials(load_job(path, [*space, "seed=1"], "sweep")) != draws
 
 
-def test_tune_sweep_and_array_draw_the_same_trials(ray_cluster, tmp_path, cache_dir):
-    """The same spec and seed give the same trials and run names in a Tune sweep and in an
-    `--array` sweep (start_array draws and records them in array.json; no Slurm needed)."""
-    from convlens.sweep.array import start_array
-    from convlens.sweep.tune_runner import sweep
-    space = {"optim.name": {"choice": ["sgd", "adam"]}, "optim.lr": {"loguniform": [0.001, 0.1]},
-             "run.seed": {"randint": [0, 1000]}}
-    path = write_sweep(tmp_path, cache_dir, "tuned", space, run={"epochs": 1, "steps_per_epoch": 3},
-                       search="random", num_samples=3, seed=7, scheduler={"name": "none"})
-    tuned = load_job(path, [], "sweep")
-    sweep(tuned)
-    rows = read_trials(tuned.sweep_dir)
-    ran = {r["trial_id"]: {k: yaml.safe_load(r[f"config/{k}"]) for k in space} for r in rows}
-    arrayed = load_job(path, ["name=arrayed"], "sweep")
-    jobs = start_array(arrayed)
-    recorded = json.loads((arrayed.sweep_dir / "array.json").read_text())["trials"]
-    assert ran == recorded and len(recorded) == 3, (ran, recorded)
-    assert len({t["optim.lr"] for t in recorded.values()}) == 3  # drawn per trial
-    assert all(r["status"] == "completed" for r in rows), rows
-    assert sorted(r["run"] for r in rows) == [f"tuned_trial_{tid}" for tid in sorted(recorded)]
-    assert sorted(j.run.name for j in jobs.values()) == [f"arrayed_trial_{tid}" for tid in sorted(recorded)]
-    assert all(Path(r["run_dir"]).parent == tuned.sweep_dir / "trials" for r in rows)
-
-
-def test_asha_bench_runs_the_same_trials_with_asha_and_in_full(ray_cluster, tmp_path, cache_dir, capsys):
+def test_asha_bench_runs_the_same_trials_with_asha_and_in_full(ray_cluster, other_ray, tmp_path, cache_dir, capsys):
     """python -m convlens.bench.asha: both sweeps train the same seeded configs; ASHA stops the trial
     at chance and the table says how many of the full run's epochs it trained. (How many it saves
     depends on how fast the stop reaches the trial's Train run: on a busy machine its second and
-    last epoch may finish first, so the count is only bounded here.)"""
+    last epoch may finish first, so the count is only bounded here.)
+    The ASHA sweep is checked as a user sees one: its compact status, why each trial stopped, its
+    best_job.yaml and curves; and with another Ray on the machine too, Ray Train's placement group
+    cleaner must still find this cluster and free what the stopped trials held."""
     from convlens.bench.asha import main
     path = write_sweep(tmp_path, cache_dir, "bench", {"optim.lr": {"grid": [0.1, 0.05, 1e-7]}},
                        run={"epochs": 2, "steps_per_epoch": 20}, data={"train_subset": 2000})
     figures = main([str(path), "--root", str(tmp_path / "bench")])
+    out = capsys.readouterr()
     asha, full = (read_trials(tmp_path / "bench" / name) for name in ("asha", "full"))
     configs = {name: {r["trial_id"]: r["config/optim.lr"] for r in rows} for name, rows in (("asha", asha), ("full", full))}
     assert configs["asha"] == configs["full"] and len(configs["full"]) == 3
@@ -291,5 +253,28 @@ def test_asha_bench_runs_the_same_trials_with_asha_and_in_full(ray_cluster, tmp_
     assert {float(r["config/optim.lr"]): r["status"] for r in asha}[1e-7] == "early_stopped"  # it stays at chance
     assert figures["asha"]["epochs"] == sum(int(r["epochs"]) for r in asha) <= 6
     assert figures["asha"]["planned"] == figures["full"]["planned"] == 6
-    out = capsys.readouterr().out
-    assert f"ASHA trained {figures['asha']['epochs'] / 6:.0%} of the epochs in " in out
+    assert f"ASHA trained {figures['asha']['epochs'] / 6:.0%} of the epochs in " in out.out
+
+    # the ASHA sweep's own output: everything before the full sweep's first status line
+    lines = (out.out + out.err).splitlines()
+    asha_lines = lines[:next(i for i, line in enumerate(lines) if "[convlens] sweep full [" in line)]
+    assert_compact_status(asha_lines, {r["trial_id"]: r for r in asha}, 2)
+    assert {r["status"] for r in asha} <= {"completed", "early_stopped"}
+    stopped = [r for r in asha if r["status"] == "early_stopped"]
+    # ASHA decides on the epoch Tune saw; the nested Train run may write one more before it dies.
+    stopped_at = [int(re.search(r"ASHA stopped it after epoch (\d+)", r["stop_reason"]).group(1)) for r in stopped]
+    # ASHA's rungs lie before the last epoch: a trial that trained every epoch gets its test run.
+    assert all(epoch < 2 for epoch in stopped_at), asha
+    assert all(r["test_accuracy"] == "" for r in stopped), asha
+    assert [r["planned_epochs"] for r in asha] == ["2"] * 3  # for the report's line
+    trained = figures["asha"]["epochs"]
+    assert f"3 trials trained {trained} of 6 epochs; early stopping saved {6 - trained} " in "\n".join(asha_lines)
+    best = [r for r in asha if r["best"] == "True"]
+    assert len(best) == 1 and best[0]["status"] == "completed" and float(best[0]["test_accuracy"]) > 0
+    assert float(best[0]["config/optim.lr"]) in (0.1, 0.05)
+    best_job = load_job(tmp_path / "bench/asha/best_job.yaml", [], "train")
+    assert isinstance(best_job, TrainJob)
+    assert best_job.optim.lr == float(best[0]["config/optim.lr"]) and best_job.tracking.group == "asha"
+    assert (tmp_path / "bench/asha/curves.png").stat().st_size > 10_000
+    # ASHA's stops tore the nested Train runs down: every CPU is free again.
+    assert wait_cpus_free(ray_cluster, 4) >= 4

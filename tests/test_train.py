@@ -4,21 +4,20 @@ import os
 
 import pytest
 
-from conftest import (assert_nothing_lost, committed_epochs, inject, read_attempts, read_metrics,
+from conftest import (DDP, TWO_WORKERS, assert_nothing_lost, committed_epochs, inject, read_attempts, read_metrics,
                       reordering_tolerance, steps_per_epoch)
 from convlens.base.errors import RunStopped
 from convlens.training.run import train
 
 
-def test_two_workers_match_one_worker(ray_cluster, tiny_job):
+def test_two_workers_match_one_worker(ray_cluster, tiny_job, uninterrupted):
     """Same seed and global batch: sharding + gradient averaging + SyncBN reproduce 1 worker,
     up to float32 reordering amplified by training (conftest.reordering_tolerance)."""
-    common = dict(model={"layers": [1, 1], "width": 8, "sync_bn": True}, optim={"lr": 0.01},
-                  data={"batch_size": 64, "train_subset": 768})
-    one = tiny_job("one", run={"workers": 1, "epochs": 3}, **common)
-    two = tiny_job("two", run={"workers": 2, "epochs": 3}, **common)
-    s1, s2 = train(one), train(two)
-    m1, m2 = read_metrics(one.run_dir), read_metrics(two.run_dir)
+    one = tiny_job("one", run={**TWO_WORKERS, "workers": 1}, **DDP)
+    s1 = train(one)
+    two = uninterrupted(run=TWO_WORKERS, **DDP)
+    s2 = json.loads((two / "summary.json").read_text())
+    m1, m2 = read_metrics(one.run_dir), read_metrics(two)
     assert len(m1) == len(m2) == 3
     for a, b in zip(m1, m2):
         tol = reordering_tolerance(a["epoch"])
@@ -40,12 +39,11 @@ def test_worker_killed_mid_epoch_is_retried(ray_cluster, tiny_job, uninterrupted
     monkeypatch.setenv("WANDB_MODE", "offline")
     wandb.setup()
     env = {"WANDB_MODE": "offline", "WANDB_SERVICE": os.environ["WANDB_SERVICE"]}
-    two = {"workers": 2, "epochs": 3}
-    job = tiny_job("retry", run={**two, "max_failures": 1}, tracking={"mode": "offline"})
+    job = tiny_job("retry", run={**TWO_WORKERS, "max_failures": 1}, tracking={"mode": "offline"}, **DDP)
     inject(monkeypatch, {"kind": "kill", "run": "retry", "at": "1:2:5"})
     train(job, trainer_kwargs={"worker_runtime_env": {"env_vars": env}})
     assert len(list((job.run_dir / ".faults").glob("kill-*"))) == 1
-    assert_nothing_lost(job.run_dir, 3, steps_per_epoch(job), [1, 2], reference=uninterrupted(run=two),
+    assert_nothing_lost(job.run_dir, 3, steps_per_epoch(job), [1, 2], reference=uninterrupted(run=TWO_WORKERS, **DDP),
                         atol=1e-6)
     run_id = (job.run_dir / "wandb_id.txt").read_text().strip()
     wait_finished(job.run_dir / "wandb", run_id)
