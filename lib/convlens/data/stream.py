@@ -94,10 +94,11 @@ def block_rows(size: int) -> int:
     return int(min(max(BLOCK_BYTES // (3 * size * size), BLOCK_ROWS[0]), BLOCK_ROWS[1]))
 
 
-def image_dataset(items: Items, size: int, shuffle_seed: int | None = None):
+def image_dataset(items: Items, size: int, shuffle_seed: int | None = None, cpus: float = 1.0):
     """A Ray Dataset of the decoded images. shuffle_seed: the files in a seeded order whose
     blocks come in a new seeded order every epoch (Ray Data's cheap alternative to a global
-    shuffle; the worker's local shuffle buffer mixes the blocks' rows)."""
+    shuffle; the worker's local shuffle buffer mixes the blocks' rows). cpus: what one decoding
+    task asks Ray for (decode_cpus)."""
     import ray.data
     from ray.data import RandomSeedConfig
     rows = block_rows(size)
@@ -110,7 +111,7 @@ def image_dataset(items: Items, size: int, shuffle_seed: int | None = None):
     if shuffle_seed is not None:
         ds = ds.randomize_block_order(seed=RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True))
     return ds.map_batches(decode_batch, fn_kwargs={"size": size}, batch_size=min(rows, DECODE_BATCH),
-                          batch_format="numpy")
+                          batch_format="numpy", num_cpus=cpus)
 
 
 def channel_sums(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -166,9 +167,10 @@ class StreamedData:
         the fixed images precise batch norm recomputes its statistics on."""
         train, val = self.index.train_val(job.data.val_fraction, job.run.seed)
         n_bn = min(job.run.precise_bn_images, len(train)) // job.data.batch_size * job.data.batch_size
-        out = {"train": image_dataset(train, self.image_size, shuffle_seed=job.run.seed),
-               "val": image_dataset(val, self.image_size)}
-        return {**out, "bn": image_dataset(train[:n_bn], self.image_size)} if n_bn else out
+        cpus = decode_cpus(job.run)
+        out = {"train": image_dataset(train, self.image_size, shuffle_seed=job.run.seed, cpus=cpus),
+               "val": image_dataset(val, self.image_size, cpus=cpus)}
+        return {**out, "bn": image_dataset(train[:n_bn], self.image_size, cpus=cpus)} if n_bn else out
 
     def test_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The test split's readable images, decoded by Ray Data, for the driver's final test;
@@ -187,6 +189,19 @@ class StreamedData:
         n_train = len(self.index.train_val(job.data.val_fraction, job.run.seed)[0])
         bn = min(job.run.precise_bn_images, n_train) >= job.data.batch_size
         return {"classes": self.classes, "n_train": n_train, "mean": self.mean, "std": self.std, "bn": bn}
+
+
+def decode_cpus(run) -> float:
+    """What one decoding task asks Ray for: a CPU, or where the workers are spread over several
+    nodes (run.placement spread), the least a node has left beside its share of the workers:
+    two workers of 0.5 CPU on two one-CPU nodes leave half a CPU on each, and tasks asking for
+    a whole one would never start (the first batch would never come)."""
+    import ray
+    if run.placement == "pack":
+        return 1.0
+    nodes = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]]
+    held = -(-run.workers // len(nodes)) * run.cpus_per_worker  # the most workers a node holds
+    return min([1.0, *(cpus - held for cpus in nodes if cpus - held > 1e-9)])
 
 
 def data_config(run):

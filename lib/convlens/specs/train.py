@@ -170,6 +170,9 @@ class RunSection(Strict):
     seed: int = 0
     workers: int = Field(1, gt=0)
     cpus_per_worker: float = Field(1.0, gt=0)
+    # Ray Train's placement of the workers: pack fills one node first; spread puts them on
+    # different nodes (on several nodes each then decodes its own part of a streamed folder)
+    placement: Literal["pack", "spread"] = "pack"
     use_gpu: bool = False
     # A share of one GPU per worker (Ray's fractional GPUs): 0.25 packs four runs, or four sweep
     # trials, onto one card; one worker never spans GPUs.

@@ -120,7 +120,7 @@ def fit(job: TrainJob, start_from: str | None = None, streamed: StreamedData | N
         torch_config=TorchConfig(backend="nccl" if job.run.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=job.run.workers, use_gpu=job.run.use_gpu,
-            resources_per_worker=worker_resources(job.run)),
+            resources_per_worker=worker_resources(job.run), placement_strategy=job.run.placement.upper()),
         run_config=ray.train.RunConfig(
             name=job.run.name, storage_path=job.run.root,
             failure_config=ray.train.FailureConfig(max_failures=job.run.max_failures),
