@@ -66,15 +66,28 @@ def registered_checkpoints(run_dir: Path) -> list[dict]:
     return [r["metrics"] for r in snapshot["checkpoint_results"]]
 
 
-def test_submit_train_waits_for_summary(cluster, setup, capsys):
+def test_submit_train_waits_for_summary(cluster, setup, tmp_path, capsys):
+    """A train job through the head+workers bootstrap (`ray start` on each node of the allocation,
+    here one; two real nodes: tests/test_multinode.py), then an analyze job over its run."""
     from convlens.launch.slurm import submit
+    from convlens.raycluster import nodes
     profile, spec, runs = setup
-    assert submit(profile, "train", spec("slurm_tiny"), ["optim.lr=0.05"], wait=True, timeout=240) == 0
+    assert submit(profile, "train", spec("slurm_tiny"), ["optim.lr=0.05"], wait=True, timeout=240, multinode=True) == 0
     summary = json.loads((runs / "slurm_tiny/summary.json").read_text())
     assert summary["epochs"] == 2
+    assert yaml.safe_load((runs / "slurm_tiny/config.yaml").read_text())["optim"]["lr"] == 0.05
     assert not (profile.parent / "elsewhere").exists()
     out = capsys.readouterr().out
     assert re.search(r"submitted slurm job \d+", out) and "stdout:" in out and "W&B group: train-slurm_tiny" in out
+    log_file = next((tmp_path / "logs").glob("*/*_0_log.out"))
+    log = log_file.read_text()
+    assert "Ray cluster up: 1 node in" in log and "each node as granted: 2 CPUs, 0 GPUs, mem_gb 4.0" in log
+    assert "ray stop" not in log and "\x1b[" not in log and "Ray runtime started" not in log  # the banner: in its file
+    assert "Ray runtime started" in (log_file.parent / "ray_start_head.log").read_text()
+    # our `ray start` must not become the node's default cluster for other ray.init() calls
+    shared = Path("/tmp/ray/ray_current_cluster")
+    job_port = nodes.ray_port(log_file.parent.name)
+    assert not shared.exists() or not shared.read_text().endswith(f":{job_port}")
 
     # the analyze job over that run, on the cluster too; its outputs land under the profile's runs_root
     analyze_spec = write_yaml(profile.parent / "analyze.yaml", {
@@ -147,15 +160,13 @@ def test_requeue_resumes_from_checkpoint(cluster, setup, monkeypatch):
     assert "attempt 2 resumes at epoch" in text and text.count("slurm_requeue epoch 4/4: train loss") == 1
 
 
-def test_two_node_script_and_multinode_bootstrap(cluster, setup, tmp_path):
-    """The batch script and Ray commands of a 4-node GPU profile, then the head+workers bootstrap
-    path for real on one node (two real nodes: tests/test_multinode.py)."""
+def test_four_node_gpu_script_and_ray_commands(tmp_path):
+    """The batch script and Ray commands of a 4-node GPU profile (the bootstrap for real:
+    test_submit_train_waits_for_summary, and on two nodes tests/test_multinode.py)."""
     from convlens.launch.sbatch import sbatch_script
-    from convlens.launch.slurm import submit
     from convlens.raycluster import nodes
     from convlens.raycluster.allocation import Allocation
     from convlens.specs.cluster import load_profile
-    profile, spec, runs = setup
     gpu = yaml.safe_load((REPO / "slurm/example_gpu_cluster.yaml").read_text())
     gpu.update(log_dir=str(tmp_path / "gpu_logs"))
     script = sbatch_script(load_profile(write_yaml(tmp_path / "gpu.yaml", gpu)), "train-big")
@@ -173,18 +184,6 @@ def test_two_node_script_and_multinode_bootstrap(cluster, setup, tmp_path):
     assert "--head" in head and f"--port={port}" in head and "--num-gpus=4" in head
     assert "--log-color=false" in head and any(a.startswith("--object-store-memory=") for a in worker)
     assert f"--address=10.0.0.1:{port}" in worker and "--head" not in worker
-
-    assert submit(profile, "train", spec("slurm_multi"), wait=True, timeout=240, multinode=True) == 0
-    assert json.loads((runs / "slurm_multi/summary.json").read_text())["epochs"] == 2
-    log_file = next((tmp_path / "logs").glob("*/*_0_log.out"))
-    log = log_file.read_text()
-    assert "Ray cluster up: 1 node in" in log and "each node as granted: 2 CPUs, 0 GPUs, mem_gb 4.0" in log
-    assert "ray stop" not in log and "\x1b[" not in log and "Ray runtime started" not in log  # the banner: in its file
-    assert "Ray runtime started" in (log_file.parent / "ray_start_head.log").read_text()
-    # our `ray start` must not become the node's default cluster for other ray.init() calls
-    shared = Path("/tmp/ray/ray_current_cluster")
-    job_port = nodes.ray_port(log_file.parent.name)
-    assert not shared.exists() or not shared.read_text().endswith(f":{job_port}")
 
 
 def array_sweep(tmp_path: Path, spec, **fields) -> Path:
