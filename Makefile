@@ -34,12 +34,10 @@ debs:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$${missing[@]}"
 
 # torch/torchvision and everything else pinned by constraints.txt; pyproject keeps loose ranges.
-# --no-compile: Python writes the bytecode of what is imported as it is first imported. Compiling every
-# installed file up front made the install 134 s instead of 58 s (2-core machine, measured side by side).
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check --no-compile -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
 	touch $@
 
 # The demo's and the tests' Fashion-MNIST: Debian's copy where installed, else downloaded and verified
