@@ -34,6 +34,8 @@ debs:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$${missing[@]}"
 
 # torch/torchvision and everything else pinned by constraints.txt; pyproject keeps loose ranges.
+# Not --no-compile: where PYTHONDONTWRITEBYTECODE is set (this machine, CI) no bytecode would ever be
+# written and every Ray worker would compile torch at import (make test took 60 min instead of ~30).
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
