@@ -5,8 +5,7 @@ import os
 import pytest
 
 from conftest import (DDP, TWO_WORKERS, assert_nothing_lost, committed_epochs, inject, read_attempts, read_metrics,
-                      reordering_tolerance, steps_per_epoch)
-from convlens.base.errors import RunStopped
+                      reordering_tolerance, steps_per_epoch, tiny_spec)
 from convlens.training.run import train
 
 
@@ -51,15 +50,31 @@ def test_worker_killed_mid_epoch_is_retried(ray_cluster, tiny_job, uninterrupted
     assert {row["_step"] for row in log.history if "val/accuracy" in row} == {1, 2, 3}
 
 
-def test_nan_on_one_rank_stops_all_ranks_cleanly(ray_cluster, tiny_job, monkeypatch):
-    job = tiny_job("nan", run={"workers": 2, "epochs": 3, "max_failures": 2})
+def test_nan_on_one_rank_stops_every_rank_the_command_and_its_wandb_run(ray_cluster, tmp_path, cache_dir, capsys,
+                                                                        monkeypatch):
+    """A non-finite loss on rank 1 of 2 (run.max_failures 2): every rank stops at that step and no
+    retry replays it; `convlens train` exits 1 with one line saying why; the W&B run ends failed,
+    with the reason, after the one epoch before it."""
+    import yaml
+    from convlens.cli import main
+    from test_tracking import epochs_of, synced
+    spec = tmp_path / "nan.yaml"
+    spec.write_text(yaml.safe_dump(tiny_spec(tmp_path / "runs", cache_dir, "nan", tracking={"mode": "offline"},
+                                             run={"workers": 2, "epochs": 3, "max_failures": 2})))
     inject(monkeypatch, {"kind": "nan", "run": "nan", "at": "1:2:4"})
-    with pytest.raises(RunStopped, match="epoch 2, step 4"):
-        train(job)
-    assert [m["epoch"] for m in read_metrics(job.run_dir)] == [1]
-    assert len(read_attempts(job.run_dir)) == 1  # no retry replayed the NaN
-    stopped = json.loads((job.run_dir / "stopped.json").read_text())
+    monkeypatch.setenv("WANDB_MODE", "offline")  # forwarded to the workers; the suite's default is disabled
+    assert main(["train", str(spec)]) == 1
+    ours = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("(")]  # not Ray's workers
+    assert len(ours) == 1 and ours[0].startswith("convlens: error: run nan"), ours
+    assert "non-finite loss at epoch 2" in ours[0] and "epoch 2, step 4" in ours[0], ours
+    run_dir = tmp_path / "runs" / "nan"
+    assert [m["epoch"] for m in read_metrics(run_dir)] == [1]
+    assert len(read_attempts(run_dir)) == 1  # no retry replayed the NaN
+    stopped = json.loads((run_dir / "stopped.json").read_text())
     assert stopped["epoch"] == 2 and stopped["step"] == 4
+    log = synced(run_dir)[(run_dir / "wandb_id.txt").read_text().strip()]
+    assert "non-finite loss at epoch 2" in log.summary["stop_reason"] and log.exit_code == 1
+    assert epochs_of(log) == [1]
 
 
 def test_nonfinite_check_finds_the_first_bad_step_one_check_later_or_at_epoch_end():
