@@ -35,3 +35,41 @@ def test_conversion_keeps_parameters_and_statistics():
     convert_to_global_bn(model)
     assert type(model[1]) is GlobalBatchNorm2d
     assert model[1].running_mean.eq(0.3).all() and model[1].weight.eq(2.0).all()
+
+
+
+def half_batch_gradients(rank: int, port: int, x: torch.Tensor, out: str) -> None:
+    """One of 2 gloo workers: GlobalBatchNorm2d on its half of x; its gradients of a loss over the whole batch."""
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        bn = GlobalBatchNorm2d(3).double().train()
+        half = x[rank * 4:(rank + 1) * 4].clone().requires_grad_()
+        loss_of(bn(half)).backward()
+        weight_grad = bn.weight.grad.clone()
+        dist.all_reduce(weight_grad)  # DDP's sum of the parameters' gradients
+        torch.save((half.grad, weight_grad), f"{out}/{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def loss_of(y: torch.Tensor) -> torch.Tensor:
+    return (y * torch.arange(1.0, 4.0, dtype=y.dtype)[None, :, None, None]).pow(2).sum()
+
+
+def test_two_workers_get_the_gradients_of_one_worker_with_the_whole_batch(tmp_path):
+    """The all-reduce's backward: each half batch's input gradient, and the summed weight gradient,
+    equal one worker's on the whole batch (what keeps 2-worker DDP equal to 1 worker)."""
+    import socket
+    import torch.multiprocessing as mp
+    x = torch.randn(8, 3, 5, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    whole = x.clone().requires_grad_()
+    bn = GlobalBatchNorm2d(3).double().train()
+    loss_of(bn(whole)).backward()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(half_batch_gradients, args=(port, x, str(tmp_path)), nprocs=2, join=True)
+    (g0, w0), (g1, w1) = (torch.load(tmp_path / f"{r}.pt") for r in (0, 1))
+    assert torch.allclose(torch.cat([g0, g1]), whole.grad, rtol=0, atol=1e-12)
+    assert torch.allclose(w0, bn.weight.grad, rtol=0, atol=1e-12) and torch.equal(w0, w1)

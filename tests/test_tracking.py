@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_nothing_lost, steps_per_epoch, tiny_spec
+from conftest import DDP, TWO_WORKERS, assert_nothing_lost, steps_per_epoch, tiny_spec
 from wandb_reader import RunLog, check_whole_job, covered, read_run, read_tables, wait_finished
 
 LIB = str(Path(__file__).resolve().parents[1] / "lib")
@@ -71,11 +71,14 @@ def epochs_of(log: RunLog) -> list[int]:
 
 @pytest.fixture(scope="module")
 def retried(ray_cluster, tmp_path_factory, cache_dir):
-    """A tracked 3-epoch run, trained once for the tests below, then probed: its worker is
-    SIGKILLed in epoch 2 and retried, killed again in epoch 3 with no retry left (the driver
-    fails, as a job cut off by Slurm), and the same spec run again finishes it (the path of a
-    Slurm requeue). W&B samples system metrics every second.
+    """A tracked 3-epoch 2-worker DDP run, trained once for the tests below, then probed: rank 1
+    is SIGKILLed mid-epoch 2 and the worker group retried, rank 0 killed again in epoch 3 with no
+    retry left (the driver fails, as a job cut off by Slurm), and the same spec run again finishes
+    it (the path of a Slurm requeue). W&B samples system metrics every second. The workers are
+    handed the W&B service of the process that started Ray (as under a notebook): each retry must
+    still open the same W&B run.
     (run dir, summary, API key, wall seconds from the first start to the end, the probe's)"""
+    import wandb
     from convlens.analysis.probes import probe
     from convlens.base.errors import JobFailed
     from convlens.specs.base import validate
@@ -84,14 +87,17 @@ def retried(ray_cluster, tmp_path_factory, cache_dir):
     from convlens.training.run import train
     key, root = secret_key(), tmp_path_factory.mktemp("tracked")
     job = validate(TrainJob, tiny_spec(root / "runs", cache_dir, "tracked",
-                                       run={"epochs": 3, "max_failures": 1, "quiet": False},
+                                       run={**TWO_WORKERS, "max_failures": 1, "quiet": False},
                                        tracking={"mode": "offline", "log_checkpoints": "all", "tags": ["t"],
-                                                 "stats_interval": 1.0}))
-    kills = [{"kind": "kill", "run": "tracked", "at": "0:2:1"}, {"kind": "kill", "run": "tracked", "at": "0:3:1", "times": 2}]
+                                                 "stats_interval": 1.0}, **DDP))
+    kills = [{"kind": "kill", "run": "tracked", "at": "1:2:5"}, {"kind": "kill", "run": "tracked", "at": "0:3:1", "times": 2}]
     env = {"WANDB_MODE": "offline", "WANDB_API_KEY": key, "CONVLENS_FAULTS": json.dumps(kills)}
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
             mp.setenv(k, v)
+        mp.delenv("WANDB_SERVICE", raising=False)  # wandb.setup() sets it; gone again after the fixture
+        wandb.setup()
+        env["WANDB_SERVICE"] = os.environ["WANDB_SERVICE"]
         begun = time.time()
         with pytest.raises(JobFailed):
             train(job, trainer_kwargs={"worker_runtime_env": {"env_vars": env}})
@@ -148,15 +154,17 @@ def test_retried_run_syncs_as_one_complete_run(retried, capfd):
 
 
 def test_killed_failed_and_rerun_run_ends_as_an_uninterrupted_one(retried, uninterrupted):
-    """The same run (worker killed and retried, killed again with no retry left so the driver
-    failed, then the spec run again): every epoch once, each attempt started after the last
-    committed epoch, and the weights of an uninterrupted run of the same seed."""
+    """The same run (a worker killed and retried, killed again with no retry left so the driver
+    failed, then the spec run again): one kill marker per kill, every epoch once, each attempt
+    started after the last committed epoch, and the weights of an uninterrupted 2-worker run of
+    the same seed (the reference of tests/test_train.py)."""
     import yaml
     from convlens.specs.base import validate
     from convlens.specs.train import TrainJob
     run_dir, *_ = retried
     job = validate(TrainJob, yaml.safe_load((run_dir / "config.yaml").read_text()))
-    assert_nothing_lost(run_dir, 3, steps_per_epoch(job), [1, 2, 3], reference=uninterrupted(run={"epochs": 3}),
+    assert len(list((run_dir / ".faults").glob("kill-*"))) == 2
+    assert_nothing_lost(run_dir, 3, steps_per_epoch(job), [1, 2, 3], reference=uninterrupted(run=TWO_WORKERS, **DDP),
                         atol=1e-6)
 
 
@@ -169,6 +177,9 @@ def test_synced_run_shows_its_runtime_system_metrics_and_logs(retried):
     """What `convlens sync` uploads for the run (killed and retried, then failed and run again)
     holds the job's runtime, the system metrics of every attempt over the whole run, in time
     order, and rank 0's console lines: W&B's Overview, System and Logs tabs."""
+    import yaml
+    from convlens.specs.base import validate
+    from convlens.specs.train import TrainJob
     run_dir, summary, _, wall, _ = retried
     run_id = (run_dir / "wandb_id.txt").read_text().strip()
     log = synced(run_dir)[run_id]
@@ -188,7 +199,9 @@ def test_synced_run_shows_its_runtime_system_metrics_and_logs(retried):
     for prefix in ("cpu", "memory", "disk.", "network.", "proc.cpu.", "proc.memory."):
         assert any(k.startswith(prefix) for k in keys), (prefix, sorted(keys))
     text = "".join(o["line"] for o in log.output)  # rank 0's console, every attempt once, in order
-    starts = [text.find(f"[convlens] tracked epoch {epoch}/3:  14% (2/14 steps)") for epoch in (1, 2, 3)]
+    steps = steps_per_epoch(validate(TrainJob, yaml.safe_load((run_dir / "config.yaml").read_text())))
+    # step 8: past both kills (rank 0 waits in step 5 of epoch 2 for the killed rank 1; killed itself at step 1 of epoch 3)
+    starts = [text.find(f"[convlens] tracked epoch {epoch}/3: {800 // steps:3d}% (8/{steps} steps)") for epoch in (1, 2, 3)]
     assert all(text.count(text[i:i + 45]) == 1 for i in starts) and -1 < starts[0] < starts[1] < starts[2], text
     assert "attempt 2 resumes at epoch 2" in text and "attempt 3 resumes at epoch 3" in text
     assert text.count("[convlens] tracked epoch 3/3: train loss") == 1  # attempt 2 was killed at its first step

@@ -14,14 +14,31 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import nn
+
+
+class AllReduceSum(torch.autograd.Function):
+    """all_reduce(SUM) with its gradient: every worker's output is the sum of all inputs, so each
+    input's gradient is the sum of all outputs' gradients. (torch.distributed.nn.functional's
+    all_reduce did this; torch 2.14 deprecates it with a warning in every worker's log.)"""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        t = t.clone()
+        dist.all_reduce(t)
+        return t
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
 
 
 def global_sum(t: torch.Tensor) -> torch.Tensor:
     """Differentiable sum over every worker (the identity on one worker)."""
     if dist.is_initialized() and dist.get_world_size() > 1:
-        return dist_fn.all_reduce(t)
+        return AllReduceSum.apply(t)
     return t
 
 
