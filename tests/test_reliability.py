@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from convlens.base.errors import RunStopped
+from convlens.specs.load import load_job
 from convlens.storage import checkpoint as ckpt
 from convlens.training.run import train
 from conftest import (DDP, TWO_WORKERS, assert_nothing_lost, committed_epochs, inject, read_attempts, read_metrics, steps_per_epoch,
@@ -62,11 +63,13 @@ def test_same_seed_same_metrics(ray_cluster, tiny_job, uninterrupted):
     assert [[m[k] for k in keys] for m in read_metrics(a)] == [[m[k] for k in keys] for m in read_metrics(b.run_dir)]
 
 
-def test_driver_sigkill_then_rerun_resumes(ray_cluster, tmp_path, cache_dir):
-    """`convlens train` SIGKILLed after some epochs are committed: the same spec and run name
-    resume at the next epoch, another run name starts afresh (and is the uninterrupted
-    reference), and rerunning the finished run does no work."""
-    spec = tiny_spec(tmp_path / "runs", cache_dir, "driver", run={"epochs": 4, "steps_per_epoch": 6})
+def test_driver_sigkill_then_rerun_resumes(ray_cluster, tmp_path, cache_dir, tiny_job, uninterrupted):
+    """`convlens train` SIGKILLed after an epoch is committed: the same spec and run name resume at
+    the next epoch and end equal to an uninterrupted run (the session's reference of the same
+    sections, which started afresh: no Train run of its own here); another run name is another run
+    directory, so it starts afresh as that reference did; rerunning the finished run does no work."""
+    sections = {"run": {"epochs": 3}}  # the corrupt-checkpoint test's reference
+    spec = tiny_spec(tmp_path / "runs", cache_dir, "driver", **sections)
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(spec))
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address,
@@ -76,18 +79,20 @@ def test_driver_sigkill_then_rerun_resumes(ray_cluster, tmp_path, cache_dir):
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 240
-    while time.time() < deadline and len(committed_epochs(run_dir)) < 2:
+    while time.time() < deadline and not committed_epochs(run_dir):
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     committed = committed_epochs(run_dir)
-    assert len(committed) >= 2 and not (run_dir / "summary.json").exists()
+    assert committed and not (run_dir / "summary.json").exists()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    fresh = subprocess.run(cmd + ["run.name=other"], env=env, capture_output=True, text=True, timeout=300)
-    assert fresh.returncode == 0, fresh.stderr[-2000:]
-    assert read_attempts(tmp_path / "runs" / "other")[0]["resumed_from"] is None
-    assert_nothing_lost(run_dir, 4, 6, [1, max(committed) + 1], reference=tmp_path / "runs" / "other", atol=1e-6)
+    reference = uninterrupted(**sections)
+    assert read_attempts(reference)[0]["resumed_from"] is None
+    other = load_job(path, ["run.name=other"], "train")
+    assert other.run_dir == tmp_path / "runs" / "other" and not other.run_dir.exists()
+    assert_nothing_lost(run_dir, 3, steps_per_epoch(tiny_job("driver", **sections)), [1, max(committed) + 1],
+                        reference=reference, atol=1e-6)
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "already finished" in again.stdout
     assert len(read_attempts(run_dir)) == 2

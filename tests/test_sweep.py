@@ -5,7 +5,6 @@ import csv
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import assert_nothing_lost, committed_epochs, inject, read_attempts, tiny_spec
+from conftest import inject, tiny_spec
 from test_sweep_status import assert_compact_status
 from convlens.base.errors import ConfigError
 from convlens.specs.load import load_job
@@ -148,49 +147,6 @@ def sweep_cli(spec: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": LIB, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     return subprocess.Popen([sys.executable, "-m", "convlens.cli", "sweep", str(spec), *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def test_killed_sweep_resumes_keeping_finished_trials(ray_cluster, tmp_path, cache_dir, monkeypatch):
-    """The sweep driver SIGKILLed while one trial has finished and the next is mid-run (held in
-    epoch 2, after its epoch 1 is committed): --resume reruns no finished trial, resumes the
-    interrupted one at epoch 2 from its own checkpoint, runs the last, and loses nothing. The
-    sweep's own W&B run (offline, from the base spec) shows both drivers, from the first start."""
-    inject(monkeypatch, {"kind": "hold", "run": "*_00001", "at": "0:2:1"})
-    # the trials' actors keep the test cluster's WANDB_MODE=disabled: only the sweep's run is tracked
-    monkeypatch.delenv("WANDB_MODE")
-    monkeypatch.delenv("WANDB_SERVICE", raising=False)  # each driver its own W&B service, as from a shell
-    path = write_sweep(tmp_path, cache_dir, "resume", {"run.seed": {"grid": [0, 1, 2]}},
-                       max_concurrent=1, scheduler={"name": "none"}, tracking={"stats_interval": 1.0})
-    job = load_job(path, [], "sweep")
-    trials_dir = job.sweep_dir / "trials"
-    begun = time.time()
-    driver = sweep_cli(path)
-    deadline = time.time() + 150
-    while not list(trials_dir.glob("*/.faults/hold-0")) and time.time() < deadline and driver.poll() is None:
-        time.sleep(0.2)
-    held = [p.parents[1] for p in trials_dir.glob("*/.faults/hold-0")]
-    assert held, driver.communicate()[0][-3000:] if driver.poll() is not None else "no trial held"
-    os.kill(driver.pid, signal.SIGKILL)
-    driver.wait()
-    killed = time.time()
-    held = held[0]
-    finished = {p.parent.name: (p.stat().st_mtime_ns, (p.parent / "metrics.jsonl").stat().st_mtime_ns)
-                for p in trials_dir.glob("*/summary.json")}
-    assert finished and held.name not in finished and committed_epochs(held) == [1]
-    assert not (job.sweep_dir / "trials.csv").exists()
-
-    again = sweep_cli(path, "--resume")
-    out = again.communicate(timeout=170)[0]
-    wall = time.time() - begun
-    assert again.returncode == 0, out[-3000:]
-    trials = read_trials(job.sweep_dir)
-    assert len(trials) == 3 and all(r["status"] == "completed" for r in trials), trials
-    for name, (summary_mtime, metrics_mtime) in finished.items():
-        assert (trials_dir / name / "summary.json").stat().st_mtime_ns == summary_mtime
-        assert (trials_dir / name / "metrics.jsonl").stat().st_mtime_ns == metrics_mtime
-        assert len(read_attempts(trials_dir / name)) == 1
-    assert_nothing_lost(held, FAST["epochs"], FAST["steps_per_epoch"], [1, 2])
-    check_sweep_run(job.sweep_dir, wall, killed)
 
 
 def check_sweep_run(sweep_dir: Path, wall: float, killed: float) -> None:

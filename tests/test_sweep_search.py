@@ -11,7 +11,8 @@ import pytest
 import torch
 import yaml
 
-from test_sweep import read_trials, sweep_cli, write_sweep
+from conftest import assert_nothing_lost, committed_epochs, inject, read_attempts
+from test_sweep import FAST, check_sweep_run, read_trials, sweep_cli, write_sweep
 from convlens.base.errors import ConfigError
 from convlens.specs.load import load_job
 
@@ -86,33 +87,58 @@ def test_pbt_trial_restored_from_before_its_donor_goes_on_with_the_donor_start_v
     assert now.optim.lr == 0.0885 and now.tracking.params["optim.lr"] == 0.0885 and now.run_dir == job.run_dir
 
 
-def test_tpe_sweep_runs_numbered_trials_and_resumes(ray_cluster, tmp_path, cache_dir):
-    """TPE with no early stopping (scheduler none): 2 trials proposed one after the other by
-    Optuna, seeded; the driver killed after the first finishes resumes the study and ends with 2
-    distinct numbered trials. TPE + ASHA runs end to end in the bench's smoke test, and ASHA's
-    resume in test_sweep.py."""
+def test_killed_tpe_sweep_resumes_keeping_finished_trials(ray_cluster, tmp_path, cache_dir, monkeypatch):
+    """TPE with no early stopping (scheduler none), seeded: 3 trials proposed one after the other
+    by Optuna. The sweep driver SIGKILLed while trial 00000 has finished and 00001 is mid-run
+    (held in epoch 2, after its epoch 1 is committed): --resume restores the study, reruns no
+    finished trial, resumes the interrupted one at epoch 2 from its own checkpoint, has Optuna
+    propose the last (00002) and loses nothing; 3 distinct numbered trials. The sweep's own W&B
+    run (offline, from the base spec) shows both drivers, from the first start. A random (and so
+    grid: the same drawn trials) sweep killed and resumed is test_pbt_perturbs_from_donor_...'s;
+    TPE + ASHA runs end to end in the search bench's smoke test."""
+    inject(monkeypatch, {"kind": "hold", "run": "*_00001", "at": "0:2:1"})
+    # the trials' actors keep the test cluster's WANDB_MODE=disabled: only the sweep's run is tracked
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)  # each driver its own W&B service, as from a shell
     space = {"optim.lr": {"loguniform": [0.01, 0.2]}, "optim.name": {"choice": ["sgd", "adam"]}}
-    path = write_sweep(tmp_path, cache_dir, "tpe", space, run={"epochs": 2, "steps_per_epoch": 2},
-                       search="tpe", num_samples=2, max_concurrent=1, scheduler={"name": "none"})
+    path = write_sweep(tmp_path, cache_dir, "tpe", space, search="tpe", seed=0, num_samples=3, max_concurrent=1,
+                       scheduler={"name": "none"}, tracking={"stats_interval": 1.0})
     job = load_job(path, [], "sweep")
     trials_dir = job.sweep_dir / "trials"
+    begun = time.time()
     driver = sweep_cli(path)
-    deadline = time.time() + 200
-    while not list(trials_dir.glob("*/summary.json")) and time.time() < deadline and driver.poll() is None:
+    deadline = time.time() + 150
+    while not list(trials_dir.glob("*/.faults/hold-0")) and time.time() < deadline and driver.poll() is None:
         time.sleep(0.2)
-    assert list(trials_dir.glob("*/summary.json")), driver.communicate()[0][-3000:] if driver.poll() else "slow"
+    held = [p.parents[1] for p in trials_dir.glob("*/.faults/hold-0")]
+    assert held, driver.communicate()[0][-3000:] if driver.poll() is not None else "no trial held"
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
+    killed = time.time()
+    held = held[0]
+    finished = {p.parent.name: (p.stat().st_mtime_ns, (p.parent / "metrics.jsonl").stat().st_mtime_ns)
+                for p in trials_dir.glob("*/summary.json")}
+    assert list(finished) == ["tpe_trial_00000"] and held.name == "tpe_trial_00001" and committed_epochs(held) == [1]
+    assert sorted(p.name for p in trials_dir.iterdir()) == ["tpe_trial_00000", "tpe_trial_00001"]  # 00002 not yet
+    assert not (job.sweep_dir / "trials.csv").exists()
+
     again = sweep_cli(path, "--resume")
-    out = again.communicate(timeout=300)[0]
+    out = again.communicate(timeout=170)[0]
+    wall = time.time() - begun
     assert again.returncode == 0, out[-3000:]
     trials = read_trials(job.sweep_dir)
-    assert sorted(r["trial_id"] for r in trials) == ["00000", "00001"], trials
+    assert sorted(r["trial_id"] for r in trials) == ["00000", "00001", "00002"], trials
     assert all(r["status"] == "completed" and (r["searcher"], r["scheduler"]) == ("tpe", "none") for r in trials)
-    assert len({r["config/optim.lr"] for r in trials}) == 2
+    assert len({r["config/optim.lr"] for r in trials}) == 3
     assert all(0.01 <= float(r["config/optim.lr"]) <= 0.2 and r["config/optim.name"] in ("sgd", "adam")
                for r in trials)
-    assert sorted(p.name for p in trials_dir.iterdir()) == [f"tpe_trial_0000{i}" for i in range(2)]
+    assert sorted(p.name for p in trials_dir.iterdir()) == [f"tpe_trial_0000{i}" for i in range(3)]
+    for name, (summary_mtime, metrics_mtime) in finished.items():
+        assert (trials_dir / name / "summary.json").stat().st_mtime_ns == summary_mtime
+        assert (trials_dir / name / "metrics.jsonl").stat().st_mtime_ns == metrics_mtime
+        assert len(read_attempts(trials_dir / name)) == 1
+    assert_nothing_lost(held, FAST["epochs"], FAST["steps_per_epoch"], [1, 2])
+    check_sweep_run(job.sweep_dir, wall, killed)
 
 
 def test_pbt_perturbs_from_donor_checkpoints_and_resumes(ray_cluster, tmp_path, cache_dir, monkeypatch):
@@ -172,7 +198,7 @@ def test_search_bench_runs_each_method(ray_cluster, tmp_path, cache_dir, capsys)
     """python -m convlens.bench.search, smoke size: one seed, one trial of 2 epochs of 1 step per
     method (2 epochs: ASHA and PBT need one before the last), each through its searcher and
     scheduler, and the table over all three. (Two TPE trials, the second proposed from the first,
-    are test_tpe_sweep_runs_numbered_trials_and_resumes's; PBT's perturbations test_pbt_...'s.)"""
+    are test_killed_tpe_sweep_resumes_keeping_finished_trials's; PBT's perturbations test_pbt_...'s.)"""
     from convlens.bench.search import METHODS, main
     space = {"optim.lr": {"loguniform": [0.01, 0.2]}, "optim.momentum": {"uniform": [0.8, 0.95]}}
     path = write_sweep(tmp_path, cache_dir, "bench", space, run={"epochs": 2, "steps_per_epoch": 1},
