@@ -291,10 +291,11 @@ def assert_calm_log(log: str, name: str, epochs: int) -> None:
     assert len(summary) == 1 and epoch_lines[-1] < summary[0], lines
 
 
-def submit_cli(profile: Path, spec: Path, *extra: str, timeout: float = 400) -> subprocess.CompletedProcess:
-    """`convlens submit --wait` as a user runs it: its transcript and exit status."""
+def submit_cli(profile: Path, spec: Path, *extra: str, overrides: list[str] = (),
+               timeout: float = 400) -> subprocess.CompletedProcess:
+    """`convlens submit --wait [extra] train spec [overrides]` as a user runs it: its transcript and exit status."""
     return subprocess.run([sys.executable, "-m", "convlens.cli", "submit", "--cluster", str(profile), "--wait",
-                           *extra, "train", str(spec)], capture_output=True, text=True, timeout=timeout,
+                           *extra, "train", str(spec), *overrides], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "lib")})
 
 

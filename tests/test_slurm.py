@@ -66,40 +66,6 @@ def registered_checkpoints(run_dir: Path) -> list[dict]:
     return [r["metrics"] for r in snapshot["checkpoint_results"]]
 
 
-def test_submit_train_waits_for_summary(cluster, setup, tmp_path, capsys):
-    """A train job through the head+workers bootstrap (`ray start` on each node of the allocation,
-    here one; two real nodes: tests/test_multinode.py), then an analyze job over its run."""
-    from convlens.launch.slurm import submit
-    from convlens.raycluster import nodes
-    profile, spec, runs = setup
-    assert submit(profile, "train", spec("slurm_tiny"), ["optim.lr=0.05"], wait=True, timeout=240, multinode=True) == 0
-    summary = json.loads((runs / "slurm_tiny/summary.json").read_text())
-    assert summary["epochs"] == 2
-    assert yaml.safe_load((runs / "slurm_tiny/config.yaml").read_text())["optim"]["lr"] == 0.05
-    assert not (profile.parent / "elsewhere").exists()
-    out = capsys.readouterr().out
-    assert re.search(r"submitted slurm job \d+", out) and "stdout:" in out and "W&B group: train-slurm_tiny" in out
-    log_file = next((tmp_path / "logs").glob("*/*_0_log.out"))
-    log = log_file.read_text()
-    assert "Ray cluster up: 1 node in" in log and "each node as granted: 2 CPUs, 0 GPUs, mem_gb 4.0" in log
-    assert "ray stop" not in log and "\x1b[" not in log and "Ray runtime started" not in log  # the banner: in its file
-    assert "Ray runtime started" in (log_file.parent / "ray_start_head.log").read_text()
-    # our `ray start` must not become the node's default cluster for other ray.init() calls
-    shared = Path("/tmp/ray/ray_current_cluster")
-    job_port = nodes.ray_port(log_file.parent.name)
-    assert not shared.exists() or not shared.read_text().endswith(f":{job_port}")
-
-    # the analyze job over that run, on the cluster too; its outputs land under the profile's runs_root
-    analyze_spec = write_yaml(profile.parent / "analyze.yaml", {
-        "kind": "analyze", "name": "slurm_analysis", "runs": [str(runs / "slurm_tiny")], "epochs": "all",
-        "methods": ["filters", "gradcam"], "options": {"num_images": 16, "num_train": 64}})
-    assert submit(profile, "analyze", analyze_spec, wait=True, timeout=240) == 0
-    index = json.loads((runs / "analysis/slurm_analysis/index.json").read_text())
-    assert {(e["epoch"], e["method"]) for e in index["files"]} >= {(1, "filters"), (2, "gradcam")}
-    pngs = [runs / "analysis/slurm_analysis" / e["file"] for e in index["files"] if e["file"].endswith(".png")]
-    assert len(pngs) >= 4 and all(p.stat().st_size > 1000 for p in pngs)
-
-
 def test_requeue_resumes_from_checkpoint(cluster, setup, monkeypatch):
     """scontrol requeue mid-run: the job restarts, resumes from Ray Train's checkpoint, and ends
     with epochs 1..4 once each; the epochs done before the requeue are not trained again, and
@@ -162,7 +128,8 @@ def test_requeue_resumes_from_checkpoint(cluster, setup, monkeypatch):
 
 def test_four_node_gpu_script_and_ray_commands(tmp_path):
     """The batch script and Ray commands of a 4-node GPU profile (the bootstrap for real:
-    test_submit_train_waits_for_summary, and on two nodes tests/test_multinode.py)."""
+    test_followed_train_job_then_analyze_through_the_multinode_bootstrap, and on two nodes
+    tests/test_multinode.py)."""
     from convlens.launch.sbatch import sbatch_script
     from convlens.raycluster import nodes
     from convlens.raycluster.allocation import Allocation
@@ -285,21 +252,35 @@ def test_follow_reads_own_lines_and_the_outcome_from_the_run(tmp_path):
                                                 f"test acc 0.8000; run /r/t1; sweep {trials.parent}; W&B group g")
 
 
-def test_followed_job_ends_with_its_outcome_in_a_calm_log(cluster, setup, tmp_path, capsys, monkeypatch):
-    """One node, 2 GiB of the node's 24: `submit --wait` shows the job's states, rank 0's lines and
-    the outcome, exit 0; the job's Ray has the granted CPUs and memory, and its log is calm.
-    `convlens follow` of the ended job gives the outcome again; Ctrl-C says how to follow again."""
+def test_followed_train_job_then_analyze_through_the_multinode_bootstrap(cluster, setup, tmp_path, capsys,
+                                                                         monkeypatch):
+    """One training, two jobs. The train job as a user runs it: `convlens submit --wait` with an
+    override, one node, 2 GiB of the node's 24: it shows the job's states, rank 0's lines and the
+    outcome, exit 0; its summary and config land under the profile's runs_root; the job's Ray has
+    the granted CPUs and memory, and its log is calm. `convlens follow` of the ended job gives the
+    outcome again; Ctrl-C says how to follow again. Then an analyze job over its run through the
+    head+workers bootstrap (`ray start` on each node of the allocation, here one; two real nodes:
+    tests/test_multinode.py)."""
+    from convlens.cli import main
     from convlens.launch import follow
+    from convlens.launch.slurm import submit
+    from convlens.raycluster import nodes
     profile, spec, runs = setup
     small = yaml.safe_load(profile.read_text())
     small["mem_gb"] = 2
-    profile = write_yaml(profile, small)
+    small_profile = write_yaml(tmp_path / "small.yaml", small)
     start = time.time()
-    done = submit_cli(profile, spec("calm1", run={"quiet": False}))
+    # optim.lr=0.04: not tiny_spec's 0.05, so the config shows the override arrived
+    done = submit_cli(small_profile, spec("calm1", run={"quiet": False}), overrides=["optim.lr=0.04"])
     with capsys.disabled():
         print(f"\n[test_slurm] followed one-node job: {time.time() - start:.1f} s\n{done.stdout}")
     assert done.returncode == 0, done.stdout + done.stderr
     job_id = assert_followed(done.stdout, "calm1", 2)
+    assert re.search(r"submitted slurm job \d+", done.stdout) and "stdout:" in done.stdout
+    assert "W&B group: train-calm1" in done.stdout
+    assert json.loads((runs / "calm1/summary.json").read_text())["epochs"] == 2
+    assert yaml.safe_load((runs / "calm1/config.yaml").read_text())["optim"]["lr"] == 0.04
+    assert not (profile.parent / "elsewhere").exists()
     log = (tmp_path / f"logs/{job_id}/{job_id}_0_log.out").read_text()
     assert_calm_log(log, "calm1", 2)
     up = next(line for line in log.splitlines() if "Ray cluster up" in line)
@@ -309,16 +290,37 @@ def test_followed_job_ends_with_its_outcome_in_a_calm_log(cluster, setup, tmp_pa
     memory, store = (float(x) for x in re.search(r"memory ([\d.e+]+) \+ object store ([\d.e+]+)", up).groups())
     assert memory + store <= 2 * 2**30, up
 
-    from convlens.cli import main
     capsys.readouterr()
-    assert main(["follow", job_id, "--cluster", str(profile)]) == 0  # an ended job: its outcome at once
+    assert main(["follow", job_id, "--cluster", str(small_profile)]) == 0  # an ended job: its outcome at once
     assert capsys.readouterr().out.splitlines()[-1] == done.stdout.splitlines()[-1]
 
     def interrupted(job_id):
         raise KeyboardInterrupt
     import convlens.launch.jobstate as jobstate
-    monkeypatch.setattr(jobstate, "slurm_state", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        follow.follow_id(str(profile), job_id)
+    with monkeypatch.context() as patch:
+        patch.setattr(jobstate, "slurm_state", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            follow.follow_id(str(small_profile), job_id)
     assert f"stopped following; job {job_id} goes on. Follow it again with: convlens follow {job_id} --cluster " \
-        f"{profile}" in capsys.readouterr().err
+        f"{small_profile}" in capsys.readouterr().err
+
+    # the analyze job over that run, through the head+workers bootstrap with the profile's 4 GiB;
+    # its outputs land under the profile's runs_root
+    analyze_spec = write_yaml(profile.parent / "analyze.yaml", {
+        "kind": "analyze", "name": "slurm_analysis", "runs": [str(runs / "calm1")], "epochs": "all",
+        "methods": ["filters", "gradcam"], "options": {"num_images": 16, "num_train": 64}})
+    assert submit(profile, "analyze", analyze_spec, wait=True, timeout=240, multinode=True) == 0
+    index = json.loads((runs / "analysis/slurm_analysis/index.json").read_text())
+    assert {(e["epoch"], e["method"]) for e in index["files"]} >= {(1, "filters"), (2, "gradcam")}
+    pngs = [runs / "analysis/slurm_analysis" / e["file"] for e in index["files"] if e["file"].endswith(".png")]
+    assert len(pngs) >= 4 and all(p.stat().st_size > 1000 for p in pngs)
+    analyze_id = re.search(r"submitted slurm job (\d+)", capsys.readouterr().out).group(1)
+    log_file = tmp_path / f"logs/{analyze_id}/{analyze_id}_0_log.out"
+    log = log_file.read_text()
+    assert "Ray cluster up: 1 node in" in log and "each node as granted: 2 CPUs, 0 GPUs, mem_gb 4.0" in log
+    assert "ray stop" not in log and "\x1b[" not in log and "Ray runtime started" not in log  # the banner: in its file
+    assert "Ray runtime started" in (log_file.parent / "ray_start_head.log").read_text()
+    # our `ray start` must not become the node's default cluster for other ray.init() calls
+    shared = Path("/tmp/ray/ray_current_cluster")
+    job_port = nodes.ray_port(analyze_id)
+    assert not shared.exists() or not shared.read_text().endswith(f":{job_port}")
