@@ -102,8 +102,11 @@ def log_tail(log: Path, lines: int = 15) -> str:
 def with_address(head: str) -> dict:
     """The environment of a `ray start`: its raylet passes RAY_ADDRESS on to every worker and
     actor, whose state-API calls (Ray Train's placement group cleaner) then reach this cluster
-    instead of guessing among every Ray running on the machine."""
-    return {**os.environ, "RAY_ADDRESS": head}
+    instead of guessing among every Ray running on the machine. Ray 2.60 answers SIGTERM by
+    draining the node for up to 30 s (for Ray Serve's proxies), which only delays the end of a
+    job here: stop_tree then waited 10 s for each node and killed it. No drain unless the user
+    asks for one."""
+    return {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", **os.environ, "RAY_ADDRESS": head}
 
 
 def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None,
