@@ -10,9 +10,12 @@ import re
 import subprocess
 import sys
 import shutil
+import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -20,6 +23,7 @@ from convlens.specs.train import default_data_path
 
 # Debian's Fashion-MNIST where it is installed, else the user cache that `make setup` filled
 FMNIST = Path(default_data_path("fashion_mnist"))
+REPO_ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -159,6 +163,89 @@ def tiny_spec(root: Path, cache_dir: str, name: str = "tiny", **sections) -> dic
     return spec
 
 
+def secret_key() -> str:
+    return "convlens" + uuid.uuid4().hex  # 40 characters, the length of a W&B key
+
+
+def assert_absent(secret: str, folders: list[Path], text: str) -> int:
+    """The secret is in no file under folders and not in text; returns how many files were read."""
+    assert secret not in text
+    checked = 0
+    for folder in folders:
+        for path in Path(folder).rglob("*"):
+            if path.is_file():
+                assert secret.encode() not in path.read_bytes(), f"API key written to {path}"
+                checked += 1
+    return checked
+
+
+# ---------------------------------------------------------------- the reduced demo, shared by the session
+
+# The demo's networks and sweep trials at test size (overrides of jobs/demo.yaml's steps' specs).
+TINY = {"data.train_subset": 768, "data.test_subset": 256, "model.layers": [1, 1], "model.width": 8,
+        "run.workers": 1, "run.quiet": True}
+
+
+class Demo(NamedTuple):
+    root: Path  # the demo's root: supervised/, rotation/, the sweep, analysis/, report.html, timings.json
+    report: Path  # the report the command said to open
+    key: str  # the sentinel WANDB_API_KEY the command ran with
+    stdout: str
+    stderr: str
+    ray_tmp: Path  # the command's own Ray's RAY_TMPDIR (its session logs)
+
+
+def demo_spec(root: Path, cache_dir: str) -> dict:
+    """jobs/demo.yaml at test size: both networks (2 epochs), probes, a 2-trial sweep, the analysis
+    of every method at epochs [1, last] of both networks, the report."""
+    from convlens.specs.base import read_yaml
+    tiny = lambda: json.loads(json.dumps(TINY))  # noqa: E731 - a copy each: no YAML anchors in the file
+    spec = read_yaml(REPO_ROOT / "jobs/demo.yaml")
+    spec.update(root=str(root), quiet=True)
+    for step in ("supervised", "rotation"):
+        spec[step]["overrides"].update(tiny(), **{"run.epochs": 2, "data.cache_dir": cache_dir})
+    # the analysis tests' W&B run of the supervised network samples system metrics every second
+    spec["supervised"]["overrides"]["tracking.stats_interval"] = 1.0
+    spec["probes"]["overrides"].update({"stages": [1, 2], "max_train": 512, "probe_epochs": 2})
+    spec["sweep"].setdefault("overrides", {}).update(
+        {"base_overrides": {**tiny(), "run.epochs": 4, "data.cache_dir": cache_dir, "run.steps_per_epoch": 4},
+         "num_samples": 2})
+    spec["analysis"]["overrides"].update({"epochs": [1, "last"], "options": {
+        "num_images": 32, "num_train": 128, "inversion_steps": 5, "tsne_points": 60}})
+    return spec
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory, cache_dir):
+    """The reduced demo, run once per session as a user runs it: `convlens demo <spec.yaml>` in its
+    own process, with its own local Ray (no RAY_ADDRESS; a private RAY_TMPDIR, kept until the session
+    ends for its logs), WANDB_MODE=offline and a sentinel WANDB_API_KEY. Its run folders are read
+    by several modules: a test writes its own outputs elsewhere."""
+    import yaml
+    from convlens.tracking.sync import plan
+    from wandb_reader import wait_finished
+    key = secret_key()
+    folder = tmp_path_factory.mktemp("demo")
+    root = folder / "demo"
+    spec = folder / "demo.yaml"
+    spec.write_text(yaml.safe_dump(demo_spec(root, cache_dir), sort_keys=False))
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rd", dir="/tmp"))  # short: Ray's socket paths must fit
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "WANDB_SERVICE")}
+    env.update(WANDB_API_KEY=key, WANDB_MODE="offline", RAY_TMPDIR=str(ray_tmp), PYTHONPATH=str(REPO_ROOT / "lib"))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "convlens.cli", "demo", str(spec)], cwd=REPO_ROOT, env=env,
+                              capture_output=True, text=True, timeout=900)
+        print(proc.stdout[-5000:])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        report = re.search(r"\[convlens\] demo finished in \d+ s; open (.+)$", proc.stdout.rstrip(), re.M)
+        assert report, proc.stdout[-3000:]
+        for seg in plan(root)[0]:  # settled before any test reads (or hashes) the demo's folders
+            wait_finished(seg.folder, seg.run_id)
+        yield Demo(root, Path(report.group(1)), key, proc.stdout, proc.stderr, ray_tmp)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
 # The sections of every 2-worker tiny run that a test compares with a reference (1 vs 2 workers, 2 nodes,
 # a killed worker, the same seed twice): one set, so that uninterrupted() trains that reference once.
 DDP = dict(model={"layers": [1, 1], "width": 8, "sync_bn": True}, optim={"lr": 0.01},
@@ -275,7 +362,6 @@ def steps_per_epoch(job) -> int:
 
 # ---------------------------------------------------------------- followed Slurm jobs (test_slurm, test_multinode)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 EPOCH = re.compile(r"\[convlens\] (\S+) epoch (\d+)/(\d+): train loss")
 
 

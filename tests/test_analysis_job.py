@@ -1,5 +1,5 @@
-"""The analyze job end to end: two tiny real runs (supervised and rotation), two epochs each,
-every method as Ray tasks, and every file in index.json a real picture or JSON."""
+"""The analyze job end to end: two tiny real runs (supervised and rotation, the reduced demo's), two
+epochs each, every method as Ray tasks, and every file in index.json a real picture or JSON."""
 from __future__ import annotations
 
 import hashlib
@@ -14,22 +14,17 @@ import pytest
 from convlens.analysis.job import analyze
 from convlens.analysis.registry import names
 from convlens.specs.analyze import AnalyzeJob
-from conftest import inject, tiny_spec
+from conftest import inject
 from convlens.base.errors import ConfigError
 from convlens.specs.base import validate
 from convlens.storage.checkpoint import verify
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory, cache_dir, ray_cluster):
-    from convlens.specs.train import TrainJob
-    from convlens.training.run import train
-    root = tmp_path_factory.mktemp("runs")
-    jobs = [validate(TrainJob, tiny_spec(root, cache_dir, "sup", tracking={"stats_interval": 1.0})),
-            validate(TrainJob, tiny_spec(root, cache_dir, "rot", run={"task": "rotation"}))]
-    for job in jobs:
-        train(job)
-    return [job.run_dir for job in jobs]
+def two_runs(demo, ray_cluster):
+    """The reduced demo's two trained networks (supervised, rotation; 2 epochs, every checkpoint kept),
+    which other modules read too: a test here writes only below its own tmp_path, never into them."""
+    return [demo.root / "supervised", demo.root / "rotation"]
 
 
 def file_hashes(folder: Path) -> dict[str, str]:
@@ -37,16 +32,13 @@ def file_hashes(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_analyze_two_runs_two_epochs_all_methods(two_runs, tmp_path):
-    job = validate(AnalyzeJob, {
-        "name": "t", "out": str(tmp_path / "analysis"), "runs": [str(r) for r in two_runs],
-        "epochs": [1, 2], "quiet": True,
-        "options": {"num_images": 48, "num_train": 128, "inversion_steps": 3, "tsne_points": 40, "topk": 3,
-                    "faithfulness_steps": 4}})
-    out = analyze(job)
+def test_analyze_two_runs_two_epochs_all_methods(demo, two_runs, tmp_path):
+    """The demo's analysis: both networks at epochs [1, last = 2], every method (options num_images 32,
+    num_train 128, inversion_steps 5, tsne_points 60), compared."""
+    out = demo.root / "analysis"
     index = json.loads((out / "index.json").read_text())
     files = index["files"]
-    for run in ("sup", "rot"):
+    for run in ("supervised", "rotation"):
         for epoch in (1, 2):
             done = {e["method"] for e in files if e["run"] == run and e["epoch"] == epoch} - {"compare", "similarity"}
             assert done == set(names()), (run, epoch)
@@ -63,20 +55,20 @@ def test_analyze_two_runs_two_epochs_all_methods(two_runs, tmp_path):
         else:
             assert json.loads(path.read_text())["method"] == entry["method"]
     faith = index["tables"]["faithfulness"]  # areas per run and epoch, for the report's table and trend
-    assert [r[:2] for r in faith["rows"]] == [["rot", 1], ["rot", 2], ["sup", 1], ["sup", 2]]
+    assert [r[:2] for r in faith["rows"]] == [["rotation", 1], ["rotation", 2], ["supervised", 1], ["supervised", 2]]
     assert all(0 <= v <= 1 for r in faith["rows"] for v in r[2:])
-    assert (out / "compare" / "sup__faithfulness__trend.png").is_file()
+    assert (out / "compare" / "supervised__faithfulness__trend.png").is_file()
     depth = index["tables"]["gradcam_depth"]  # two-stage networks: no columns for stages 3 and 4
     assert depth["columns"] == ["run", "epoch", *(f"{m}_auc_stage{i}" for m in ("deletion", "insertion")
                                                   for i in (1, 2))]
     cka = index["tables"]["similarity"]  # the two networks, stage by stage, at each common epoch
     assert cka["columns"] == ["run", "epoch", "cka_layer1", "cka_layer2"]
-    assert [r[:2] for r in cka["rows"]] == [["rot vs sup", 1], ["rot vs sup", 2]]
+    assert [r[:2] for r in cka["rows"]] == [["rotation vs supervised", 1], ["rotation vs supervised", 2]]
     assert all(-0.1 < v <= 1 + 1e-6 for r in cka["rows"] for v in r[2:])
     settle = json.loads((out / "compare" / "similarity.json").read_text())["result"]["within"]
-    assert {w["run"] for w in settle} == {"sup", "rot"}
+    assert {w["run"] for w in settle} == {"supervised", "rotation"}
     assert all(np.allclose(w["to_last"][-1], 1.0) and w["epochs"] == [1, 2] for w in settle)  # last vs itself
-    rot_dir = next((out / "rot").glob("checkpoint_epoch0002*"))
+    rot_dir = next((out / "rotation").glob("checkpoint_epoch0002*"))
     rot = json.loads((rot_dir / "confusion.json").read_text())
     assert len(rot["result"]["per_class_accuracy"]) == 4  # judged on rotations
     assert not list(out.rglob(".*.tmp-*"))
@@ -95,7 +87,7 @@ def test_killed_analysis_task_is_retried_and_writes_each_output_once(two_runs, t
         "methods": ["gradcam", "filters"],
         "options": {"num_images": 32, "num_train": 64}})
     out = analyze(job)
-    folder = next((out / "sup").glob("checkpoint_epoch0002*"))
+    folder = next((out / sup.name).glob("checkpoint_epoch0002*"))
     killed_pid = int((folder / ".killed-gradcam").read_text())  # the first attempt really died
     summary = json.loads((folder / "gradcam.json").read_text())
     assert summary["pid"] != killed_pid  # the retry wrote the JSON the killed attempt never reached
@@ -122,7 +114,8 @@ def test_analysis_is_its_own_wandb_run_one_step_per_epoch(two_runs, tmp_path, mo
     from wandb_reader import check_whole_job, read_run, read_tables, wait_finished
     sup = two_runs[0]
     monkeypatch.setenv("WANDB_MODE", "offline")  # the suite's default is disabled; the env wins
-    (sup / "wandb_id.txt").write_text("trainrun1\n")  # as a tracked training run leaves it
+    train_id = (sup / "wandb_id.txt").read_text().strip()  # the demo tracked its training (group demo)
+    before = file_hashes(sup)
     job = validate(AnalyzeJob, {
         "name": "w", "out": str(tmp_path / "analysis"), "runs": [str(sup)], "epochs": [1, 2], "quiet": False,
         "methods": ["knn", "embeddings", "filters", "gradcam"],
@@ -135,9 +128,9 @@ def test_analysis_is_its_own_wandb_run_one_step_per_epoch(two_runs, tmp_path, mo
     run_id = json.loads((out / "index.json").read_text())["wandb_run_ids"][sup.name]
     wait_finished(chosen[0].folder, run_id)
     log = read_run(chosen[0].folder / f"run-{run_id}.wandb")
-    assert log.job_type == "analysis" and log.group == sup.name and log.config["train_run_id"] == "trainrun1"
+    assert log.job_type == "analysis" and log.group == "demo" and log.config["train_run_id"] == train_id
     used = [a for a in log.artifacts if a["used"]]
-    assert {a["name"] for a in used} == {"model-trainrun1"}
+    assert {a["name"] for a in used} == {f"model-{train_id}"}
     assert sorted(a["metadata"]["epoch"] for a in used) == [1, 2] and all(a["metadata"]["sha256"] for a in used)
     assert [row["_step"] for row in log.history] == [1, 2]
     keys = {m["key"] for m in log.media if m["step"] == 2}  # <method>, or <method>_<panel> (filters_conv1)
@@ -157,6 +150,7 @@ def test_analysis_is_its_own_wandb_run_one_step_per_epoch(two_runs, tmp_path, mo
     assert cams["data"][0][1]["_type"] == "image-file"
     text = check_whole_job(log, wall, 1.0)
     assert f"[convlens] analysis w: {len(json.loads((out / 'index.json').read_text())['files'])} files" in text
+    assert file_hashes(sup) == before  # its W&B run is written below out, not into the training run
 
 
 def test_unknown_method_is_refused(tmp_path):

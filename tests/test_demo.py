@@ -1,42 +1,21 @@
-"""The demo pipeline end to end at reduced size: both networks, probes, sweep, analysis, report;
-then the README's results block written from its files, checked sentence by sentence."""
+"""The demo pipeline end to end at reduced size, as a user runs it (`convlens demo <spec>`, the
+session's `demo` fixture in conftest.py): both networks, probes, sweep, analysis, report; the W&B API
+key it ran with written nowhere; then the README's results block written from its files, checked
+sentence by sentence."""
 import json
-import uuid
+import re
 from pathlib import Path
 
 import pytest
 
-from convlens.jobs.demo import run_demo
-from convlens.specs.load import load_job
+from conftest import assert_absent
 from results_check import check_block
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"data.train_subset": 768, "data.test_subset": 256, "model.layers": [1, 1], "model.width": 8,
-        "run.workers": 1, "run.quiet": True}
-
-
-@pytest.fixture(scope="module")
-def demo(ray_cluster, tmp_path_factory, cache_dir):
-    """The reduced demo, run once for this module's tests: (its root, report.html, the W&B API key it saw)."""
-    key = "convlens" + uuid.uuid4().hex
-    root = tmp_path_factory.mktemp("demo") / "demo"
-    job = load_job("jobs/demo.yaml", [f"root={root}", "quiet=true"])
-    for step, epochs in ((job.supervised, 2), (job.rotation, 2)):
-        step.overrides.update(TINY, **{"run.epochs": epochs, "data.cache_dir": cache_dir})
-    job.probes.overrides.update({"stages": [1, 2], "max_train": 512, "probe_epochs": 2})
-    job.sweep.overrides.update({"base_overrides": {**TINY, "run.epochs": 4, "data.cache_dir": cache_dir,
-                                                   "run.steps_per_epoch": 4}, "num_samples": 2})
-    job.analysis.overrides.update({"epochs": [1, "last"], "options": {"num_images": 32, "num_train": 128,
-                                                                      "inversion_steps": 5, "tsne_points": 60}})
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("WANDB_MODE", "offline")  # what the shipped specs say; the suite's default is disabled
-        mp.setenv("WANDB_API_KEY", key)
-        report = run_demo(job)
-    return root, report, key
 
 
 def test_demo_end_to_end_at_reduced_size(demo):
-    root, report, key = demo
+    root, report, key = demo.root, demo.report, demo.key
     html = report.read_text()
     assert report.name == "report.html" and "<img" in html and "http://" not in html
     for run in ("supervised", "rotation"):
@@ -50,6 +29,29 @@ def test_demo_end_to_end_at_reduced_size(demo):
     assert list(timings["steps"]) == ["supervised", "rotation", "probes", "sweep", "analysis", "report"]
     assert timings["seconds"] >= sum(timings["steps"].values()) and timings["machine"]["cpus"] >= 1
     check_wandb(root, index, key)
+    check_key_never_written(demo)
+
+
+def check_key_never_written(demo) -> None:
+    """WANDB_API_KEY set to a sentinel in the shell of `convlens demo` (offline W&B, its own local Ray):
+    the sentinel is in no run, trial or W&B file, in none of Ray's session logs, and in none of its
+    output; a quiet trial prints nothing on the terminal, but its W&B Logs tab has its epoch lines."""
+    from convlens.tracking.sync import plan
+    from wandb_reader import read_run
+    wandb_logs = list(demo.root.rglob("*.wandb"))
+    ray_logs = list(demo.ray_tmp.rglob("session_*/logs/*"))
+    assert len(wandb_logs) >= 4 and len(ray_logs) > 10  # every run logged; Ray wrote its logs
+    checked = assert_absent(demo.key, [demo.root, demo.ray_tmp], demo.stdout + demo.stderr)
+    assert checked > 50
+    sweep_dir = next(demo.root.glob("*/trials.csv")).parent
+    trials = [read_run(seg.folder / f"run-{seg.run_id}.wandb") for seg in plan(sweep_dir)[0]]
+    texts = {log.config["run"]["name"]: ("".join(o["line"] for o in log.output),
+                                         [r["epoch"] for r in log.history if "train/loss" in r])
+             for log in trials if log.job_type == "train"}
+    assert len(texts) == 2, texts
+    for name, (text, epochs) in texts.items():
+        assert epochs and all(f"[convlens] {name} epoch {e}/4: train loss" in text for e in epochs), (name, text)
+    assert not re.search(r"epoch \d+/\d+: train loss", demo.stdout.split("sweeping")[-1])
 
 
 def test_results_block_states_the_demo_numbers(demo, tmp_path, capsys):
@@ -57,7 +59,7 @@ def test_results_block_states_the_demo_numbers(demo, tmp_path, capsys):
     that compares them agrees with them; --into puts exactly that block between the README's markers."""
     from convlens.cli import main
     from convlens.report.markdown import BEGIN, END
-    root = demo[0]
+    root = demo.root
     assert main(["report", "--markdown", str(root)]) == 0
     block = capsys.readouterr().out
     print(block)
