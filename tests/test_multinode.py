@@ -3,7 +3,7 @@ network namespaces node1 and node2 on a private bridge, one slurmd each, the fil
 Ray's head runs on node1, a Ray worker on node2; DDP runs over gloo between the two addresses.
 
 Needs root and the Debian Slurm packages plus iproute2. The cluster replaces the one-node cluster
-while this module runs (tests/test_slurm.py brings that one back). About 5.5 min; skipped with the
+while this module runs (tests/test_slurm.py brings that one back). Skipped with the
 reason where the machine lacks root or those packages (a user), never under CI.
 """
 from __future__ import annotations
