@@ -77,8 +77,7 @@ def retried(ray_cluster, tmp_path_factory, cache_dir):
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
             mp.setenv(k, v)
-        mp.delenv("WANDB_SERVICE", raising=False)  # wandb.setup() sets it; gone again after the fixture
-        wandb.setup()
+        wandb.setup()  # this process's W&B service (an earlier test's, if one started it): it sets WANDB_SERVICE
         env["WANDB_SERVICE"] = os.environ["WANDB_SERVICE"]
         begun = time.time()
         with pytest.raises(JobFailed):
