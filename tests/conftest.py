@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import http.server
 import json
 import os
@@ -199,16 +200,16 @@ def demo_spec(root: Path, cache_dir: str) -> dict:
     """jobs/demo.yaml at test size: both networks (2 epochs), probes, a 2-trial sweep, the analysis
     of every method at epochs [1, last] of both networks, the report."""
     from convlens.specs.base import read_yaml
-    tiny = lambda: json.loads(json.dumps(TINY))  # noqa: E731 - a copy each: no YAML anchors in the file
     spec = read_yaml(REPO_ROOT / "jobs/demo.yaml")
     spec.update(root=str(root), quiet=True)
+    # copies of TINY: lists shared between steps would be written as YAML anchors
     for step in ("supervised", "rotation"):
-        spec[step]["overrides"].update(tiny(), **{"run.epochs": 2, "data.cache_dir": cache_dir})
+        spec[step]["overrides"].update(copy.deepcopy(TINY), **{"run.epochs": 2, "data.cache_dir": cache_dir})
     # the analysis tests' W&B run of the supervised network samples system metrics every second
     spec["supervised"]["overrides"]["tracking.stats_interval"] = 1.0
     spec["probes"]["overrides"].update({"stages": [1, 2], "max_train": 512, "probe_epochs": 2})
     spec["sweep"].setdefault("overrides", {}).update(
-        {"base_overrides": {**tiny(), "run.epochs": 4, "data.cache_dir": cache_dir, "run.steps_per_epoch": 4},
+        {"base_overrides": {**copy.deepcopy(TINY), "run.epochs": 4, "data.cache_dir": cache_dir, "run.steps_per_epoch": 4},
          "num_samples": 2})
     spec["analysis"]["overrides"].update({"epochs": [1, "last"], "options": {
         "num_images": 32, "num_train": 128, "inversion_steps": 5, "tsne_points": 60}})

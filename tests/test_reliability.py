@@ -63,7 +63,7 @@ def test_same_seed_same_metrics(ray_cluster, tiny_job, uninterrupted):
     assert [[m[k] for k in keys] for m in read_metrics(a)] == [[m[k] for k in keys] for m in read_metrics(b.run_dir)]
 
 
-def test_driver_sigkill_then_rerun_resumes(ray_cluster, tmp_path, cache_dir, tiny_job, uninterrupted):
+def test_driver_sigkill_then_rerun_resumes(ray_cluster, tmp_path, cache_dir, uninterrupted):
     """`convlens train` SIGKILLed after an epoch is committed: the same spec and run name resume at
     the next epoch and end equal to an uninterrupted run (the session's reference of the same
     sections, which started afresh: no Train run of its own here); another run name is another run
@@ -91,7 +91,7 @@ def test_driver_sigkill_then_rerun_resumes(ray_cluster, tmp_path, cache_dir, tin
     assert read_attempts(reference)[0]["resumed_from"] is None
     other = load_job(path, ["run.name=other"], "train")
     assert other.run_dir == tmp_path / "runs" / "other" and not other.run_dir.exists()
-    assert_nothing_lost(run_dir, 3, steps_per_epoch(tiny_job("driver", **sections)), [1, max(committed) + 1],
+    assert_nothing_lost(run_dir, 3, steps_per_epoch(load_job(path, [], "train")), [1, max(committed) + 1],
                         reference=reference, atol=1e-6)
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "already finished" in again.stdout

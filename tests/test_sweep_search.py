@@ -197,8 +197,8 @@ def test_pbt_perturbs_from_donor_checkpoints_and_resumes(ray_cluster, tmp_path, 
 def test_search_bench_runs_each_method(ray_cluster, tmp_path, cache_dir, capsys):
     """python -m convlens.bench.search, smoke size: one seed, one trial of 2 epochs of 1 step per
     method (2 epochs: ASHA and PBT need one before the last), each through its searcher and
-    scheduler, and the table over all three. (Two TPE trials, the second proposed from the first,
-    are test_killed_tpe_sweep_resumes_keeping_finished_trials's; PBT's perturbations test_pbt_...'s.)"""
+    scheduler, and the table over all three. (TPE trials proposed one from another are
+    test_killed_tpe_sweep_resumes_keeping_finished_trials's; PBT's perturbations test_pbt_...'s.)"""
     from convlens.bench.search import METHODS, main
     space = {"optim.lr": {"loguniform": [0.01, 0.2]}, "optim.momentum": {"uniform": [0.8, 0.95]}}
     path = write_sweep(tmp_path, cache_dir, "bench", space, run={"epochs": 2, "steps_per_epoch": 1},

@@ -134,18 +134,22 @@ def test_retried_run_syncs_as_one_complete_run(retried, capfd):
     assert assert_absent(key, [run_dir], out.out + out.err) > 5
 
 
+def steps_of(run_dir: Path) -> int:
+    """Optimizer steps per epoch of a run, from the config.yaml it ran with."""
+    import yaml
+    from convlens.specs.base import validate
+    from convlens.specs.train import TrainJob
+    return steps_per_epoch(validate(TrainJob, yaml.safe_load((run_dir / "config.yaml").read_text())))
+
+
 def test_killed_failed_and_rerun_run_ends_as_an_uninterrupted_one(retried, uninterrupted):
     """The same run (a worker killed and retried, killed again with no retry left so the driver
     failed, then the spec run again): one kill marker per kill, every epoch once, each attempt
     started after the last committed epoch, and the weights of an uninterrupted 2-worker run of
     the same seed (the reference of tests/test_train.py)."""
-    import yaml
-    from convlens.specs.base import validate
-    from convlens.specs.train import TrainJob
     run_dir, *_ = retried
-    job = validate(TrainJob, yaml.safe_load((run_dir / "config.yaml").read_text()))
     assert len(list((run_dir / ".faults").glob("kill-*"))) == 2
-    assert_nothing_lost(run_dir, 3, steps_per_epoch(job), [1, 2, 3], reference=uninterrupted(run=TWO_WORKERS, **DDP),
+    assert_nothing_lost(run_dir, 3, steps_of(run_dir), [1, 2, 3], reference=uninterrupted(run=TWO_WORKERS, **DDP),
                         atol=1e-6)
 
 
@@ -158,9 +162,6 @@ def test_synced_run_shows_its_runtime_system_metrics_and_logs(retried):
     """What `convlens sync` uploads for the run (killed and retried, then failed and run again)
     holds the job's runtime, the system metrics of every attempt over the whole run, in time
     order, and rank 0's console lines: W&B's Overview, System and Logs tabs."""
-    import yaml
-    from convlens.specs.base import validate
-    from convlens.specs.train import TrainJob
     run_dir, summary, _, wall, _ = retried
     run_id = (run_dir / "wandb_id.txt").read_text().strip()
     log = synced(run_dir)[run_id]
@@ -180,7 +181,7 @@ def test_synced_run_shows_its_runtime_system_metrics_and_logs(retried):
     for prefix in ("cpu", "memory", "disk.", "network.", "proc.cpu.", "proc.memory."):
         assert any(k.startswith(prefix) for k in keys), (prefix, sorted(keys))
     text = "".join(o["line"] for o in log.output)  # rank 0's console, every attempt once, in order
-    steps = steps_per_epoch(validate(TrainJob, yaml.safe_load((run_dir / "config.yaml").read_text())))
+    steps = steps_of(run_dir)
     # step 8: past both kills (rank 0 waits in step 5 of epoch 2 for the killed rank 1; killed itself at step 1 of epoch 3)
     starts = [text.find(f"[convlens] tracked epoch {epoch}/3: {800 // steps:3d}% (8/{steps} steps)") for epoch in (1, 2, 3)]
     assert all(text.count(text[i:i + 45]) == 1 for i in starts) and -1 < starts[0] < starts[1] < starts[2], text
