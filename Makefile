@@ -1,7 +1,10 @@
 # All set-up a fresh machine needs, then the demo or the tests.
 #   make demo   - train both networks, a small sweep, the analysis and the report (CPU, about 8 min)
 #   make test   - the test suite (starts the local one-node Slurm cluster; tests/test_multinode.py
-#                 switches it to two nodes, `cluster.sh start --nodes 2`, and tests/test_slurm.py back)
+#                 switches it to two nodes, `cluster.sh start --nodes 2`, and tests/test_slurm.py back).
+#                 On a machine with more cores, `make test PYTEST_ARGS="-n 4"` runs it in 4 processes
+#                 (pytest-xdist; tests/conftest.py keeps together the tests that share a cluster or a
+#                 fixture). On 2 cores that gains nothing: the suite is CPU-bound.
 # Without root nothing needs root: the Debian packages below are optional system parts, skipped with
 # one line each when missing, and the tests that need them skip with their reason.
 SHELL := /bin/bash
@@ -57,7 +60,7 @@ demo: setup
 # cluster.sh exits 3 where it cannot run (no root): the Slurm tests then skip with that reason.
 test: setup
 	@bash slurm/cluster.sh start || (($$? == 3))
-	$(PY) -m pytest -q -rs -p no:cacheprovider --durations=15
+	$(PY) -m pytest -q -rs -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
 
 clean-slurm:
 	bash slurm/cluster.sh stop

@@ -30,6 +30,9 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # Ray Train polls its workers every 2 s by default; each run ends, and each report lands, at a poll.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+# Token auth, as the CLI chooses for a new cluster (raycluster.env), from the start: so that the mode
+# of every Ray this process starts does not depend on whether a CLI test ran main() in-process first.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 # ---------------------------------------------------------------- what a test needs of the machine
@@ -76,6 +79,48 @@ def pytest_runtest_makereport(item, call):
     if IN_CI and report.skipped and isinstance(report.longrepr, tuple) and LACKS in report.longrepr[2]:
         report.outcome = "failed"
         report.longrepr = f"CI=true runs every test, but this one skipped: {report.longrepr[2].removeprefix('Skipped: ')}"
+
+
+# ---------------------------------------------------------------- several test processes (pytest -n N)
+# pytest-xdist hands each process whole groups of tests, so that a module's fixtures are made once.
+# A group is a module, or several that share a machine-wide part or a session fixture:
+SHARED = {
+    # one local Slurm cluster, which test_multinode switches to two nodes and test_slurm back to one
+    "test_multinode": "slurm", "test_slurm": "slurm",
+    # uninterrupted()'s reference runs
+    "test_cli": "reference", "test_reliability": "reference", "test_tracking": "reference", "test_train": "reference",
+    # the demo fixture
+    "test_analysis_job": "demo", "test_demo": "demo",
+}
+# Groups in the order they are handed out, longest first, so that no long group starts last; the
+# rest follow in file order.
+LONGEST_FIRST = ("slurm", "reference", "test_sweep_search", "test_sweep", "test_setup", "demo", "test_stream")
+
+
+def group_of(nodeid: str) -> str:
+    module = Path(nodeid.split("::", 1)[0]).stem
+    return SHARED.get(module, module)
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's scheduling by scope, with our groups as the scopes (its own xdist_group marks are
+    lost on pytest 9's node ids) in our order."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid)
+
+    config.option.loadscopereorder = False  # keep the order of pytest_collection_modifyitems
+    return GroupScheduling(config, log)
+
+
+def pytest_collection_modifyitems(items):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # one process: file order
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(group_of(item.nodeid), len(rank)))  # stable: file order within
 
 
 class MirrorFiles:
