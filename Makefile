@@ -4,7 +4,7 @@
 #                 switches it to two nodes, `cluster.sh start --nodes 2`, and tests/test_slurm.py back).
 #                 On a machine with more cores, `make test PYTEST_ARGS="-n 4"` runs it in 4 processes
 #                 (pytest-xdist; tests/conftest.py keeps together the tests that share a cluster or a
-#                 fixture). On 2 cores that gains nothing: the suite is CPU-bound.
+#                 fixture). CI runs one process until `-n 2` has passed whole runs (README).
 # Without root nothing needs root: the Debian packages below are optional system parts, skipped with
 # one line each when missing, and the tests that need them skip with their reason.
 SHELL := /bin/bash

@@ -97,6 +97,12 @@ SHARED = {
 LONGEST_FIRST = ("slurm", "reference", "test_sweep_search", "test_sweep", "test_setup", "demo", "test_stream")
 
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one of several test processes: torch's threads in each would outnumber the cores
+    import torch
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+
+
 def group_of(nodeid: str) -> str:
     module = Path(nodeid.split("::", 1)[0]).stem
     return SHARED.get(module, module)

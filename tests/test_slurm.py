@@ -116,7 +116,7 @@ def test_requeue_resumes_from_checkpoint(cluster, setup, monkeypatch):
     # the Overview, System and Logs tabs: the job from its first start, across the requeue
     from wandb_reader import check_whole_job, covered
     started = float((run_dir / "started.txt").read_text())
-    assert 0 < started - submitted < 30  # the job's first start, not the requeued one's
+    assert submitted < started < requeued  # the job's first start, not the requeued one's
     text = check_whole_job(log, ended - started, 1.0, coverage=0)
     # sampled while the job ran: before the requeue, and from the requeued attempt on (in between
     # the job waits in the queue with no process of it anywhere)
