@@ -90,11 +90,21 @@ SHARED = {
     # uninterrupted()'s reference runs
     "test_cli": "reference", "test_reliability": "reference", "test_tracking": "reference", "test_train": "reference",
     # the demo fixture
-    "test_analysis_job": "demo", "test_demo": "demo",
+    "test_analysis_job": "demo", "test_demo": "demo", "test_rotation": "demo",
 }
 # Groups in the order they are handed out, longest first, so that no long group starts last; the
 # rest follow in file order.
 LONGEST_FIRST = ("slurm", "reference", "test_sweep_search", "test_sweep", "test_setup", "demo", "test_stream")
+
+
+def pytest_configure(config):
+    """The user's Ray auth token (~/.ray/auth_token), made once before any test process starts a
+    Ray: two first clusters started at once would each write their own, and one GCS would then
+    refuse the other's token (InvalidAuthToken)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or os.environ.get("RAY_AUTH_TOKEN"):
+        return
+    from convlens.raycluster.nodes import ray_bin
+    subprocess.run([ray_bin(), "get-auth-token", "--generate"], check=True, capture_output=True)
 
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -317,22 +327,29 @@ def tiny_job(tmp_path, cache_dir):
 
 
 @pytest.fixture(scope="session")
-def uninterrupted(ray_cluster, tmp_path_factory, cache_dir):
+def uninterrupted(request, tmp_path_factory, cache_dir):
     """Factory: the run directory of an uninterrupted tiny run with these sections, trained
-    once per session: the reference a faulted run of the same seed must end equal to."""
+    once: the reference a faulted run of the same seed must end equal to. Under pytest -n N the
+    processes share it (a file lock in the folder above theirs, pytest-xdist's recipe): the one
+    that asks first trains it, and only a process that trains one starts the session's Ray."""
+    import hashlib
+    from filelock import FileLock
     from convlens.specs.base import validate
     from convlens.specs.train import TrainJob
     from convlens.training.run import train
-    done = {}
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
     def run(**sections) -> Path:
-        key = json.dumps(sections, sort_keys=True)
-        if key not in done:
-            root = tmp_path_factory.mktemp("uninterrupted")
+        key = hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()[:12]
+        root = shared / f"uninterrupted-{key}"
+        with FileLock(f"{root}.lock"):
             job = validate(TrainJob, tiny_spec(root, cache_dir, "reference", **sections))
-            train(job)
-            done[key] = job.run_dir
-        return done[key]
+            if not (job.run_dir / "summary.json").is_file():
+                request.getfixturevalue("ray_cluster")
+                shutil.rmtree(root, ignore_errors=True)  # a process that died while training it
+                train(job)
+        return job.run_dir
     return run
 
 
