@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -94,35 +95,12 @@ def ddp_run(nodes, work) -> tuple[Path, float, str]:
     return runs / "ddp2", seconds, (profile.parent / f"logs/{job_id}/{job_id}_0_log.out").read_text()
 
 
-def test_ddp_across_two_nodes_matches_one_node(nodes, ddp_run, uninterrupted):
-    """One Ray Train worker per node, DDP over gloo between node1 and node2: the same losses as a
-    one-node 2-worker run of the same seed (tests/test_train.py's tolerance)."""
-    run_dir, seconds, log = ddp_run
-    [attempt] = read_attempts(run_dir)
-    print(f"[test_multinode] attempts.jsonl: {json.dumps(attempt)}")
-    assert attempt["workers"] == 2 and attempt["backend"] == "gloo"
-    assert sorted(n["address"] for n in attempt["nodes"]) == sorted(nodes.values())  # two distinct nodes
-    assert sorted(n["host"] for n in attempt["nodes"]) == ["node1", "node2"]
-    assert "Ray cluster up: 2 nodes" in log
-    assert_calm_log(log, "ddp2", 3)
-    print(f"[test_multinode] rank 0's log: {len(log.splitlines())} lines")
-    up = next(line for line in log.splitlines() if "Ray cluster up" in line)
-    node_mb = int(subprocess.run(["sinfo", "-h", "-N", "-o", "%m"], capture_output=True, text=True).stdout.split()[0])
-    assert "2 CPUs" in up and "each node as granted: 1 CPUs, 0 GPUs, mem_gb 4.0 " in up and 4 * 1024 < node_mb, up
-    reference = read_metrics(uninterrupted(run=TWO_WORKERS, **DDP))
-    ours = read_metrics(run_dir)
-    assert [m["epoch"] for m in ours] == [1, 2, 3]
-    for a, b in zip(reference, ours):
-        tol = reordering_tolerance(a["epoch"])
-        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=tol), a["epoch"]
-        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=tol), a["epoch"]
-    print(f"[test_multinode] images/s per epoch: 2 nodes x 1 worker {[round(m['images_per_second']) for m in ours]}, "
-          f"1 node x 2 workers {[round(m['images_per_second']) for m in reference]}; "
-          + next(line for line in log.splitlines() if "Ray cluster up" in line)[:60])
-
-
-def test_analysis_tasks_run_on_both_nodes(nodes, work, ddp_run):
+def test_analysis_tasks_run_on_both_nodes(nodes, work, ddp_run, capsys):
+    """An analyze job through the head+workers bootstrap (`ray start` on each node of the
+    allocation): its tasks on both nodes, its outputs under the profile's runs_root, a calm log,
+    and a Ray that stops at once at the end and does not become the node's default cluster."""
     from convlens.launch.slurm import submit
+    from convlens.raycluster.nodes import ray_port
     profile, _, runs = work
     spec = write_yaml(profile.parent / "analyze.yaml", {
         "kind": "analyze", "name": "two_nodes", "runs": [str(ddp_run[0])], "epochs": "all",
@@ -132,8 +110,20 @@ def test_analysis_tasks_run_on_both_nodes(nodes, work, ddp_run):
     index = json.loads((out / "index.json").read_text())
     assert {(e["epoch"], e["method"]) for e in index["files"]} >= {(e, m) for e in (1, 2, 3)
                                                                   for m in ("filters", "gradcam")}
+    pngs = [out / e["file"] for e in index["files"] if e["file"].endswith(".png")]
+    assert len(pngs) >= 6 and all(p.stat().st_size > 1000 for p in pngs)
     hosts = [json.loads(p.read_text())["host"] for p in out.glob("ddp2/*/*.json")]  # per task (not the driver's compare/)
     assert len(hosts) == 6 and set(hosts) == {"node1", "node2"}, hosts
+    job_id = re.search(r"submitted slurm job (\d+)", capsys.readouterr().out).group(1)
+    log_file = profile.parent / f"logs/{job_id}/{job_id}_0_log.out"
+    log = log_file.read_text()
+    assert "Ray cluster up: 2 nodes in" in log and "each node as granted: 1 CPUs, 0 GPUs, mem_gb 4.0" in log, log
+    assert "ray stop" not in log and "\x1b[" not in log and "Ray runtime started" not in log  # the banner: in its file
+    head_log = (log_file.parent / "ray_start_head.log").read_text()
+    assert "Ray runtime started" in head_log and "Draining" not in head_log, head_log  # stopped at once at the end
+    # the job's `ray start` must not become the node's default cluster for other ray.init() calls
+    shared = Path("/tmp/ray/ray_current_cluster")
+    assert not shared.exists() or not shared.read_text().endswith(f":{ray_port(job_id)}")
 
 
 def test_sweep_trials_run_on_both_nodes(nodes, work):
@@ -265,3 +255,32 @@ def test_unwritable_runs_root_on_a_node_fails_before_the_job(nodes, work, tmp_pa
         subprocess.run([*in_node2, "umount", str(root)], check=True)
     assert not (root / "ro").exists()
     assert_nodes_clean()
+
+
+def test_ddp_across_two_nodes_matches_one_node(nodes, ddp_run, uninterrupted):
+    """One Ray Train worker per node, DDP over gloo between node1 and node2: the same losses as a
+    one-node 2-worker run of the same seed (tests/test_train.py's tolerance). Last in the module:
+    under pytest -n N another process has trained that reference by then, and this one need not
+    start a Ray of its own beside the Slurm jobs."""
+    run_dir, seconds, log = ddp_run
+    [attempt] = read_attempts(run_dir)
+    print(f"[test_multinode] attempts.jsonl: {json.dumps(attempt)}")
+    assert attempt["workers"] == 2 and attempt["backend"] == "gloo"
+    assert sorted(n["address"] for n in attempt["nodes"]) == sorted(nodes.values())  # two distinct nodes
+    assert sorted(n["host"] for n in attempt["nodes"]) == ["node1", "node2"]
+    assert "Ray cluster up: 2 nodes" in log
+    assert_calm_log(log, "ddp2", 3)
+    print(f"[test_multinode] rank 0's log: {len(log.splitlines())} lines")
+    up = next(line for line in log.splitlines() if "Ray cluster up" in line)
+    node_mb = int(subprocess.run(["sinfo", "-h", "-N", "-o", "%m"], capture_output=True, text=True).stdout.split()[0])
+    assert "2 CPUs" in up and "each node as granted: 1 CPUs, 0 GPUs, mem_gb 4.0 " in up and 4 * 1024 < node_mb, up
+    reference = read_metrics(uninterrupted(run=TWO_WORKERS, **DDP))
+    ours = read_metrics(run_dir)
+    assert [m["epoch"] for m in ours] == [1, 2, 3]
+    for a, b in zip(reference, ours):
+        tol = reordering_tolerance(a["epoch"])
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=tol), a["epoch"]
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=tol), a["epoch"]
+    print(f"[test_multinode] images/s per epoch: 2 nodes x 1 worker {[round(m['images_per_second']) for m in ours]}, "
+          f"1 node x 2 workers {[round(m['images_per_second']) for m in reference]}; "
+          + next(line for line in log.splitlines() if "Ray cluster up" in line)[:60])
