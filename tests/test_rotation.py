@@ -1,4 +1,6 @@
 """RotNet batches and feature probes."""
+import json
+
 import torch
 
 from convlens.analysis.knn import knn_classify
@@ -37,18 +39,20 @@ def test_knn_equals_brute_force_vote():
         assert int(preds[i]) == max(range(3), key=lambda c: votes[c])
 
 
-def test_probe_never_updates_the_frozen_backbone(ray_cluster, tiny_job):
-    from convlens.training.run import train
-    job = tiny_job("rot", run={"task": "rotation", "epochs": 1})
-    train(job)
+def test_probe_never_updates_the_frozen_backbone(demo, tmp_path):
+    """Probes of the reduced demo's rotation network (a copy: the demo's folder is read by other tests)."""
+    import shutil
     from convlens.storage import checkpoint as ckpt
-    folder = ckpt.best_checkpoint(job.run_dir)
+    run_dir = tmp_path / "rotation"
+    shutil.copytree(demo.root / "rotation", run_dir)
+    (run_dir / "probes.json").unlink()  # the demo's own probes: these must be this test's
+    folder = ckpt.best_checkpoint(run_dir)
     before = {k: v.clone() for k, v in ckpt.load_checkpoint(folder)["model"].items()}
-    result = probe_run(job.run_dir, ProbeJob(runs=[str(job.run_dir)], stages=[1, 2], probe_epochs=2,
-                                             max_train=512))
+    result = probe_run(run_dir, ProbeJob(runs=[str(run_dir)], stages=[1, 2], probe_epochs=2, max_train=512))
     after = ckpt.load_checkpoint(folder)["model"]
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert set(result["stages"]) == {"1", "2"} and result["task"] == "rotation"
+    assert json.loads((run_dir / "probes.json").read_text()) == result
     for m in result["stages"].values():
         assert 0 <= m["knn_accuracy"] <= 1 and 0 <= m["linear_accuracy"] <= 1
 
