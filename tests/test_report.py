@@ -1,4 +1,4 @@
-"""The HTML report: built from real tiny runs, opened in headless Chromium, fully offline."""
+"""The HTML report: built from the reduced demo's real runs, opened in headless Chromium, fully offline."""
 from __future__ import annotations
 
 import os
@@ -17,8 +17,9 @@ from convlens.analysis.registry import load_all, names
 from convlens.report.html import esc
 
 METHOD_FIGURES = [*names(), compare.NAME, similarity.NAME]  # every registered method, and the post-steps'
+SUP, ROT = "supervised", "rotation"  # the reduced demo's networks (conftest's demo fixture)
 FAITH_TABLE = {"columns": ["run", "epoch", "deletion_auc_cam", "insertion_auc_cam", "deletion_auc_stage4"],
-               "rows": [["sup", 1, 0.2125, 0.5575, None], ["sup", 2, 0.1875, 0.625, None]]}
+               "rows": [[SUP, 1, 0.2125, 0.5575, None], [SUP, 2, 0.1875, 0.625, None]]}
 
 
 def analysis_dir(folder: Path, checkpoint: str) -> Path:
@@ -38,15 +39,15 @@ def analysis_dir(folder: Path, checkpoint: str) -> Path:
         ax.set_title(method)
         fig.savefig(folder / f"{i:02d}_{method}.png", dpi=60)
         plt.close(fig)
-        entries.append({"file": str(folder / f"{i:02d}_{method}.png"), "run": "sup", "epoch": 1,
+        entries.append({"file": str(folder / f"{i:02d}_{method}.png"), "run": SUP, "epoch": 1,
                         "checkpoint": checkpoint, "method": method,
                         "caption": f"{method} of the tiny supervised network"})
         entries.append({**entries[-1], "file": str(folder / f"{i:02d}_{method}.json")})  # numbers: not a figure
         (folder / f"{i:02d}_{method}.json").write_text("{}")
     knn = next(e for e in entries if e["method"] == "knn" and e["file"].endswith(".png"))
     shutil.copy(knn["file"], folder / "rot_knn.png")
-    entries.append({**knn, "file": str(folder / "rot_knn.png"), "run": "rot", "caption": "kNN of rot"})
-    write_index(folder, "analysis", [("sup", 1, Path(checkpoint))], names(), entries, seconds=1.0,
+    entries.append({**knn, "file": str(folder / "rot_knn.png"), "run": ROT, "caption": f"kNN of {ROT}"})
+    write_index(folder, "analysis", [(SUP, 1, Path(checkpoint))], names(), entries, seconds=1.0,
                 tables={"faithfulness": FAITH_TABLE})
     return folder
 
@@ -71,29 +72,20 @@ def chromium(args: list[str], profile: Path, timeout: int = 90) -> subprocess.Co
 
 
 @pytest.fixture
-def trained(tiny_job, ray_cluster):
-    from convlens.training.run import train
-    sup = tiny_job(name="sup")
-    rot = tiny_job(name="rot", run={"task": "rotation", "epochs": 1})
-    train(sup)
-    train(rot)
-    from convlens.analysis.probes import probe_run
-    from convlens.specs.probe import ProbeJob
-    for job in (sup, rot):
-        probe_run(job.run_dir, ProbeJob(runs=[str(job.run_dir)], stages=[1, 2], probe_epochs=1, max_train=256))
-    return sup.run_dir.parent, sup.run_dir
+def trained(demo):
+    """The reduced demo's two networks (2 epochs, probed at stages 1 and 2): its folders are read, never written."""
+    return [demo.root / SUP, demo.root / ROT]
 
 
 def test_report_is_one_offline_page_with_every_figure(trained, tmp_path, capsys):
     from convlens.report.page import write_report
-    runs_root, sup_dir = trained
     from convlens.storage.checkpoint import best_checkpoint
-    analysis = analysis_dir(tmp_path / "analysis", str(best_checkpoint(sup_dir)))
+    analysis = analysis_dir(tmp_path / "analysis", str(best_checkpoint(trained[0])))
     sweep = sweep_dir(tmp_path / "sweep")
-    out = write_report([runs_root, analysis, sweep], out=tmp_path / "report" / "report.html")
+    out = write_report([*trained, analysis, sweep], out=tmp_path / "report" / "report.html")
 
     page = out.read_text()
-    assert "report: run sup" in capsys.readouterr().out
+    assert f"report: run {SUP}" in capsys.readouterr().out
     assert not re.search(r"https?://", page), "the report must not reference the network"
     assert "<script src" not in page and "<link" not in page
     n_img = page.count("<img ")
@@ -128,17 +120,17 @@ def test_report_is_one_offline_page_with_every_figure(trained, tmp_path, capsys)
     assert len(targets) >= 5 and targets == sorted(targets)  # every link lands, in the page's order
     compare_part = page[page.index("<h2 id='compare'>"):page.index("<h2", page.index("<h2 id='compare'>") + 5)]
     probes = re.findall(r"<tr><td>(\d?)</td><td>(\w+)</td>((?:<td class='num'>[-\d.]+</td>){3})</tr>", compare_part)
-    assert [(s, n) for s, n, _ in probes] == [("1", "sup"), ("1", "rot"), ("1", "gap"), ("2", "sup"), ("2", "rot"),
+    assert [(s, n) for s, n, _ in probes] == [("1", SUP), ("1", ROT), ("1", "gap"), ("2", SUP), ("2", ROT),
                                               ("2", "gap"), ("", "chance")], probes
     assert probes[-1][2] == "<td class='num'>0.1000</td>" * 3
     values = {(s, n): [float(v) for v in re.findall(r"[-\d.]+(?=</td>)", cells)] for s, n, cells in probes}
-    assert values[("1", "gap")] == pytest.approx([a - b for a, b in zip(values[("1", "sup")], values[("1", "rot")])],
+    assert values[("1", "gap")] == pytest.approx([a - b for a, b in zip(values[("1", SUP)], values[("1", ROT)])],
                                                  abs=2e-4)
-    assert "sup, epoch 1: " in compare_part and "rot, epoch 1: kNN of rot" in compare_part
+    assert f"{SUP}, epoch 1: " in compare_part and f"{ROT}, epoch 1: kNN of {ROT}" in compare_part
     faith = page[page.index("<h3>Faithfulness of the saliency maps</h3>"):]
     faith = faith[:faith.index("<h3>", 4)]  # the method's section: its AUC table per epoch, then figures
     assert "<th>deletion auc cam</th><th>insertion auc cam</th></tr>" in faith  # an empty column is left out
-    assert "<td>sup / epoch 2</td><td class='num'>0.1875</td><td class='num'>0.6250</td>" in faith
+    assert f"<td>{SUP} / epoch 2</td><td class='num'>0.1875</td><td class='num'>0.6250</td>" in faith
 
     require("chromium")
     dom = chromium(["--dump-dom", out.as_uri()], tmp_path / "profile").stdout
