@@ -15,6 +15,7 @@ import re
 import subprocess
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import yaml
@@ -81,18 +82,66 @@ def assert_nodes_clean(timeout: float = 30) -> None:
     assert not left, left
 
 
+class Followed(NamedTuple):
+    run_dir: Path
+    seconds: float  # submit to outcome
+    transcript: str  # what `convlens submit --wait` printed
+    job_id: str
+    log: str  # rank 0's log
+    profile: Path  # the cluster profile it was submitted with
+
+
 @pytest.fixture(scope="module")
-def ddp_run(nodes, work) -> tuple[Path, float, str]:
-    """A train job on 2 nodes x 1 worker (3 epochs, every checkpoint kept): its run dir, wall seconds, and driver log."""
+def ddp_run(nodes, work) -> Followed:
+    """A train job on 2 nodes x 1 worker (3 epochs, every checkpoint kept) as a user runs it:
+    `convlens submit --wait` with an override (optim.lr=0.01: not tiny_spec's 0.05, so the config
+    shows it arrived; DDP's, so the run is the reference's), 2 GiB of each node's 12."""
     profile, spec, runs = work
+    small = write_yaml(profile.parent / "small.yaml", {**yaml.safe_load(profile.read_text()), "mem_gb": 2})
     start = time.time()
-    done = submit_cli(profile, spec("ddp2", run={**TWO_WORKERS, "keep_last": 3, "quiet": False}, **DDP),
-                      timeout=600)
+    path = spec("ddp2", run={**TWO_WORKERS, "keep_last": 3, "quiet": False}, model=DDP["model"], data=DDP["data"])
+    done = submit_cli(small, path, overrides=[f"optim.lr={DDP['optim']['lr']}"], timeout=600)
     seconds = time.time() - start
     print(f"\n[test_multinode] 2-node DDP job (submit --wait to its outcome): {seconds:.1f} s\n{done.stdout}")
     assert done.returncode == 0, done.stdout + done.stderr
     job_id = assert_followed(done.stdout, "ddp2", 3)
-    return runs / "ddp2", seconds, (profile.parent / f"logs/{job_id}/{job_id}_0_log.out").read_text()
+    log = (profile.parent / f"logs/{job_id}/{job_id}_0_log.out").read_text()
+    return Followed(runs / "ddp2", seconds, done.stdout, job_id, log, small)
+
+
+def test_followed_job_lands_under_the_profile_and_can_be_followed_again(work, ddp_run, capsys, monkeypatch):
+    """The submit --wait transcript (states, rank 0's lines, the outcome; tests/conftest.py's
+    assert_followed) names the job, its stdout file and W&B group; the run's summary and config land
+    under the profile's runs_root with the override; the job's Ray has the granted memory. `convlens
+    follow` of the ended job gives the outcome again; Ctrl-C says how to follow again."""
+    from convlens.cli import main
+    from convlens.launch import follow
+    import convlens.launch.jobstate as jobstate
+    profile, _, runs = work
+    run = ddp_run
+    assert re.search(r"submitted slurm job \d+", run.transcript) and "stdout:" in run.transcript
+    assert "W&B group: train-ddp2" in run.transcript
+    assert json.loads((runs / "ddp2/summary.json").read_text())["epochs"] == 3
+    assert yaml.safe_load((runs / "ddp2/config.yaml").read_text())["optim"]["lr"] == DDP["optim"]["lr"]
+    assert not (profile.parent / "elsewhere").exists()
+    up = next(line for line in run.log.splitlines() if "Ray cluster up" in line)
+    node_mb = int(subprocess.run(["sinfo", "-h", "-N", "-o", "%m"], capture_output=True, text=True).stdout.split()[0])
+    assert "each node as granted: 1 CPUs, 0 GPUs, mem_gb 2.0 " in up and 2 * 1024 < node_mb, up
+    memory, store = (float(x) for x in re.search(r"memory ([\d.e+]+) \+ object store ([\d.e+]+)", up).groups())
+    assert memory + store <= 2 * 2**30, up
+
+    capsys.readouterr()
+    assert main(["follow", run.job_id, "--cluster", str(run.profile)]) == 0  # an ended job: its outcome at once
+    assert capsys.readouterr().out.splitlines()[-1] == run.transcript.splitlines()[-1]
+
+    def interrupted(job_id):
+        raise KeyboardInterrupt
+    with monkeypatch.context() as patch:
+        patch.setattr(jobstate, "slurm_state", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            follow.follow_id(str(run.profile), run.job_id)
+    assert f"stopped following; job {run.job_id} goes on. Follow it again with: convlens follow {run.job_id} " \
+        f"--cluster {run.profile}" in capsys.readouterr().err
 
 
 def test_analysis_tasks_run_on_both_nodes(nodes, work, ddp_run, capsys):
@@ -103,7 +152,7 @@ def test_analysis_tasks_run_on_both_nodes(nodes, work, ddp_run, capsys):
     from convlens.raycluster.nodes import ray_port
     profile, _, runs = work
     spec = write_yaml(profile.parent / "analyze.yaml", {
-        "kind": "analyze", "name": "two_nodes", "runs": [str(ddp_run[0])], "epochs": "all",
+        "kind": "analyze", "name": "two_nodes", "runs": [str(ddp_run.run_dir)], "epochs": "all",
         "methods": ["filters", "gradcam"], "options": {"num_images": 16, "num_train": 64}})
     assert submit(profile, "analyze", spec, wait=True, timeout=600) == 0
     out = runs / "analysis/two_nodes"
@@ -262,7 +311,7 @@ def test_ddp_across_two_nodes_matches_one_node(nodes, ddp_run, uninterrupted):
     one-node 2-worker run of the same seed (tests/test_train.py's tolerance). Last in the module:
     under pytest -n N another process has trained that reference by then, and this one need not
     start a Ray of its own beside the Slurm jobs."""
-    run_dir, seconds, log = ddp_run
+    run_dir, log = ddp_run.run_dir, ddp_run.log
     [attempt] = read_attempts(run_dir)
     print(f"[test_multinode] attempts.jsonl: {json.dumps(attempt)}")
     assert attempt["workers"] == 2 and attempt["backend"] == "gloo"
@@ -273,7 +322,7 @@ def test_ddp_across_two_nodes_matches_one_node(nodes, ddp_run, uninterrupted):
     print(f"[test_multinode] rank 0's log: {len(log.splitlines())} lines")
     up = next(line for line in log.splitlines() if "Ray cluster up" in line)
     node_mb = int(subprocess.run(["sinfo", "-h", "-N", "-o", "%m"], capture_output=True, text=True).stdout.split()[0])
-    assert "2 CPUs" in up and "each node as granted: 1 CPUs, 0 GPUs, mem_gb 4.0 " in up and 4 * 1024 < node_mb, up
+    assert "2 CPUs" in up and "each node as granted: 1 CPUs, 0 GPUs, mem_gb 2.0 " in up and 2 * 1024 < node_mb, up
     reference = read_metrics(uninterrupted(run=TWO_WORKERS, **DDP))
     ours = read_metrics(run_dir)
     assert [m["epoch"] for m in ours] == [1, 2, 3]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import assert_calm_log, assert_followed, read_attempts, require, submit_cli, tiny_spec
+from conftest import read_attempts, require, tiny_spec
 from convlens.storage.checkpoint import checkpoint_epoch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -206,7 +206,8 @@ def test_array_sweep_runs_one_task_per_trial(cluster, setup, tmp_path, capsys):
         assert list(csv.DictReader(f)) == trials
 
 
-# ---------------------------------------------------------------- a followed job, a calm log, a sized Ray
+# ---------------------------------------------------------------- a sized Ray, a follower's lines (a followed job:
+# tests/test_multinode.py's)
 
 def test_ray_sized_to_the_allocation():
     """Ray's CPUs, GPUs and memory come from Slurm's variables; memory + object store fit the grant."""
@@ -249,52 +250,3 @@ def test_follow_reads_own_lines_and_the_outcome_from_the_run(tmp_path):
                       "00001,0.1,completed,2,0.81,0.8,/r/t1,True\n00000,0.05,completed,2,0.7,0.69,/r/t0,False\n")
     assert sweep_outcome(trials, "sw", "g") == ("sweep sw: best trial 00001 (optim.lr=0.1): val acc 0.8100 at epoch 2, "
                                                 f"test acc 0.8000; run /r/t1; sweep {trials.parent}; W&B group g")
-
-
-def test_followed_train_job(cluster, setup, tmp_path, capsys, monkeypatch):
-    """The train job as a user runs it: `convlens submit --wait` with an override, one node, 2 GiB
-    of the node's 24: it shows the job's states, rank 0's lines and the outcome, exit 0; its summary
-    and config land under the profile's runs_root; the job's Ray has the granted CPUs and memory,
-    and its log is calm. `convlens follow` of the ended job gives the outcome again; Ctrl-C says
-    how to follow again. (An analyze job through the head+workers bootstrap, `ray start` on each
-    node of the allocation: tests/test_multinode.py's, on two nodes.)"""
-    from convlens.cli import main
-    from convlens.launch import follow
-    profile, spec, runs = setup
-    small = yaml.safe_load(profile.read_text())
-    small["mem_gb"] = 2
-    small_profile = write_yaml(tmp_path / "small.yaml", small)
-    start = time.time()
-    # optim.lr=0.04: not tiny_spec's 0.05, so the config shows the override arrived
-    done = submit_cli(small_profile, spec("calm1", run={"quiet": False}), overrides=["optim.lr=0.04"])
-    with capsys.disabled():
-        print(f"\n[test_slurm] followed one-node job: {time.time() - start:.1f} s\n{done.stdout}")
-    assert done.returncode == 0, done.stdout + done.stderr
-    job_id = assert_followed(done.stdout, "calm1", 2)
-    assert re.search(r"submitted slurm job \d+", done.stdout) and "stdout:" in done.stdout
-    assert "W&B group: train-calm1" in done.stdout
-    assert json.loads((runs / "calm1/summary.json").read_text())["epochs"] == 2
-    assert yaml.safe_load((runs / "calm1/config.yaml").read_text())["optim"]["lr"] == 0.04
-    assert not (profile.parent / "elsewhere").exists()
-    log = (tmp_path / f"logs/{job_id}/{job_id}_0_log.out").read_text()
-    assert_calm_log(log, "calm1", 2)
-    up = next(line for line in log.splitlines() if "Ray cluster up" in line)
-    node_mb = int(subprocess.run(["sinfo", "-h", "-o", "%m"], capture_output=True, text=True).stdout.split()[0])
-    mem_gb = float(re.search(r"mem_gb ([\d.]+)", up).group(1))
-    assert "1 node in" in up and "2 CPUs" in up and mem_gb == 2.0 < node_mb / 1024, up
-    memory, store = (float(x) for x in re.search(r"memory ([\d.e+]+) \+ object store ([\d.e+]+)", up).groups())
-    assert memory + store <= 2 * 2**30, up
-
-    capsys.readouterr()
-    assert main(["follow", job_id, "--cluster", str(small_profile)]) == 0  # an ended job: its outcome at once
-    assert capsys.readouterr().out.splitlines()[-1] == done.stdout.splitlines()[-1]
-
-    def interrupted(job_id):
-        raise KeyboardInterrupt
-    import convlens.launch.jobstate as jobstate
-    with monkeypatch.context() as patch:
-        patch.setattr(jobstate, "slurm_state", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            follow.follow_id(str(small_profile), job_id)
-    assert f"stopped following; job {job_id} goes on. Follow it again with: convlens follow {job_id} --cluster " \
-        f"{small_profile}" in capsys.readouterr().err
