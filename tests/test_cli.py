@@ -1,4 +1,5 @@
-"""The command line as a user meets it: --version, help, `show`, exit codes, progress output."""
+"""The command line as a user meets it: --version, help, `show`, exit codes, progress output. (A run that
+fails, exit 1: tests/test_reliability.py's retries exhausted.)"""
 from __future__ import annotations
 
 import os
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import inject, tiny_spec
+from conftest import tiny_spec
 from convlens.cli import main
 
 LIB = str(Path(__file__).resolve().parents[1] / "lib")
@@ -60,17 +61,6 @@ def test_bad_spec_exits_2_with_one_line(tmp_path, cache_dir, capsys):
     err = capsys.readouterr().err
     assert err.startswith("convlens: error: invalid") and "optim.lr = -1" in err and "Traceback" not in err
     assert main(["train", str(tmp_path / "missing.yaml")]) == 2
-
-
-def test_a_run_that_fails_exits_1_with_one_line(ray_cluster, tmp_path, cache_dir, capsys, monkeypatch):
-    """Exhausted retries: the job ran and failed, exit 1, one line saying why. (A NaN stop's line:
-    tests/test_train.py's test_nan_on_one_rank_stops_every_rank_the_command_and_its_wandb_run.)"""
-    spec = write(tmp_path, tiny_spec(tmp_path / "runs", cache_dir, "fails", run={"max_failures": 0}))
-    inject(monkeypatch, {"kind": "kill", "at": "0:1:2", "times": 9, "run": "fails"})
-    assert main(["train", str(spec)]) == 1
-    ours = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("(")]  # not Ray's workers
-    assert len(ours) == 1 and ours[0].startswith("convlens: error: run fails"), ours
-    assert "failed after 0 retries (run.max_failures): rank 0: " in ours[0], ours
 
 
 def test_progress_in_a_log_file_is_a_few_lines_per_epoch(ray_cluster, tmp_path, cache_dir, capfd):
