@@ -90,11 +90,11 @@ SHARED = {
     # uninterrupted()'s reference runs
     "test_cli": "reference", "test_reliability": "reference", "test_tracking": "reference", "test_train": "reference",
     # the demo fixture
-    "test_analysis_job": "demo", "test_demo": "demo", "test_rotation": "demo",
+    "test_analysis_job": "demo", "test_demo": "demo", "test_report": "demo", "test_rotation": "demo",
 }
-# Groups in the order they are handed out, longest first, so that no long group starts last; the
-# rest follow in file order.
-LONGEST_FIRST = ("slurm", "reference", "test_sweep_search", "test_sweep", "test_setup", "demo", "test_stream")
+# Groups in the order they are handed out, longest first, so that no long group starts last (the
+# demo's fixture alone takes about 3 min under -n 2); the rest follow in file order.
+LONGEST_FIRST = ("slurm", "demo", "reference", "test_sweep_search", "test_sweep", "test_setup", "test_stream")
 
 
 def pytest_configure(config):
