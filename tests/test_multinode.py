@@ -127,8 +127,8 @@ def test_followed_job_lands_under_the_profile_and_can_be_followed_again(work, dd
     up = next(line for line in run.log.splitlines() if "Ray cluster up" in line)
     node_mb = int(subprocess.run(["sinfo", "-h", "-N", "-o", "%m"], capture_output=True, text=True).stdout.split()[0])
     assert "each node as granted: 1 CPUs, 0 GPUs, mem_gb 2.0 " in up and 2 * 1024 < node_mb, up
-    memory, store = (float(x) for x in re.search(r"memory ([\d.e+]+) \+ object store ([\d.e+]+)", up).groups())
-    assert memory + store <= 2 * 2**30, up
+    each = re.search(r"\(Ray memory ([\d.e+]+) \+ object store ([\d.e+]+)", up).groups()  # a node's, not the total
+    assert sum(map(float, each)) <= 2 * 2**30, up
 
     capsys.readouterr()
     assert main(["follow", run.job_id, "--cluster", str(run.profile)]) == 0  # an ended job: its outcome at once
