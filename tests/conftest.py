@@ -309,7 +309,7 @@ def demo(tmp_path_factory, cache_dir):
 
 
 # The sections of every 2-worker tiny run that a test compares with a reference (1 vs 2 workers, 2 nodes,
-# a killed worker, the same seed twice): one set, so that uninterrupted() trains that reference once.
+# killed workers ending with the same seed's metrics): one set, so that uninterrupted() trains it once.
 DDP = dict(model={"layers": [1, 1], "width": 8, "sync_bn": True}, optim={"lr": 0.01},
            data={"batch_size": 64, "train_subset": 768})
 TWO_WORKERS = {"workers": 2, "epochs": 3}

@@ -116,7 +116,7 @@ def test_retried_run_syncs_as_one_complete_run(retried, capfd):
     # checkpoints: model-<run id>, one version per kept epoch, with epoch / val_error / sha256
     arts = {a["metadata"]["epoch"]: a for a in log.artifacts}
     assert set(arts) == {2, 3} and {a["name"] for a in arts.values()} == {f"model-{run_id}"}
-    assert "latest" in arts[3]["aliases"] and f"epoch-3" in arts[3]["aliases"]
+    assert "latest" in arts[3]["aliases"] and "epoch-3" in arts[3]["aliases"]
     best = summary["best_epoch"]
     assert best not in arts or "best" in arts[best]["aliases"]
     state = (Path(summary["best_checkpoint"]) / "state.pt").read_bytes()
@@ -146,11 +146,15 @@ def test_killed_failed_and_rerun_run_ends_as_an_uninterrupted_one(retried, unint
     """The same run (a worker killed and retried, killed again with no retry left so the driver
     failed, then the spec run again): one kill marker per kill, every epoch once, each attempt
     started after the last committed epoch, and the weights of an uninterrupted 2-worker run of
-    the same seed (the reference of tests/test_train.py)."""
+    the same seed (the reference of tests/test_train.py); same seed, same metrics: every epoch's
+    losses and accuracies equal the reference's exactly, through the faults."""
+    from conftest import read_metrics
     run_dir, *_ = retried
+    reference = uninterrupted(run=TWO_WORKERS, **DDP)
     assert len(list((run_dir / ".faults").glob("kill-*"))) == 2
-    assert_nothing_lost(run_dir, 3, steps_of(run_dir), [1, 2, 3], reference=uninterrupted(run=TWO_WORKERS, **DDP),
-                        atol=1e-6)
+    assert_nothing_lost(run_dir, 3, steps_of(run_dir), [1, 2, 3], reference=reference, atol=1e-6)
+    keys = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "steps")
+    assert [[m[k] for k in keys] for m in read_metrics(run_dir)] == [[m[k] for k in keys] for m in read_metrics(reference)]
 
 
 def test_covered_counts_overlaps_once():
