@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import tiny_spec
+from conftest import DDP, TWO_WORKERS, tiny_spec
 from convlens.cli import main
 
 LIB = str(Path(__file__).resolve().parents[1] / "lib")
@@ -85,7 +85,9 @@ def test_a_refused_checkpoint_stops_analysis_and_probes_before_any_work_in_one_l
     in the driver before any task runs, so nothing is written for the good ones either."""
     import shutil
     run = tmp_path / "damaged"
-    shutil.copytree(uninterrupted(run={"epochs": 3}), run)  # the reference of tests/test_reliability.py
+    # the 2-worker reference (tests/test_train.py's): trained here, early in its group, it is ready
+    # when test_multinode compares the two-node run with it in the other pytest -n N process
+    shutil.copytree(uninterrupted(run=TWO_WORKERS, **DDP), run)
     chosen = sorted(run.glob("checkpoint_epoch*" if command == "analyze" else "best_epoch*"))[-1]
     weights = next(p for p in chosen.iterdir() if p.suffix == ".pt")
     weights.write_bytes(weights.read_bytes()[:100])
