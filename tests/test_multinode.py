@@ -84,7 +84,6 @@ def assert_nodes_clean(timeout: float = 30) -> None:
 
 class Followed(NamedTuple):
     run_dir: Path
-    seconds: float  # submit to outcome
     transcript: str  # what `convlens submit --wait` printed
     job_id: str
     log: str  # rank 0's log
@@ -106,7 +105,7 @@ def ddp_run(nodes, work) -> Followed:
     assert done.returncode == 0, done.stdout + done.stderr
     job_id = assert_followed(done.stdout, "ddp2", 3)
     log = (profile.parent / f"logs/{job_id}/{job_id}_0_log.out").read_text()
-    return Followed(runs / "ddp2", seconds, done.stdout, job_id, log, small)
+    return Followed(runs / "ddp2", done.stdout, job_id, log, small)
 
 
 def test_followed_job_lands_under_the_profile_and_can_be_followed_again(work, ddp_run, capsys, monkeypatch):
@@ -321,8 +320,7 @@ def test_ddp_across_two_nodes_matches_one_node(nodes, ddp_run, uninterrupted):
     assert_calm_log(log, "ddp2", 3)
     print(f"[test_multinode] rank 0's log: {len(log.splitlines())} lines")
     up = next(line for line in log.splitlines() if "Ray cluster up" in line)
-    node_mb = int(subprocess.run(["sinfo", "-h", "-N", "-o", "%m"], capture_output=True, text=True).stdout.split()[0])
-    assert "2 CPUs" in up and "each node as granted: 1 CPUs, 0 GPUs, mem_gb 2.0 " in up and 2 * 1024 < node_mb, up
+    assert "2 CPUs" in up, up  # each node's grant: test_followed_job_lands_under_the_profile_...
     reference = read_metrics(uninterrupted(run=TWO_WORKERS, **DDP))
     ours = read_metrics(run_dir)
     assert [m["epoch"] for m in ours] == [1, 2, 3]
@@ -331,5 +329,4 @@ def test_ddp_across_two_nodes_matches_one_node(nodes, ddp_run, uninterrupted):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=tol), a["epoch"]
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=tol), a["epoch"]
     print(f"[test_multinode] images/s per epoch: 2 nodes x 1 worker {[round(m['images_per_second']) for m in ours]}, "
-          f"1 node x 2 workers {[round(m['images_per_second']) for m in reference]}; "
-          + next(line for line in log.splitlines() if "Ray cluster up" in line)[:60])
+          f"1 node x 2 workers {[round(m['images_per_second']) for m in reference]}; {up[:60]}")
