@@ -22,6 +22,7 @@ import yaml
 
 from conftest import (DDP, TWO_WORKERS, assert_calm_log, assert_followed, assert_nothing_lost, submit_cli, committed_epochs, read_attempts, read_metrics, reordering_tolerance,
                       require, steps_per_epoch, tiny_spec)
+from convlens.storage.checkpoint import checkpoint_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "convlens-node"  # node K runs in network namespace convlens-nodeK (cluster.sh)
@@ -226,36 +227,58 @@ def raylet_pids(node: int) -> list[int]:
     return [int(line.split(":")[0]) for line in job_processes(node) if "/raylet" in line.split(":", 1)[1]]
 
 
-def test_requeue_then_worker_node_lost_in_one_two_node_job(nodes, work):
-    """Two faults of one 2-node training job, each mid-run. First `scontrol requeue` after the
-    first committed checkpoint: both nodes restart and the run resumes from its checkpoint.
-    Then, once the requeued attempt has committed a checkpoint of its own, node2's raylet is
-    killed: node2 rejoins the Ray cluster, the run retries its workers (run.max_failures) and
-    resumes again (or, the other acceptable end, fails with a clear error naming the lost node).
-    Every epoch once, nothing lost; the logs name the lost node; afterwards no Ray or training
-    process is left on either node."""
+def registered_checkpoints(run_dir: Path) -> list[dict]:
+    """Epoch metrics of the checkpoints Ray Train has registered: what a restarted run resumes from."""
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
+    return [r["metrics"] for r in snapshot["checkpoint_results"]]
+
+
+def test_requeue_then_worker_node_lost_in_one_two_node_job(nodes, work, monkeypatch):
+    """Two faults of one tracked 2-node training job, each mid-run. First `scontrol requeue` after
+    the first committed checkpoint: both nodes restart and the run resumes from its checkpoint (the
+    epochs done before are not trained again). Then, once the requeued attempt has committed a
+    checkpoint of its own, node2's raylet is killed: node2 rejoins the Ray cluster, the run retries
+    its workers (run.max_failures) and resumes again (or, the other acceptable end, fails with a
+    clear error naming the lost node). Every epoch once, nothing lost; the logs name the lost node;
+    afterwards no Ray or training process is left on either node. W&B (offline; the submitter has
+    a W&B service of its own, which the job must not use): one run across the attempts, and what
+    `convlens sync` uploads of a finished job shows it whole, from its first start."""
     import signal
+    import wandb
     from convlens.base.errors import JobFailed
     from convlens.launch.jobstate import wait_for
     from convlens.launch.slurm import submit
     profile, spec, runs = work
+    monkeypatch.setenv("WANDB_MODE", "offline")  # the job inherits the submitter's environment
+    wandb.setup()  # a submitter with a W&B service of its own (a notebook): the job must not use it
+    assert os.environ.get("WANDB_SERVICE")
     # Epochs of about 2 s (6144 images): with 0.5 s epochs the run could end before the lost
     # raylet was noticed. 7 epochs: the requeue lands after epoch 1 or 2, the requeued attempt
     # commits one more, and then at least 3 epochs are left for the node loss (as 3 of 6 were
     # when each fault had a job of its own).
     epochs = 7
-    path = spec("faults2", run={"workers": 2, "epochs": epochs, "max_failures": 2}, data={"train_subset": 6144})
+    path = spec("faults2", run={"workers": 2, "epochs": epochs, "max_failures": 2, "quiet": False},
+                data={"train_subset": 6144}, tracking={"mode": "offline", "stats_interval": 1.0})
+    submitted = time.time()
     job = submit(profile, "train", path)
     run_dir = runs / "faults2"
 
     # 1. the requeue: both nodes restart, the run resumes from its checkpoint
-    before = first_checkpoint(run_dir, job)
-    assert before < epochs - 3, "run too far along at the requeue; make epochs slower"
+    first_checkpoint(run_dir, job)
+    before = registered_checkpoints(run_dir)
+    assert len(before) < epochs - 3, "run too far along at the requeue; make epochs slower"
     subprocess.run(["scontrol", "requeue", job.job_id], check=True)
+    requeued = time.time()
     resumed = requeued_checkpoint(run_dir, job)
     attempts = read_attempts(run_dir)
-    assert len(attempts) == 2 and attempts[1]["start_epoch"] >= before + 1, attempts
+    assert len(attempts) == 2 and attempts[1]["start_epoch"] >= len(before) + 1, attempts
+    assert attempts[0]["start_epoch"] == 1 and attempts[0]["resumed_from"] is None
+    assert attempts[1]["start_epoch"] == checkpoint_epoch(attempts[1]["resumed_from"]) + 1
     assert all(sorted(n["address"] for n in a["nodes"]) == sorted(nodes.values()) for a in attempts)
+    assert read_metrics(run_dir)[:len(before)] == before  # same rows, same timings: resumed, not retrained
 
     # 2. node2's raylet killed mid-run in the requeued attempt
     assert resumed <= epochs - 3, "the node was lost too late in the run; make epochs slower"
@@ -267,18 +290,54 @@ def test_requeue_then_worker_node_lost_in_one_two_node_job(nodes, work):
     os.kill(raylet, signal.SIGKILL)
     try:
         assert wait_for(job, timeout=600) == 0
+        finished = True
     except JobFailed as err:  # the other acceptable end: a clear error naming the lost node
         assert "node2" in str(err) and "10.77.0.12" in str(err), err
         assert read_attempts(run_dir)[:2] == attempts
+        finished = False
     else:
         after = read_attempts(run_dir)
         assert after[:2] == attempts and len(after) >= 3 and after[-1]["start_epoch"] >= resumed + 1, after
         assert_nothing_lost(run_dir, epochs, steps(path), [a["start_epoch"] for a in after])
+    ended = time.time()
+    head_log = Path(job.paths.stdout).read_text()
+    assert "restart 0," in head_log and "restart 1," in head_log
     logs = "".join(p.read_bytes()[start:].decode(errors="replace") for p, start in zip(log_paths, logs_from))
     worker_log = worker_path.read_bytes()[worker_from:].decode(errors="replace")
     assert "Ray on node node2 (10.77.0.12) exited" in worker_log
     assert "Ray node node2 (10.77.0.12) was lost during the job" in logs
     assert_nodes_clean()
+    check_wandb_across_the_requeue(run_dir, finished, epochs, submitted, requeued, ended)
+
+
+def check_wandb_across_the_requeue(run_dir: Path, finished: bool, epochs: int, submitted: float,
+                                   requeued: float, ended: float) -> None:
+    """One W&B run id across the attempts, the requeued one and the driver's closing write. Of a
+    finished job, what `convlens sync` uploads is one segment of it with each epoch once, in order,
+    and the summary; its Overview, System and Logs tabs show the job from its first start, sampled
+    before the requeue and from the requeued attempt on (in between the job waits in the queue
+    with no process of it anywhere)."""
+    from convlens.tracking.sync import plan
+    from wandb_reader import check_whole_job, covered, read_run, wait_finished
+    run_id = (run_dir / "wandb_id.txt").read_text().strip()
+    segments = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(segments) >= 3 and {s.name.rsplit("-", 1)[1] for s in segments} == {run_id}, segments
+    if not finished:  # the node loss ended the job: no closing write, nothing more to show
+        return
+    chosen, superseded = plan(run_dir)
+    assert [seg.run_id for seg in chosen] == [run_id] and len(superseded) >= 2
+    wait_finished(chosen[0].folder, run_id)
+    log = read_run(chosen[0].folder / f"run-{run_id}.wandb")
+    assert log.run_id == run_id and "test_accuracy" in log.summary and log.exit_code == 0
+    assert [row["epoch"] for row in log.history if "val/accuracy" in row] == list(range(1, epochs + 1))
+    started = float((run_dir / "started.txt").read_text())
+    assert submitted < started < requeued  # the job's first start, not the requeued one's
+    text = check_whole_job(log, ended - started, 1.0, coverage=0)
+    resumed = read_attempts(run_dir)[1]["time"]
+    times, end = [s["time"] for s in log.stats], log.start_time + log.runtime
+    for lo, hi in ((started, requeued), (resumed, end)):
+        assert covered(times, 1.0, lo, hi) >= 0.8 * (hi - lo) - 1, (lo, hi, times)
+    assert "attempt 2 resumes at epoch" in text and text.count(f"faults2 epoch {epochs}/{epochs}: train loss") == 1
 
 
 def test_unwritable_runs_root_on_a_node_fails_before_the_job(nodes, work, tmp_path):

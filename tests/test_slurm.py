@@ -1,4 +1,6 @@
-"""`convlens submit` on a real one-node Slurm cluster (slurm/cluster.sh), with real Ray inside.
+"""`convlens submit` on a real one-node Slurm cluster (slurm/cluster.sh), with real Ray inside. (A
+requeued job resuming from its checkpoint, one W&B run across the requeue: tests/test_multinode.py's
+two-node faults job.)
 
 Needs root and the Debian Slurm packages (cluster.sh installs them when missing); skipped with the
 reason where they are not (a user without root), never under CI.
@@ -6,8 +8,6 @@ reason where they are not (a user without root), never under CI.
 from __future__ import annotations
 
 import csv
-import json
-import os
 import re
 import subprocess
 import time
@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import read_attempts, require, tiny_spec
-from convlens.storage.checkpoint import checkpoint_epoch
+from conftest import require, tiny_spec
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -50,80 +49,6 @@ def setup(tmp_path, cache_dir):
         # run.root points elsewhere on purpose: the profile's runs_root must win
         return write_yaml(tmp_path / f"{name}.yaml", tiny_spec(tmp_path / "elsewhere", cache_dir, name, **sections))
     return profile, spec, tmp_path / "runs"
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-
-
-def registered_checkpoints(run_dir: Path) -> list[dict]:
-    """Epoch metrics of the checkpoints Ray Train has registered: what a restarted run resumes from."""
-    try:
-        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return []
-    return [r["metrics"] for r in snapshot["checkpoint_results"]]
-
-
-def test_requeue_resumes_from_checkpoint(cluster, setup, monkeypatch):
-    """scontrol requeue mid-run: the job restarts, resumes from Ray Train's checkpoint, and ends
-    with epochs 1..4 once each; the epochs done before the requeue are not trained again, and
-    both attempts log to the same W&B run, every epoch in it."""
-    import wandb
-    from convlens.launch.jobstate import slurm_state, wait_for
-    from convlens.launch.slurm import submit
-    profile, spec, runs = setup
-    monkeypatch.setenv("WANDB_MODE", "offline")  # the job inherits the submitter's environment
-    wandb.setup()  # a submitter with a W&B service of its own (a notebook): the job must not use it
-    assert os.environ.get("WANDB_SERVICE")
-    submitted = time.time()
-    job = submit(profile, "train", spec("slurm_requeue", run={"epochs": 4, "quiet": False}, data={"train_subset": 3072},
-                                        tracking={"mode": "offline", "stats_interval": 1.0}))
-    run_dir = runs / "slurm_requeue"
-    deadline = time.time() + 150
-    while not registered_checkpoints(run_dir):
-        assert time.time() < deadline, f"no checkpoint after 150 s; state {slurm_state(job.job_id)}"
-        time.sleep(0.3)
-    before = registered_checkpoints(run_dir)
-    assert len(before) < 4, "run finished before the requeue; make epochs slower"
-    subprocess.run(["scontrol", "requeue", job.job_id], check=True)
-    requeued = time.time()
-    assert wait_for(job, timeout=240) == 0
-    ended = time.time()
-    after = read_metrics(run_dir)
-    assert [m["epoch"] for m in after] == [1, 2, 3, 4]
-    assert after[:len(before)] == before  # same rows, same timings: resumed, not retrained
-    log = Path(job.paths.stdout).read_text()
-    assert "restart 0," in log and "restart 1," in log
-    first, resumed = read_attempts(run_dir)
-    assert first["start_epoch"] == 1 and first["resumed_from"] is None
-    assert resumed["start_epoch"] == checkpoint_epoch(resumed["resumed_from"]) + 1 >= len(before) + 1
-    assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 4
-    # W&B: one run id across the killed attempt, the requeued one and the driver's summary; what
-    # `convlens sync` uploads is one segment of it with each epoch once, in order, and the summary
-    from convlens.tracking.sync import plan
-    from wandb_reader import read_run, wait_finished
-    run_id = (run_dir / "wandb_id.txt").read_text().strip()
-    segments = list((run_dir / "wandb").glob("offline-run-*"))
-    assert len(segments) >= 3 and {s.name.rsplit("-", 1)[1] for s in segments} == {run_id}, segments
-    chosen, superseded = plan(run_dir)
-    assert [seg.run_id for seg in chosen] == [run_id] and len(superseded) >= 2
-    wait_finished(chosen[0].folder, run_id)
-    log = read_run(chosen[0].folder / f"run-{run_id}.wandb")
-    assert log.run_id == run_id and "test_accuracy" in log.summary and log.exit_code == 0
-    assert [row["epoch"] for row in log.history if "val/accuracy" in row] == [1, 2, 3, 4]
-    # the Overview, System and Logs tabs: the job from its first start, across the requeue
-    from wandb_reader import check_whole_job, covered
-    started = float((run_dir / "started.txt").read_text())
-    assert submitted < started < requeued  # the job's first start, not the requeued one's
-    text = check_whole_job(log, ended - started, 1.0, coverage=0)
-    # sampled while the job ran: before the requeue, and from the requeued attempt on (in between
-    # the job waits in the queue with no process of it anywhere)
-    times, end = [s["time"] for s in log.stats], log.start_time + log.runtime
-    for lo, hi in ((started, requeued), (resumed["time"], end)):
-        assert covered(times, 1.0, lo, hi) >= 0.8 * (hi - lo) - 1, (lo, hi, times)
-    assert "attempt 2 resumes at epoch" in text and text.count("slurm_requeue epoch 4/4: train loss") == 1
 
 
 def test_four_node_gpu_script_and_ray_commands(tmp_path):
