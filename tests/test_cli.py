@@ -1,5 +1,6 @@
-"""The command line as a user meets it: --version, help, `show`, exit codes, progress output. (A run that
-fails, exit 1: tests/test_reliability.py's retries exhausted.)"""
+"""The command line as a user meets it: --version, help, `show`, exit codes. (A run that fails, exit 1:
+tests/test_reliability.py's retries exhausted; progress lines in a log file:
+tests/test_tracking.py's test_run_logging_to_a_file_on_a_node_without_internet.)"""
 from __future__ import annotations
 
 import os
@@ -61,21 +62,6 @@ def test_bad_spec_exits_2_with_one_line(tmp_path, cache_dir, capsys):
     err = capsys.readouterr().err
     assert err.startswith("convlens: error: invalid") and "optim.lr = -1" in err and "Traceback" not in err
     assert main(["train", str(tmp_path / "missing.yaml")]) == 2
-
-
-def test_progress_in_a_log_file_is_a_few_lines_per_epoch(ray_cluster, tmp_path, cache_dir, capfd):
-    """Not a terminal (pytest captures): rank 0 prints a plain line every ~10% of an epoch, and
-    none of Ray Train's per-rank report lines."""
-    spec = write(tmp_path, tiny_spec(tmp_path / "runs", cache_dir, "chatty", run={"quiet": False, "workers": 2},
-                                     data={"train_subset": 2048}))
-    assert main(["train", str(spec)]) == 0
-    out = capfd.readouterr().out
-    for epoch in (1, 2):
-        lines = re.findall(rf"\[convlens\] chatty epoch {epoch}/2: +(\d+)% \(\d+/\d+ steps\), loss [\d.]+, \d+ img/s",
-                           out)
-        assert 5 <= len(lines) <= 10 and lines[-1] == "100", (epoch, lines)
-        assert f"[convlens] chatty epoch {epoch}/2: train loss" in out
-    assert "Reporting training result" not in out and "test acc" in out
 
 
 @pytest.mark.parametrize("command", ["analyze", "probe"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -222,11 +223,14 @@ def test_probe_is_its_own_run_using_the_checkpoint(retried):
     assert "linear" in text and f"{probes['stages']['1']['knn_accuracy']:8.4f}" in text  # the table it printed
 
 
-def test_online_without_server_falls_back_offline_and_keeps_key_secret(tiny_job, ray_cluster, monkeypatch,
-                                                                       capfd, tmp_path):
+def test_run_logging_to_a_file_on_a_node_without_internet(tiny_job, ray_cluster, monkeypatch, capfd, tmp_path):
+    """A 2-worker run as a batch job has it: its output to a file (not a terminal; pytest captures)
+    and W&B online with no server reachable. Rank 0 prints a plain line every ~10% of an epoch and
+    none of Ray Train's per-rank report lines; W&B falls back offline within its init_timeout,
+    training is not held up, the run is whole offline, and the API key is written nowhere."""
     key = secret_key()
     wandb_dir = tmp_path / "wandb-files"
-    job = tiny_job(name="unreachable", run={"epochs": 1},
+    job = tiny_job(name="chatty", run={"quiet": False, "workers": 2}, data={"train_subset": 2048},
                    tracking={"mode": "online", "init_timeout": 5, "dir": str(wandb_dir)})
     env = {"WANDB_MODE": "online", "WANDB_API_KEY": key,
            "WANDB_BASE_URL": f"http://127.0.0.1:{closed_port()}"}
@@ -234,12 +238,18 @@ def test_online_without_server_falls_back_offline_and_keeps_key_secret(tiny_job,
     summary = train_with_env(job, monkeypatch, env)
     seconds = time.monotonic() - start
     out = capfd.readouterr()
-    assert summary["epochs"] == 1
+    for epoch in (1, 2):
+        lines = re.findall(rf"\[convlens\] chatty epoch {epoch}/2: +(\d+)% \(\d+/\d+ steps\), loss [\d.]+, \d+ img/s",
+                           out.out)
+        assert 5 <= len(lines) <= 10 and lines[-1] == "100", (epoch, lines)
+        assert f"[convlens] chatty epoch {epoch}/2: train loss" in out.out
+    assert "Reporting training result" not in out.out and "test acc" in out.out
+    assert summary["epochs"] == 2
     assert "logging offline" in out.out  # the driver's (finalize) reopen said so, once
     assert seconds < 120, f"tracking stalled training: {seconds:.0f}s"
     run_id = (job.run_dir / "wandb_id.txt").read_text().strip()
     log = synced(wandb_dir)[run_id]
-    assert epochs_of(log) == [1] and "test_accuracy" in log.summary
+    assert epochs_of(log) == [1, 2] and "test_accuracy" in log.summary
     assert assert_absent(key, [job.run_dir, wandb_dir], out.out + out.err) > 5
 
 
