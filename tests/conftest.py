@@ -308,11 +308,13 @@ def demo(tmp_path_factory, cache_dir):
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-# The sections of every 2-worker tiny run that a test compares with a reference (1 vs 2 workers, 2 nodes,
-# killed workers ending with the same seed's metrics): one set, so that uninterrupted() trains it once.
+# The sections of every tiny run that a test compares with a reference (1 vs 2 workers, 2 nodes, killed
+# workers or drivers ending with the same seed's metrics): one set, so that uninterrupted() trains each
+# reference once, on 2 workers and on 1.
 DDP = dict(model={"layers": [1, 1], "width": 8, "sync_bn": True}, optim={"lr": 0.01},
            data={"batch_size": 64, "train_subset": 768})
 TWO_WORKERS = {"workers": 2, "epochs": 3}
+ONE_WORKER = {**TWO_WORKERS, "workers": 1}
 
 
 @pytest.fixture

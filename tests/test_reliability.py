@@ -13,7 +13,7 @@ from convlens.base.errors import RunStopped
 from convlens.specs.load import load_job
 from convlens.storage import checkpoint as ckpt
 from convlens.training.run import train
-from conftest import assert_nothing_lost, committed_epochs, inject, read_attempts, read_metrics, steps_per_epoch, tiny_spec
+from conftest import DDP, ONE_WORKER, assert_nothing_lost, committed_epochs, inject, read_attempts, read_metrics, steps_per_epoch, tiny_spec
 
 
 def epochs_of(run_dir):
@@ -43,7 +43,7 @@ def test_retries_exhausted_exit_1_with_one_line_and_checkpoints_still_load(ray_c
 
 
 def test_corrupt_latest_checkpoint_falls_back_or_stops(ray_cluster, tiny_job, uninterrupted, monkeypatch):
-    crashed = tiny_job("corrupt", run={"epochs": 3, "max_failures": 0, "keep_last": 3})
+    crashed = tiny_job("corrupt", run={**ONE_WORKER, "max_failures": 0, "keep_last": 3}, **DDP)
     inject(monkeypatch, {"kind": "kill", "run": "corrupt", "at": "0:3:1"})
     with pytest.raises(Exception):
         train(crashed)
@@ -53,16 +53,16 @@ def test_corrupt_latest_checkpoint_falls_back_or_stops(ray_cluster, tiny_job, un
     data = (latest / "state.pt").read_bytes()
     (latest / "state.pt").write_bytes(data[:500] + bytes([data[500] ^ 0xFF]) + data[501:])
 
-    strict = tiny_job("corrupt", run={"epochs": 3, "max_failures": 3, "on_corrupt_checkpoint": "stop"})
+    strict = tiny_job("corrupt", run={**ONE_WORKER, "max_failures": 3, "on_corrupt_checkpoint": "stop"}, **DDP)
     with pytest.raises(RunStopped, match=str(latest)):
         train(strict)
     assert len(read_attempts(strict.run_dir)) == 1  # refused before it started, no retries burnt
 
-    fallback = tiny_job("corrupt", run={"epochs": 3, "max_failures": 0})
+    fallback = tiny_job("corrupt", run={**ONE_WORKER, "max_failures": 0}, **DDP)
     train(fallback)
     # epoch 2 redone once, from epoch 1's checkpoint
     assert_nothing_lost(fallback.run_dir, 3, steps_per_epoch(fallback), [1, 2],
-                        reference=uninterrupted(run={"epochs": 3}), atol=1e-6)
+                        reference=uninterrupted(run=ONE_WORKER, **DDP), atol=1e-6)
 
 
 def test_driver_sigkill_then_rerun_resumes(ray_cluster, tmp_path, cache_dir, uninterrupted):
@@ -70,7 +70,7 @@ def test_driver_sigkill_then_rerun_resumes(ray_cluster, tmp_path, cache_dir, uni
     the next epoch and end equal to an uninterrupted run (the session's reference of the same
     sections, which started afresh: no Train run of its own here); another run name is another run
     directory, so it starts afresh as that reference did; rerunning the finished run does no work."""
-    sections = {"run": {"epochs": 3}}  # the corrupt-checkpoint test's reference
+    sections = {"run": ONE_WORKER, **DDP}  # the reference of the corrupt-checkpoint test and of 1 vs 2 workers
     spec = tiny_spec(tmp_path / "runs", cache_dir, "driver", **sections)
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(spec))
