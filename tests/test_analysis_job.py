@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import matplotlib.image
@@ -105,52 +104,47 @@ def test_killed_analysis_task_is_retried_and_writes_each_output_once(two_runs, t
         validate(AnalyzeJob, {"runs": ["x"], "faults": {"kill_method": "gradcam"}})
 
 
-def test_analysis_is_its_own_wandb_run_one_step_per_epoch(two_runs, tmp_path, monkeypatch):
-    """The analysis of a tracked run: its own run (job_type analysis, the training run's group)
-    that uses the checkpoint of every epoch it read, one step per epoch (W&B's slider), the
-    figures under stable keys, and kNN / embedding tables with image columns; and the whole job
-    (runtime, system metrics every second, its console) in what `convlens sync` uploads."""
+def test_analysis_is_its_own_wandb_run_one_step_per_epoch(demo):
+    """The demo's analysis of its tracked supervised run (WANDB_MODE offline, system metrics every
+    second): its own run (job_type analysis, the training run's group) that uses the checkpoint of
+    every epoch it read, one step per epoch (W&B's slider), the figures under stable keys, and
+    kNN / embedding / CAM tables with image columns; and the whole job (runtime, system metrics,
+    its console) in what `convlens sync` uploads, written below the analysis, not into the run."""
     from convlens.tracking.sync import plan
     from wandb_reader import check_whole_job, read_run, read_tables, wait_finished
-    sup = two_runs[0]
-    monkeypatch.setenv("WANDB_MODE", "offline")  # the suite's default is disabled; the env wins
+    out, sup = demo.root / "analysis", demo.root / "supervised"
     train_id = (sup / "wandb_id.txt").read_text().strip()  # the demo tracked its training (group demo)
-    before = file_hashes(sup)
-    job = validate(AnalyzeJob, {
-        "name": "w", "out": str(tmp_path / "analysis"), "runs": [str(sup)], "epochs": [1, 2], "quiet": False,
-        "methods": ["knn", "embeddings", "filters", "gradcam"],
-        "options": {"num_images": 48, "num_train": 128, "tsne_points": 40}})
-    begun = time.time()
-    out = analyze(job)
-    wall = time.time() - begun
     chosen, superseded = plan(out)
-    assert len(chosen) == 1 and not superseded
-    run_id = json.loads((out / "index.json").read_text())["wandb_run_ids"][sup.name]
-    wait_finished(chosen[0].folder, run_id)
-    log = read_run(chosen[0].folder / f"run-{run_id}.wandb")
+    assert len(chosen) == 2 and not superseded  # one analysis run per analysed network
+    index = json.loads((out / "index.json").read_text())
+    run_id = index["wandb_run_ids"][sup.name]
+    [segment] = [seg for seg in chosen if seg.run_id == run_id]
+    wait_finished(segment.folder, run_id)
+    log = read_run(segment.folder / f"run-{run_id}.wandb")
     assert log.job_type == "analysis" and log.group == "demo" and log.config["train_run_id"] == train_id
     used = [a for a in log.artifacts if a["used"]]
     assert {a["name"] for a in used} == {f"model-{train_id}"}
     assert sorted(a["metadata"]["epoch"] for a in used) == [1, 2] and all(a["metadata"]["sha256"] for a in used)
     assert [row["_step"] for row in log.history] == [1, 2]
     keys = {m["key"] for m in log.media if m["step"] == 2}  # <method>, or <method>_<panel> (filters_conv1)
-    assert all(any(k == m or k.startswith(f"{m}_") for k in keys) for m in ("knn", "embeddings", "filters", "gradcam"))
+    assert all(any(k == m or k.startswith(f"{m}_") for k in keys) for m in names())
     assert any(c.startswith("epoch 2: ") for m in log.media for c in m["captions"])
     assert all(0 <= row["knn/accuracy"] <= 1 for row in log.history)
     assert sorted((t["key"], t["step"]) for t in log.tables) == [
-        (k, e) for k in ("embeddings/table", "gradcam/table", "knn/table") for e in (1, 2)]
+        (k, e) for k in ("cam/table", "embeddings/table", "gradcam/table", "knn/table") for e in (1, 2)]
     knn = read_tables(log, "knn/table")[-1]
     assert knn["columns"][:3] == ["query", "label", "neighbour_1"] and len(knn["columns"]) == 2 + 10 + 2  # k = 10
     assert all(cell["_type"] == "image-file" for row in knn["data"] for cell in row[:1] + row[2:12])
     points = read_tables(log, "embeddings/table")[0]
-    assert len(points["data"]) == 40 and points["columns"][-2:] == ["class", "thumbnail"]
+    assert len(points["data"]) == 32 and points["columns"][-2:] == ["class", "thumbnail"]  # num_images < tsne_points
     assert points["data"][0][-1]["_type"] == "image-file"
     cams = read_tables(log, "gradcam/table")[-1]
     assert cams["columns"] == ["image", "overlay", "true", "predicted", "confidence"] and cams["data"]
     assert cams["data"][0][1]["_type"] == "image-file"
+    wall = json.loads((demo.root / "timings.json").read_text())["steps"]["analysis"]
     text = check_whole_job(log, wall, 1.0)
-    assert f"[convlens] analysis w: {len(json.loads((out / 'index.json').read_text())['files'])} files" in text
-    assert file_hashes(sup) == before  # its W&B run is written below out, not into the training run
+    assert f"[convlens] analysis demo: {len(index['files'])} files" in text
+    assert not list(sup.rglob(f"*{run_id}*"))  # its W&B run is below the analysis, not in the training run
 
 
 def test_unknown_method_is_refused(tmp_path):
