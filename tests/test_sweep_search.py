@@ -194,22 +194,28 @@ def test_pbt_perturbs_from_donor_checkpoints_and_resumes(ray_cluster, tmp_path, 
     assert best == pytest.approx(float(next(r for r in trials.values() if r["best"] == "True")["config/optim.lr"]))
 
 
-def test_search_bench_runs_each_method(ray_cluster, tmp_path, cache_dir, capsys):
-    """python -m convlens.bench.search, smoke size: one seed, one trial of 2 epochs of 1 step per
-    method (2 epochs: ASHA and PBT need one before the last), each through its searcher and
-    scheduler, and the table over all three. (TPE trials proposed one from another are
-    test_killed_tpe_sweep_resumes_keeping_finished_trials's; PBT's perturbations test_pbt_...'s.)"""
-    from convlens.bench.search import METHODS, main
+def test_search_bench_checks_every_method_first_then_runs_the_chosen(ray_cluster, tmp_path, cache_dir, capsys):
+    """python -m convlens.bench.search, smoke size. Every method's sweep spec is checked before the
+    first sweep starts: a space PBT cannot perturb fails at once, with nothing run. Then
+    --methods tpe+asha (the one pairing no other test runs), one seed: one trial of 2 epochs of 1
+    step (2 epochs: ASHA needs one before the last), proposed by TPE and scheduled by ASHA, and
+    the table. (Random + ASHA through the same bench.asha.run_sweep: the ASHA bench test in
+    tests/test_sweep.py; PBT's perturbations: test_pbt_...; TPE proposing trials one from another:
+    test_killed_tpe_sweep_resumes_keeping_finished_trials.)"""
+    from convlens.bench.search import main
+    seeds_only = write_sweep(tmp_path, cache_dir, "seeds", {"run.seed": {"randint": [0, 9]}}, search="random")
+    with pytest.raises(ConfigError, match="scheduler.name: pbt has nothing to perturb"):
+        main([str(seeds_only), "--root", str(tmp_path / "bench"), "--seeds", "0"])
+    assert not (tmp_path / "bench").exists()  # not even random + ASHA, the first method, started
     space = {"optim.lr": {"loguniform": [0.01, 0.2]}, "optim.momentum": {"uniform": [0.8, 0.95]}}
     path = write_sweep(tmp_path, cache_dir, "bench", space, run={"epochs": 2, "steps_per_epoch": 1},
                        data={"train_subset": 256, "test_subset": 64}, search="random", num_samples=1)
-    results = main([str(path), "--root", str(tmp_path / "bench"), "--seeds", "0"])
-    assert list(results) == list(METHODS) and all(len(runs) == 1 for runs in results.values())
-    assert all(runs[0]["trials"] == 1 and 0 < runs[0]["best_val_accuracy"] <= 1 for runs in results.values())
-    for name, searcher, scheduler in (("random_asha_s0", "random", "asha"), ("tpe_asha_s0", "tpe", "asha"),
-                                      ("pbt_s0", "random", "pbt")):
-        [trial] = read_trials(tmp_path / "bench" / name)
-        assert (trial["trial_id"], trial["searcher"], trial["scheduler"]) == ("00000", searcher, scheduler)
-        assert trial["status"] == "completed" and 0.01 <= float(trial["config/optim.lr"]) <= 0.2, trial
+    results = main([str(path), "--root", str(tmp_path / "bench"), "--seeds", "0", "--methods", "tpe+asha"])
+    assert list(results) == ["tpe+asha"] and len(results["tpe+asha"]) == 1
+    assert results["tpe+asha"][0]["trials"] == 1 and 0 < results["tpe+asha"][0]["best_val_accuracy"] <= 1
+    assert sorted(p.name for p in (tmp_path / "bench").iterdir()) == ["tpe_asha_s0"]
+    [trial] = read_trials(tmp_path / "bench" / "tpe_asha_s0")
+    assert (trial["trial_id"], trial["searcher"], trial["scheduler"]) == ("00000", "tpe", "asha")
+    assert trial["status"] == "completed" and 0.01 <= float(trial["config/optim.lr"]) <= 0.2, trial
     out = capsys.readouterr().out
-    assert all(method in out for method in METHODS) and "best val acc" in out
+    assert "tpe+asha" in out and "random+asha" not in out and "best val acc" in out

@@ -3,6 +3,7 @@ over several seeds, by the best validation accuracy found, its trial's test accu
 epochs trained and the wall time.
 
 python -m convlens.bench.search [SPEC] [--root runs/bench_search] [--seeds 0 1 2] [--samples N]
+    [--methods random+asha tpe+asha pbt]
 
 Each (method, seed) is a sweep named <method>_s<seed> under --root, its trials.csv kept.
 """
@@ -24,16 +25,26 @@ METHODS = {  # the sweep fields each method sets
 }
 
 
-def run_all(spec: str, root: Path, seeds: list[int], samples: int | None) -> dict[str, list[dict]]:
-    """{method: one figures dict (bench.asha.run_sweep's, plus test_accuracy) per seed}."""
+def sweep_overrides(method: str, root: Path, seed: int, samples: int | None) -> dict:
+    """The sweep fields of one (method, seed): the method's, and its name under root."""
+    return {**METHODS[method], "root": str(root), "name": f"{method.replace('+', '_')}_s{seed}", "seed": seed,
+            **({"num_samples": samples} if samples else {})}
+
+
+def run_all(spec: str, root: Path, seeds: list[int], samples: int | None,
+            methods: list[str] | None = None) -> dict[str, list[dict]]:
+    """{method: one figures dict (bench.asha.run_sweep's, plus test_accuracy) per seed}. Every
+    method's sweep spec is validated before the first sweep starts."""
     from convlens.bench.asha import run_sweep
     from convlens.specs.load import load_job
+    methods = methods or list(METHODS)
+    for method in methods:
+        load_job(spec, [f"{k}={v}" for k, v in sweep_overrides(method, root, seeds[0], samples).items()], "sweep")
     out = {}
-    for method, fields in METHODS.items():
+    for method in methods:
         out[method] = []
         for seed in seeds:
-            overrides = {**fields, "root": str(root), "name": f"{method.replace('+', '_')}_s{seed}", "seed": seed,
-                         **({"num_samples": samples} if samples else {})}
+            overrides = sweep_overrides(method, root, seed, samples)
             figures = run_sweep(spec, overrides)
             job = load_job(spec, [f"{k}={v}" for k, v in overrides.items()], "sweep")
             with open(job.sweep_dir / SweepDir.TRIALS) as f:
@@ -67,9 +78,10 @@ def main(argv=None) -> dict[str, list[dict]]:
     p.add_argument("--root", default="runs/bench_search")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--samples", type=int, default=None, help="trials per sweep (default: the spec's num_samples)")
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     args = p.parse_args(argv)
     prepare_environment()  # before anything imports ray, as the CLI does
-    results = run_all(args.spec, Path(args.root), args.seeds, args.samples)
+    results = run_all(args.spec, Path(args.root), args.seeds, args.samples, args.methods)
     print(format_table(results), flush=True)
     return results
 
