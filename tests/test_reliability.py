@@ -13,7 +13,8 @@ from convlens.base.errors import RunStopped
 from convlens.specs.load import load_job
 from convlens.storage import checkpoint as ckpt
 from convlens.training.run import train
-from conftest import DDP, ONE_WORKER, assert_nothing_lost, committed_epochs, inject, read_attempts, read_metrics, steps_per_epoch, tiny_spec
+from conftest import (DDP, ONE_WORKER, assert_nothing_lost, committed_epochs, inject, read_attempts, read_metrics,
+                      steps_per_epoch, tiny_spec)
 
 
 def epochs_of(run_dir):

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DDP, TWO_WORKERS, assert_absent, assert_nothing_lost, secret_key, steps_per_epoch, tiny_spec
+from conftest import (DDP, TWO_WORKERS, assert_absent, assert_nothing_lost, read_metrics, secret_key, steps_per_epoch,
+                      tiny_spec)
 from wandb_reader import RunLog, check_whole_job, covered, read_run, read_tables, wait_finished
 
 LIB = str(Path(__file__).resolve().parents[1] / "lib")
@@ -149,7 +150,6 @@ def test_killed_failed_and_rerun_run_ends_as_an_uninterrupted_one(retried, unint
     started after the last committed epoch, and the weights of an uninterrupted 2-worker run of
     the same seed (the reference of tests/test_train.py); same seed, same metrics: every epoch's
     losses and accuracies equal the reference's exactly, through the faults."""
-    from conftest import read_metrics
     run_dir, *_ = retried
     reference = uninterrupted(run=TWO_WORKERS, **DDP)
     assert len(list((run_dir / ".faults").glob("kill-*"))) == 2
