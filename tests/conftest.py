@@ -20,7 +20,10 @@ from typing import NamedTuple
 
 import pytest
 
+from convlens.base.startup import collect_less
 from convlens.specs.train import default_data_path
+
+collect_less()  # as every convlens process does: the test processes import torch and Ray too
 
 # Debian's Fashion-MNIST where it is installed, else the user cache that `make setup` filled
 FMNIST = Path(default_data_path("fashion_mnist"))

@@ -91,3 +91,23 @@ def test_frozen_parts_stay_bit_identical(ray_cluster, tiny_job, tmp_path):
     assert not torch.equal(final["layer2.0.conv1.weight"], start["layer2.0.conv1.weight"])
     assert not torch.equal(final["layer2.0.bn1.running_mean"], start["layer2.0.bn1.running_mean"])
     assert final["fc.weight"].shape == (10, 16)
+
+
+def test_every_ray_process_of_a_job_collects_garbage_less_often(ray_cluster):
+    """The job's Ray processes collect as the driver does (base/startup.py): a task, and an actor
+    with environment variables of its own, as Ray Train starts its controller and workers."""
+    import gc
+    from convlens.base.startup import THRESHOLDS
+
+    @ray_cluster.remote(num_cpus=0)
+    def task_thresholds():
+        return gc.get_threshold()
+
+    @ray_cluster.remote(num_cpus=0)
+    class Actor:
+        def thresholds(self):
+            return gc.get_threshold()
+
+    actor = Actor.options(runtime_env={"env_vars": {"CONVLENS_PROBE": "1"}}).remote()
+    assert ray_cluster.get([task_thresholds.remote(), actor.thresholds.remote()]) == [THRESHOLDS] * 2
+    assert gc.get_threshold() == THRESHOLDS  # this test process too (conftest), as the CLI's

@@ -46,7 +46,9 @@ class SlurmJob:
 
     def __call__(self) -> int:
         import submitit
+        from convlens.base.startup import collect_less
         from convlens.raycluster.env import prepare_environment
+        collect_less()
         prepare_environment()  # before ray is imported: a calm log (no colour codes, no dedup notes)
         env = submitit.JobEnvironment()
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
@@ -90,7 +92,7 @@ def run_single_node(job, alloc: Allocation, hostname: str) -> int:
     """A private Ray sized to this allocation (not to the whole machine), then the job."""
     import time
     import ray
-    from convlens.raycluster.env import log_level
+    from convlens.raycluster.env import job_runtime_env, log_level
     os.environ.pop("RAY_ADDRESS", None)  # never join a cluster inherited from the submitter
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -98,8 +100,8 @@ def run_single_node(job, alloc: Allocation, hostname: str) -> int:
     # address="local": a new instance even if a `ray start` on this node left its address behind;
     # the node's address given, as `ray start --node-ip-address` is for several nodes
     ip = node_ip(hostname)
-    ray.init(address="local", logging_level=log_level(), **({"_node_ip_address": ip} if ip else {}),
-             **ray_init_kwargs(alloc))
+    ray.init(address="local", logging_level=log_level(), runtime_env=job_runtime_env(),
+             **({"_node_ip_address": ip} if ip else {}), **ray_init_kwargs(alloc))
     print(cluster_line(1, time.time() - started, ray.cluster_resources(), alloc), flush=True)
     try:
         return job()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from convlens.base.errors import ConfigError
-from convlens.raycluster.env import log_level, prepare_environment
+from convlens.raycluster.env import job_runtime_env, log_level, prepare_environment
 
 
 def ensure_ray(quiet: bool = False, address: str | None = None) -> None:
@@ -24,7 +24,7 @@ def ensure_ray(quiet: bool = False, address: str | None = None) -> None:
     settings = dict(log_to_driver=not quiet, logging_level=log_level(),
                     logging_config=ray.LoggingConfig(log_level=log_level()))
     if address:
-        ray.init(address=address, **settings)
+        ray.init(address=address, runtime_env=job_runtime_env(), **settings)
     else:
         init_local(**settings)
 
@@ -45,7 +45,7 @@ def init_local(**init_kwargs) -> None:
         port = probe.getsockname()[1]
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     try:
-        ray.init(address="local", runtime_env={"env_vars": {"RAY_ADDRESS": f"{host}:{port}"}}, **init_kwargs)
+        ray.init(address="local", runtime_env=job_runtime_env({"RAY_ADDRESS": f"{host}:{port}"}), **init_kwargs)
     finally:
         del os.environ["RAY_GCS_SERVER_PORT"]
 

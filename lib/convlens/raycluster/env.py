@@ -24,6 +24,13 @@ def forwarded_env() -> dict[str, str]:
     return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
 
 
+def job_runtime_env(env_vars: dict[str, str] | None = None) -> dict:
+    """ray.init's runtime_env for a convlens job: each of its worker processes (Train workers and
+    controllers, trials, tasks) collects garbage less often, as the driver does (base/startup.py)."""
+    from convlens.base.startup import RAY_SETUP_HOOK
+    return {"worker_process_setup_hook": RAY_SETUP_HOOK, **({"env_vars": env_vars} if env_vars else {})}
+
+
 def verbose() -> bool:
     return os.environ.get(VERBOSE) == "1"
 

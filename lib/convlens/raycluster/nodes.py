@@ -182,14 +182,14 @@ def start_head(ip: str, port: int, alloc: Allocation, timeout: float, tries: int
     """`ray start --head`, and this process connected to it as the driver. Ray gives its raylet a
     fixed 30 s to register, which an overloaded node can miss; the head is then started again."""
     import ray
-    from convlens.raycluster.env import log_level
+    from convlens.raycluster.env import job_runtime_env, log_level
     os.environ["RAY_ADDRESS"] = f"{ip}:{port}"
     log = ray_log_path("head")
     for attempt in range(1, tries + 1):
         proc = start_ray(head_command(ip, port, alloc), f"{ip}:{port}", log)
         try:
             wait_port(ip, port, timeout, proc, log)
-            ray.init(address=f"{ip}:{port}", logging_level=log_level())
+            ray.init(address=f"{ip}:{port}", logging_level=log_level(), runtime_env=job_runtime_env())
             print(f"[convlens] Ray head at {ip}:{port}: {alloc.describe()}; `ray start`'s own output: {log}",
                   flush=True)
             return proc
