@@ -21,48 +21,44 @@ def epochs_of(run_dir):
     return [m["epoch"] for m in read_metrics(run_dir)]
 
 
-def test_retries_exhausted_exit_1_with_one_line_and_checkpoints_still_load(ray_cluster, tmp_path, cache_dir, capsys,
-                                                                           monkeypatch):
-    """`convlens train` whose worker dies in epoch 2 at every attempt (run.max_failures 1): the job ran
+def test_retries_exhausted_then_a_corrupt_latest_checkpoint_falls_back_or_stops(ray_cluster, tiny_job, uninterrupted,
+                                                                             tmp_path, cache_dir, capsys, monkeypatch):
+    """`convlens train` whose worker dies in epoch 3 at every attempt (run.max_failures 1): the job ran
     and failed, exit 1 with one line saying why; max_failures + 1 attempts, the second from the last
-    committed epoch; what it committed still loads. (A NaN stop's line:
-    tests/test_train.py's test_nan_on_one_rank_stops_every_rank_the_command_and_its_wandb_run.)"""
+    committed epoch; what it committed still loads. (A NaN stop's line: tests/test_train.py's
+    test_nan_on_one_rank_stops_every_rank_the_command_and_its_wandb_run.)
+    Then its latest checkpoint (epoch 2) is damaged: run.on_corrupt_checkpoint stop refuses it
+    before an attempt starts; the default falls back to epoch 1's and ends as an uninterrupted run."""
     from convlens.cli import main
     spec = tmp_path / "job.yaml"
-    spec.write_text(yaml.safe_dump(tiny_spec(tmp_path / "runs", cache_dir, "exhausted",
-                                             run={"epochs": 3, "max_failures": 1})))
-    inject(monkeypatch, {"kind": "kill", "run": "exhausted", "at": "0:2:1", "times": 5})
+    spec.write_text(yaml.safe_dump(tiny_spec(tmp_path / "runs", cache_dir, "corrupt",
+                                             run={**ONE_WORKER, "max_failures": 1, "keep_last": 3}, **DDP)))
+    inject(monkeypatch, {"kind": "kill", "run": "corrupt", "at": "0:3:1", "times": 5})
     assert main(["train", str(spec)]) == 1
     ours = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("(")]  # not Ray's workers
-    assert len(ours) == 1 and ours[0].startswith("convlens: error: run exhausted"), ours
+    assert len(ours) == 1 and ours[0].startswith("convlens: error: run corrupt"), ours
     assert "failed after 1 retries (run.max_failures): rank 0: " in ours[0] and "worker" in ours[0].lower(), ours
-    run_dir = tmp_path / "runs" / "exhausted"
+    run_dir = tmp_path / "runs" / "corrupt"
     assert len(list((run_dir / ".faults").glob("kill-*"))) == 2  # max_failures + 1 attempts
-    assert [a["start_epoch"] for a in read_attempts(run_dir)] == [1, 2]
-    assert epochs_of(run_dir) == [1] and committed_epochs(run_dir) == [1]
-    assert ckpt.load_checkpoint(ckpt.latest_verified(run_dir))["epoch"] == 1
-
-
-def test_corrupt_latest_checkpoint_falls_back_or_stops(ray_cluster, tiny_job, uninterrupted, monkeypatch):
-    crashed = tiny_job("corrupt", run={**ONE_WORKER, "max_failures": 0, "keep_last": 3}, **DDP)
-    inject(monkeypatch, {"kind": "kill", "run": "corrupt", "at": "0:3:1"})
-    with pytest.raises(Exception):
-        train(crashed)
+    assert [a["start_epoch"] for a in read_attempts(run_dir)] == [1, 3]
+    assert epochs_of(run_dir) == [1, 2] and committed_epochs(run_dir) == [1, 2]
+    assert ckpt.load_checkpoint(ckpt.latest_verified(run_dir))["epoch"] == 2
     monkeypatch.delenv("CONVLENS_FAULTS")
-    snapshot = json.loads((crashed.run_dir / "checkpoint_manager_snapshot.json").read_text())
-    latest = crashed.run_dir / snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
+
+    snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    latest = run_dir / snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
     data = (latest / "state.pt").read_bytes()
     (latest / "state.pt").write_bytes(data[:500] + bytes([data[500] ^ 0xFF]) + data[501:])
 
     strict = tiny_job("corrupt", run={**ONE_WORKER, "max_failures": 3, "on_corrupt_checkpoint": "stop"}, **DDP)
     with pytest.raises(RunStopped, match=str(latest)):
         train(strict)
-    assert len(read_attempts(strict.run_dir)) == 1  # refused before it started, no retries burnt
+    assert len(read_attempts(run_dir)) == 2  # refused before an attempt started, no retries burnt
 
     fallback = tiny_job("corrupt", run={**ONE_WORKER, "max_failures": 0}, **DDP)
     train(fallback)
     # epoch 2 redone once, from epoch 1's checkpoint
-    assert_nothing_lost(fallback.run_dir, 3, steps_per_epoch(fallback), [1, 2],
+    assert_nothing_lost(run_dir, 3, steps_per_epoch(fallback), [1, 3, 2],
                         reference=uninterrupted(run=ONE_WORKER, **DDP), atol=1e-6)
 
 
