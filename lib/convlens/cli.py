@@ -224,9 +224,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.verbose:
         os.environ["CONVLENS_VERBOSE"] = "1"
-    from convlens.base.startup import collect_less
     from convlens.raycluster.env import prepare_environment  # before anything imports ray
-    collect_less()
     prepare_environment()
     try:
         args.func(args)

@@ -19,5 +19,7 @@ RAY_SETUP_HOOK = f"{__name__}.collect_less"
 
 
 def collect_less() -> None:
+    """Safe to call again: the freeze stays registered once."""
     gc.set_threshold(*THRESHOLDS)
+    atexit.unregister(gc.freeze)
     atexit.register(gc.freeze)

@@ -46,9 +46,7 @@ class SlurmJob:
 
     def __call__(self) -> int:
         import submitit
-        from convlens.base.startup import collect_less
         from convlens.raycluster.env import prepare_environment
-        collect_less()
         prepare_environment()  # before ray is imported: a calm log (no colour codes, no dedup notes)
         env = submitit.JobEnvironment()
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))

@@ -42,8 +42,11 @@ def log_level() -> str:
 
 
 def prepare_environment() -> None:
-    """Ray settings read when ray is imported: call before the process imports ray (the CLI and
-    a Slurm job do)."""
+    """Ray settings read when ray is imported, and the garbage collector set for torch and Ray
+    (base/startup.py): call before the process imports ray (the CLI, a Slurm job and the
+    benchmarks do; ensure_ray does too)."""
+    from convlens.base.startup import collect_less
+    collect_less()
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     if not verbose():
