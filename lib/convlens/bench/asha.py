@@ -20,9 +20,14 @@ from convlens.storage.rundir import trial_epochs
 SPEC = "sweeps/asha_bench.yaml"
 
 
+def sweep_job(spec: str, overrides: dict):
+    """The sweep spec with these fields set (validated)."""
+    return load_job(spec, [f"{k}={v}" for k, v in overrides.items()], "sweep")
+
+
 def run_sweep(spec: str, overrides: dict) -> dict:
     from convlens.sweep.tune_runner import sweep
-    job = load_job(spec, [f"{k}={v}" for k, v in overrides.items()], "sweep")
+    job = sweep_job(spec, overrides)
     shutil.rmtree(job.sweep_dir, ignore_errors=True)
     start = time.time()
     rows = sweep(job)

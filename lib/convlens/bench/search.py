@@ -35,18 +35,17 @@ def run_all(spec: str, root: Path, seeds: list[int], samples: int | None,
             methods: list[str] | None = None) -> dict[str, list[dict]]:
     """{method: one figures dict (bench.asha.run_sweep's, plus test_accuracy) per seed}. Every
     method's sweep spec is validated before the first sweep starts."""
-    from convlens.bench.asha import run_sweep
-    from convlens.specs.load import load_job
+    from convlens.bench.asha import run_sweep, sweep_job
     methods = methods or list(METHODS)
     for method in methods:
-        load_job(spec, [f"{k}={v}" for k, v in sweep_overrides(method, root, seeds[0], samples).items()], "sweep")
+        sweep_job(spec, sweep_overrides(method, root, seeds[0], samples))
     out = {}
     for method in methods:
         out[method] = []
         for seed in seeds:
             overrides = sweep_overrides(method, root, seed, samples)
             figures = run_sweep(spec, overrides)
-            job = load_job(spec, [f"{k}={v}" for k, v in overrides.items()], "sweep")
+            job = sweep_job(spec, overrides)
             with open(job.sweep_dir / SweepDir.TRIALS) as f:
                 best = next((r for r in csv.DictReader(f) if r["best"] == "True"), None)
             out[method].append({**figures, "seed": seed,
